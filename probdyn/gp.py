@@ -1,0 +1,127 @@
+r"""Markov-GP regression front end: ``y_i = f(t_i) + mean(t_i) + eps_i``, ``f ~ GP(0, k)``.
+
+All work goes through the Kalman engine in O(N d^3): the kernel's LTI SDE is discretised
+exactly on the (irregular) time grid and filtered/smoothed. Predictions at arbitrary test
+times are obtained by merging them into the grid as missing observations.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from probdyn.inference import kalman
+from probdyn.kernels import Kernel
+from probdyn.ssm import LinearGaussianSSM, check_times
+
+
+def _as_concrete(x):
+    return None if isinstance(x, jax.core.Tracer) else np.asarray(x)
+
+
+class MarkovGP(eqx.Module):
+    """A Gaussian process with a Markov kernel on a sorted time grid.
+
+    Args:
+        kernel: a :class:`probdyn.kernels.Kernel`.
+        times: (N,) strictly increasing observation times.
+        noise: observation-noise *variance*, scalar or (N,).
+        mean: constant or callable ``mean(t)`` of times (vectorised), default 0.
+    """
+
+    kernel: Kernel
+    times: Float[Array, " N"]
+    noise: Float[Array, "..."]
+    mean: Float[Array, ""] | Callable
+
+    def __init__(self, kernel: Kernel, times, noise=0.0, mean=0.0):
+        if not isinstance(kernel, Kernel):
+            raise TypeError(f"kernel must be a probdyn.kernels.Kernel, got {type(kernel).__name__}")
+        self.kernel = kernel
+        self.times = jnp.asarray(check_times(times))
+        noise = jnp.asarray(noise, dtype=jnp.result_type(self.times, float))
+        if noise.ndim not in (0, 1) or (noise.ndim == 1 and noise.shape[0] != self.times.shape[0]):
+            raise ValueError(f"noise must be a scalar or have shape ({self.times.shape[0]},), got {noise.shape}")
+        nc = _as_concrete(noise)
+        if nc is not None and (np.any(nc < 0) or not np.all(np.isfinite(nc))):
+            raise ValueError("noise variances must be finite and non-negative")
+        self.noise = noise
+        self.mean = mean if callable(mean) else jnp.asarray(mean)
+
+    def mean_at(self, t: Float[Array, " n"]) -> Float[Array, " n"]:
+        if callable(self.mean):
+            return jnp.broadcast_to(jnp.asarray(self.mean(t)), jnp.shape(t))
+        return jnp.broadcast_to(self.mean, jnp.shape(t))
+
+    def _ssm(self, times, noise) -> LinearGaussianSSM:
+        k = self.kernel
+        P = k.stationary_cov()
+        dtype = jnp.result_type(P, times)
+        A, Q = k.discretise(jnp.diff(times))
+        R = noise.reshape(-1, 1, 1) if noise.ndim == 1 else noise.reshape(1, 1)
+        d = P.shape[0]
+        return LinearGaussianSSM(jnp.zeros(d, dtype), P, A, Q, k.observation(), R.astype(dtype))
+
+    def to_ssm(self) -> LinearGaussianSSM:
+        """The exact state-space model on ``times`` (state dim = ``kernel.state_dim``)."""
+        return self._ssm(self.times, self.noise)
+
+    def _check_y(self, y):
+        y = jnp.asarray(y)
+        if y.shape != self.times.shape:
+            raise ValueError(f"y must have shape {self.times.shape} like times, got {y.shape}")
+        return y
+
+    def log_likelihood(self, y: Float[Array, " N"], parallel: bool | None = None) -> Float[Array, ""]:
+        """Log marginal likelihood ``log N(y | mean, K + diag(noise))``; NaN = missing."""
+        y = self._check_y(y)
+        return kalman.log_likelihood(self.to_ssm(), (y - self.mean_at(self.times))[:, None], parallel=parallel)
+
+    def _merged(self, y, test_times):
+        """Data and test times on one sorted grid (test points are missing values)."""
+        test_times = jnp.atleast_1d(jnp.asarray(test_times, self.times.dtype))
+        n = self.times.shape[0]
+        t_all = jnp.concatenate([self.times, test_times])
+        order = jnp.argsort(t_all, stable=True)
+        inv = jnp.argsort(order)
+        yc = y - self.mean_at(self.times)
+        y_all = jnp.concatenate([yc, jnp.full(test_times.shape, jnp.nan, yc.dtype)])[order]
+        noise = jnp.broadcast_to(self.noise, self.times.shape)
+        noise_all = jnp.concatenate([noise, jnp.ones(test_times.shape, noise.dtype)])[order]
+        return self._ssm(t_all[order], noise_all), y_all[:, None], inv[n:], test_times
+
+    def predict(
+        self, y: Float[Array, " N"], test_times: Float[Array, " M"], parallel: bool | None = None
+    ) -> tuple[Float[Array, " M"], Float[Array, " M"]]:
+        """Posterior mean and variance of the latent ``f + mean`` at ``test_times`` (any order)."""
+        y = self._check_y(y)
+        ssm, y_all, idx, tt = self._merged(y, test_times)
+        s = kalman.smoother(ssm, y_all, parallel=parallel)
+        H = ssm.emission_matrix
+        mu = (s.mean[idx] @ H.T)[:, 0] + self.mean_at(tt)
+        var = jnp.einsum("id,tde,ie->t", H, s.cov[idx], H)
+        return mu, var
+
+    def sample(
+        self,
+        key: PRNGKeyArray,
+        num_samples: int = 1,
+        y: Float[Array, " N"] | None = None,
+        test_times: Float[Array, " M"] | None = None,
+        parallel: bool | None = None,
+    ) -> Float[Array, "num_samples M"]:
+        """Joint samples of the latent ``f + mean``: prior (``y=None``) or posterior.
+
+        Returned at ``test_times`` (default: the data times).
+        """
+        y = jnp.full(self.times.shape, jnp.nan, self.times.dtype) if y is None else self._check_y(y)
+        tt = self.times if test_times is None else test_times
+        ssm, y_all, idx, tt = self._merged(y, tt)
+        xs = kalman.sample(key, ssm, y_all, num_samples, parallel=parallel)
+        f = jnp.einsum("std,d->st", xs[:, idx], ssm.emission_matrix[0])
+        return f + self.mean_at(tt)[None]

@@ -1,0 +1,425 @@
+r"""The linear-Gaussian state-space engine: filter, RTS smoother, sampler, log-likelihood.
+
+Everything in probdyn that needs a Kalman recursion calls this module. Model (see
+:class:`probdyn.ssm.LinearGaussianSSM`)
+
+.. math::
+    x_0 \sim N(\mu_0, P_0),\quad x_t = A_t x_{t-1} + q_t,\quad y_t = H_t x_t + r_t .
+
+Two schedules give the same numbers:
+
+* **sequential** (``lax.scan``), entirely in square-root (Cholesky) form: the filter
+  propagates ``(m, S)`` with ``P = S S^T`` via :func:`predict`/:func:`update`, which only
+  ever triangularise stacked square roots (:func:`probdyn.linalg.tria`);
+* **parallel-in-time** (``lax.associative_scan``; Särkkä & García-Fernández, IEEE TAC 2021):
+  the filter uses the covariance-form elements ``(A, b, C, eta, J)`` of the paper, the
+  smoother and sampler compose the *same* square-root backward kernels as the sequential
+  path.
+
+``parallel=None`` picks the parallel schedule on GPU/TPU and the sequential one on CPU.
+
+Missing data are NaN: a NaN row skips the update; NaN entries of a multivariate
+observation are dropped from that update (the observed part is used). The trick is
+applied once, in :func:`update`: missing entries get a zero row in ``H``, zero correlation
+and unit variance, and the constant they would add to the log-likelihood is removed.
+
+The backward kernel ``x_t | x_{t+1}, y_{0:t} ~ N(G_t x_{t+1} + g_t, D_t D_t^T)`` is computed
+once from the filter output (:func:`backward_kernels`); the RTS smoother and the
+forward-filter backward-sampler are two ways of composing it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from probdyn.linalg import psd_cholesky, solve_lower, solve_upper_t, symmetrize, tria
+from probdyn.ssm import LinearGaussianSSM
+
+__all__ = [
+    "FilterResult",
+    "SmootherResult",
+    "filter",
+    "smoother",
+    "sample",
+    "log_likelihood",
+    "predict",
+    "update",
+    "backward_kernels",
+    "use_parallel",
+]
+
+_LOG2PI = math.log(2 * math.pi)
+
+
+class FilterResult(NamedTuple):
+    """Filtered marginals ``p(x_t | y_{0:t})``: mean (T, d), cov (T, d, d), chol (T, d, d)."""
+
+    mean: Float[Array, "T d"]
+    cov: Float[Array, "T d d"]
+    log_likelihood: Float[Array, ""]
+    chol: Float[Array, "T d d"]
+
+
+class SmootherResult(NamedTuple):
+    """Smoothed marginals ``p(x_t | y_{0:T-1})``: mean (T, d), cov (T, d, d)."""
+
+    mean: Float[Array, "T d"]
+    cov: Float[Array, "T d d"]
+    log_likelihood: Float[Array, ""]
+    filtered: FilterResult
+
+
+# ----------------------------------------------------------------------------------
+# Primitives (square-root form); also used by the nonlinear Gaussian filters
+# ----------------------------------------------------------------------------------
+def predict(m, S, A, SQ, b=None):
+    """Square-root prediction: ``m' = A m + b``, ``S' = tria([A S, SQ])``.
+
+    Shapes: m (d,), S (d, d) lower, A (d, d), SQ (d, q) any square root of Q, b (d,).
+    """
+    mp = A @ m if b is None else A @ m + b
+    return mp, tria(jnp.concatenate([A @ S, SQ], axis=1))
+
+
+def update(m, S, H, SR, y, offset=None):
+    """Square-root measurement update with NaN-missing entries.
+
+    Shapes: m (d,), S (d, d), H (p, d), SR (p, p) lower square root of R, y (p,), offset
+    (p,) added to ``H m``. Returns ``(m_new, S_new, log N(y | H m + offset, H P H^T + R))``
+    where the log density only counts observed entries.
+    """
+    p, d = H.shape
+    mask = ~jnp.isnan(y)
+    maskf = mask.astype(m.dtype)
+    y0 = jnp.where(mask, y, 0.0)
+    Hm = H * maskf[:, None]
+    pred = Hm @ m if offset is None else Hm @ m + jnp.where(mask, offset, 0.0)
+    top = jnp.concatenate([Hm @ S, SR * maskf[:, None], jnp.diag(1.0 - maskf)], axis=1)
+    bot = jnp.concatenate([S, jnp.zeros((d, 2 * p), m.dtype)], axis=1)
+    Psi = tria(jnp.concatenate([top, bot], axis=0))
+    Sy, Kb, S_new = Psi[:p, :p], Psi[p:, :p], Psi[p:, p:]
+    z = solve_lower(Sy, y0 - pred)
+    m_new = m + Kb @ z
+    nobs = jnp.sum(maskf)
+    logdet = jnp.sum(jnp.log(jnp.abs(jnp.diag(Sy))))
+    ll = -0.5 * jnp.sum(z * z) - logdet - 0.5 * nobs * _LOG2PI
+    return m_new, S_new, ll
+
+
+# ----------------------------------------------------------------------------------
+# Input handling
+# ----------------------------------------------------------------------------------
+def use_parallel(parallel: bool | None) -> bool:
+    """Resolve ``parallel=None`` to the backend default (parallel on GPU/TPU)."""
+    if parallel is None:
+        return jax.default_backend() in ("gpu", "cuda", "rocm", "tpu")
+    return bool(parallel)
+
+
+def _prepare(ssm: LinearGaussianSSM, y):
+    if not isinstance(ssm, LinearGaussianSSM):
+        raise TypeError(f"expected a LinearGaussianSSM, got {type(ssm).__name__}")
+    y = jnp.asarray(y)
+    if y.ndim == 1 and ssm.obs_dim == 1:
+        y = y[:, None]
+    if y.ndim != 2 or y.shape[1] != ssm.obs_dim:
+        raise ValueError(f"y must have shape (T, {ssm.obs_dim}) (time leading), got {y.shape}")
+    if y.shape[0] < 1:
+        raise ValueError("y must contain at least one time step")
+    if not isinstance(y, jax.core.Tracer) and np.any(np.isinf(np.asarray(y))):
+        raise ValueError("y contains infinite values (use NaN for missing observations)")
+    dtype = jnp.result_type(ssm.initial_mean, ssm.transition_matrix, ssm.emission_matrix, y)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        dtype = jnp.result_type(float)
+    return ssm, y.astype(dtype), dtype
+
+
+class _Arrays(NamedTuple):
+    m0: Array
+    S0: Array
+    A: Array  # (T-1, d, d) or (d, d)
+    SQ: Array
+    H: Array  # (T, p, d) or (p, d)
+    SR: Array
+    tv_trans: bool
+    tv_emis: bool
+
+
+def _arrays(ssm: LinearGaussianSSM, T: int, dtype) -> _Arrays:
+    c = lambda x: jnp.asarray(x, dtype)  # noqa: E731
+    A, Q, H, R = c(ssm.transition_matrix), c(ssm.transition_cov), c(ssm.emission_matrix), c(ssm.emission_cov)
+    tv_t, tv_e = A.ndim == 3 or Q.ndim == 3, H.ndim == 3 or R.ndim == 3
+    if tv_t:
+        A = jnp.broadcast_to(A, (T - 1,) + A.shape[-2:]) if A.ndim == 2 else A
+        Q = jnp.broadcast_to(Q, (T - 1,) + Q.shape[-2:]) if Q.ndim == 2 else Q
+        if A.shape[0] != T - 1 or Q.shape[0] != T - 1:
+            raise ValueError(f"time-varying transition arrays need leading axis T-1={T - 1}, got {A.shape}, {Q.shape}")
+        SQ = jax.vmap(psd_cholesky)(Q)
+    else:
+        SQ = psd_cholesky(Q)
+    if tv_e:
+        H = jnp.broadcast_to(H, (T,) + H.shape[-2:]) if H.ndim == 2 else H
+        R = jnp.broadcast_to(R, (T,) + R.shape[-2:]) if R.ndim == 2 else R
+        if H.shape[0] != T or R.shape[0] != T:
+            raise ValueError(f"time-varying emission arrays need leading axis T={T}, got {H.shape}, {R.shape}")
+        SR = jax.vmap(psd_cholesky)(R)
+    else:
+        SR = psd_cholesky(R)
+    return _Arrays(c(ssm.initial_mean), psd_cholesky(c(ssm.initial_cov)), A, SQ, H, SR, tv_t, tv_e)
+
+
+def _trans(arr: _Arrays, t):
+    """Transition pieces mapping x_t -> x_{t+1}, as (A, SQ); t may be an index array."""
+    if arr.tv_trans:
+        return arr.A[t], arr.SQ[t]
+    return arr.A, arr.SQ
+
+
+def _emis(arr: _Arrays, t):
+    if arr.tv_emis:
+        return arr.H[t], arr.SR[t]
+    return arr.H, arr.SR
+
+
+# ----------------------------------------------------------------------------------
+# Filtering
+# ----------------------------------------------------------------------------------
+def _filter_sequential(arr: _Arrays, y):
+    T = y.shape[0]
+    H0, SR0 = _emis(arr, 0)
+    m, S, ll = update(arr.m0, arr.S0, H0, SR0, y[0])
+
+    def step(carry, t):
+        m, S, ll = carry
+        A, SQ = _trans(arr, t - 1)
+        H, SR = _emis(arr, t)
+        mp, Sp = predict(m, S, A, SQ)
+        mf, Sf, l = update(mp, Sp, H, SR, y[t])
+        return (mf, Sf, ll + l), (mf, Sf)
+
+    (_, _, ll), (ms, Ss) = jax.lax.scan(step, (m, S, ll), jnp.arange(1, T))
+    ms = jnp.concatenate([m[None], ms], axis=0)
+    Ss = jnp.concatenate([S[None], Ss], axis=0)
+    return ms, Ss, ll
+
+
+def _filter_elements(arr: _Arrays, y):
+    """Särkkä & García-Fernández (2021) filtering elements (A, b, C, eta, J), Lemma 7."""
+    T, d = y.shape[0], arr.m0.shape[0]
+    dtype = arr.m0.dtype
+    eye = jnp.eye(d, dtype=dtype)
+
+    def elem(t):
+        A, SQ = _trans(arr, t - 1)
+        H, SR = _emis(arr, t)
+        yt = y[t]
+        mask = ~jnp.isnan(yt)
+        mf = mask.astype(dtype)
+        yt0 = jnp.where(mask, yt, 0.0)
+        Hm = H * mf[:, None]
+        R = SR @ SR.T
+        Rm = R * mf[:, None] * mf[None, :] + jnp.diag(1.0 - mf)
+        Q = SQ @ SQ.T
+        Sm = symmetrize(Hm @ Q @ Hm.T + Rm)
+        Kt = jnp.linalg.solve(Sm, Hm @ Q).T  # Q H^T S^-1
+        IKH = eye - Kt @ Hm
+        HA = Hm @ A
+        SinvHA = jnp.linalg.solve(Sm, HA)
+        return (
+            IKH @ A,
+            Kt @ yt0,
+            symmetrize(IKH @ Q),
+            HA.T @ jnp.linalg.solve(Sm, yt0),
+            symmetrize(HA.T @ SinvHA),
+        )
+
+    ts = jnp.arange(1, T)
+    els = jax.vmap(elem)(ts)
+    H0, SR0 = _emis(arr, 0)
+    m0, S0, _ = update(arr.m0, arr.S0, H0, SR0, y[0])
+    first = (jnp.zeros((1, d, d), dtype), m0[None], (S0 @ S0.T)[None], jnp.zeros((1, d), dtype), jnp.zeros((1, d, d), dtype))
+    return tuple(jnp.concatenate([f, e], axis=0) for f, e in zip(first, els))
+
+
+def _filter_combine(ei, ej):
+    Ai, bi, Ci, etai, Ji = ei
+    Aj, bj, Cj, etaj, Jj = ej
+    d = Ai.shape[-1]
+    eye = jnp.eye(d, dtype=Ai.dtype)
+    mT = lambda x: jnp.swapaxes(x, -1, -2)  # noqa: E731
+    M = eye + Ci @ Jj
+    AjMinv = mT(jnp.linalg.solve(mT(M), mT(Aj)))  # Aj M^-1
+    Aij = AjMinv @ Ai
+    bij = (AjMinv @ (bi + (Ci @ etaj[..., None])[..., 0])[..., None])[..., 0] + bj
+    Cij = symmetrize(AjMinv @ Ci @ mT(Aj) + Cj)
+    AiTNinv = mT(jnp.linalg.solve(M, Ai))  # Ai^T (I + Jj Ci)^-1 = (M^-1 Ai)^T
+    etaij = (AiTNinv @ (etaj - (Jj @ bi[..., None])[..., 0])[..., None])[..., 0] + etai
+    Jij = symmetrize(AiTNinv @ Jj @ Ai + Ji)
+    return Aij, bij, Cij, etaij, Jij
+
+
+def _predictive_loglik(arr: _Arrays, y, ms, Ss):
+    """Sum of one-step predictive log densities from filtered marginals (vectorised)."""
+    T = y.shape[0]
+    H0, SR0 = _emis(arr, 0)
+    ll0 = update(arr.m0, arr.S0, H0, SR0, y[0])[2]
+    if T == 1:
+        return ll0
+
+    def one(t):
+        A, SQ = _trans(arr, t - 1)
+        H, SR = _emis(arr, t)
+        mp, Sp = predict(ms[t - 1], Ss[t - 1], A, SQ)
+        return update(mp, Sp, H, SR, y[t])[2]
+
+    return ll0 + jnp.sum(jax.vmap(one)(jnp.arange(1, T)))
+
+
+def _filter_parallel(arr: _Arrays, y):
+    els = _filter_elements(arr, y)
+    _, ms, Ps, _, _ = jax.lax.associative_scan(_filter_combine, els)
+    Ss = jax.vmap(psd_cholesky)(Ps)
+    return ms, Ss, _predictive_loglik(arr, y, ms, Ss)
+
+
+def _run_filter(ssm, y, parallel):
+    ssm, y, dtype = _prepare(ssm, y)
+    arr = _arrays(ssm, y.shape[0], dtype)
+    ms, Ss, ll = (_filter_parallel if use_parallel(parallel) else _filter_sequential)(arr, y)
+    return arr, y, FilterResult(ms, Ss @ jnp.swapaxes(Ss, -1, -2), ll, Ss)
+
+
+def filter(ssm: LinearGaussianSSM, y: Float[Array, "T p"], parallel: bool | None = None) -> FilterResult:
+    """Kalman filter. ``y`` is (T, p) (or (T,) when p = 1), NaN = missing.
+
+    Returns filtered means (T, d), covariances (T, d, d), their Cholesky factors and the
+    log marginal likelihood ``log p(y_{0:T-1})``.
+    """
+    return _run_filter(ssm, y, parallel)[2]
+
+
+def log_likelihood(ssm: LinearGaussianSSM, y: Float[Array, "T p"], parallel: bool | None = None) -> Float[Array, ""]:
+    """Log marginal likelihood ``log p(y_{0:T-1})`` (NaN = missing)."""
+    if not use_parallel(parallel):
+        ssm, y, dtype = _prepare(ssm, y)
+        return _filter_sequential(_arrays(ssm, y.shape[0], dtype), y)[2]
+    return filter(ssm, y, parallel=True).log_likelihood
+
+
+# ----------------------------------------------------------------------------------
+# Backward kernels, smoothing and sampling
+# ----------------------------------------------------------------------------------
+def backward_kernels(arr: _Arrays, ms, Ss):
+    """``x_t | x_{t+1}, y_{0:t} ~ N(G_t x_{t+1} + g_t, D_t D_t^T)`` for t = 0..T-2.
+
+    From ``tria([[A S_f, SQ], [S_f, 0]]) = [[Psi11, 0], [Psi21, Psi22]]``:
+    ``G = Psi21 Psi11^{-1}``, ``g = m_f - G A m_f``, ``D = Psi22``. Returns (G, g, D).
+    """
+    T, d = ms.shape
+
+    def one(t):
+        A, SQ = _trans(arr, t)
+        m, S = ms[t], Ss[t]
+        q = SQ.shape[1]
+        Phi = jnp.concatenate(
+            [jnp.concatenate([A @ S, SQ], axis=1), jnp.concatenate([S, jnp.zeros((d, q), S.dtype)], axis=1)], axis=0
+        )
+        Psi = tria(Phi)
+        P11, P21, P22 = Psi[:d, :d], Psi[d:, :d], Psi[d:, d:]
+        G = solve_upper_t(P11, P21.T).T
+        return G, m - G @ (A @ m), P22
+
+    return jax.vmap(one)(jnp.arange(T - 1))
+
+
+def _smooth_sequential(G, g, D, mT, ST):
+    def step(carry, k):
+        m, S = carry
+        Gk, gk, Dk = k
+        mn = Gk @ m + gk
+        Sn = tria(jnp.concatenate([Dk, Gk @ S], axis=1))
+        return (mn, Sn), (mn, Sn)
+
+    _, (ms, Ss) = jax.lax.scan(step, (mT, ST), (G, g, D), reverse=True)
+    return jnp.concatenate([ms, mT[None]]), jnp.concatenate([Ss, ST[None]])
+
+
+def _affine_combine(later, earlier):
+    """Compose backward maps: apply ``later`` (t+1 side) then ``earlier``, square-root noise."""
+    E2, g2, D2 = later
+    E1, g1, D1 = earlier
+    E = E1 @ E2
+    g = (E1 @ g2[..., None])[..., 0] + g1
+    D = jax.vmap(lambda a, b: tria(jnp.concatenate([a, b], axis=1)))(E1 @ D2, D1)
+    return E, g, D
+
+
+def _smooth_parallel(G, g, D, mT, ST):
+    d = mT.shape[0]
+    E = jnp.concatenate([G, jnp.zeros((1, d, d), G.dtype)])
+    gg = jnp.concatenate([g, mT[None]])
+    DD = jnp.concatenate([D, ST[None]])
+    # reverse scan: element t composed with all later ones
+    E, gg, DD = jax.lax.associative_scan(_affine_combine, (E, gg, DD), reverse=True)
+    return gg, DD
+
+
+def smoother(ssm: LinearGaussianSSM, y: Float[Array, "T p"], parallel: bool | None = None) -> SmootherResult:
+    """Rauch–Tung–Striebel smoother (square-root form in both schedules)."""
+    par = use_parallel(parallel)
+    arr, y, f = _run_filter(ssm, y, par)
+    if y.shape[0] == 1:
+        return SmootherResult(f.mean, f.cov, f.log_likelihood, f)
+    G, g, D = backward_kernels(arr, f.mean, f.chol)
+    run = _smooth_parallel if par else _smooth_sequential
+    ms, Ss = run(G, g, D, f.mean[-1], f.chol[-1])
+    return SmootherResult(ms, Ss @ jnp.swapaxes(Ss, -1, -2), f.log_likelihood, f)
+
+
+def sample(
+    key: PRNGKeyArray,
+    ssm: LinearGaussianSSM,
+    y: Float[Array, "T p"],
+    num_samples: int = 1,
+    parallel: bool | None = None,
+) -> Float[Array, "num_samples T d"]:
+    """Joint posterior paths ``x_{0:T-1} ~ p(x | y)`` by forward-filter backward-sampling."""
+    par = use_parallel(parallel)
+    arr, y, f = _run_filter(ssm, y, par)
+    T, d = f.mean.shape
+    eps = jax.random.normal(key, (num_samples, T, d), f.mean.dtype)
+    xT = f.mean[-1] + eps[:, -1] @ f.chol[-1].T
+    if T == 1:
+        return xT[:, None]
+    G, g, D = backward_kernels(arr, f.mean, f.chol)
+
+    def one(e, xl):
+        h = g + jnp.einsum("tij,tj->ti", D, e[:-1])
+        if par:
+            E = jnp.concatenate([G, jnp.zeros((1, d, d), G.dtype)])
+            hh = jnp.concatenate([h, xl[None]])
+
+            def comb(later, earlier):
+                E2, h2 = later
+                E1, h1 = earlier
+                return E1 @ E2, (E1 @ h2[..., None])[..., 0] + h1
+
+            _, xs = jax.lax.associative_scan(comb, (E, hh), reverse=True)
+            return xs
+
+        def step(x, k):
+            Gk, hk = k
+            xn = Gk @ x + hk
+            return xn, xn
+
+        _, xs = jax.lax.scan(step, xl, (G, h), reverse=True)
+        return jnp.concatenate([xs, xl[None]])
+
+    return jax.vmap(one)(eps, xT)

@@ -1,0 +1,31 @@
+"""Nonlinear SDEs: definitions, simulation and fractional (Markov-approximate fBM) noise."""
+
+from .fractional import (
+    MAFBMLTI,
+    MAFBMSystem,
+    fbm_covariance,
+    fbm_scale,
+    fbm_variance,
+    gamma_grid,
+    ma_fbm_covariance,
+    ma_fbm_lti,
+    ma_fbm_system,
+    optimal_weights,
+    relative_integrated_mse,
+    sample_fbm,
+)
+
+__all__ = [
+    "MAFBMLTI",
+    "MAFBMSystem",
+    "fbm_covariance",
+    "fbm_scale",
+    "fbm_variance",
+    "gamma_grid",
+    "ma_fbm_covariance",
+    "ma_fbm_lti",
+    "ma_fbm_system",
+    "optimal_weights",
+    "relative_integrated_mse",
+    "sample_fbm",
+]

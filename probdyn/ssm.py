@@ -1,0 +1,175 @@
+r"""Linear state-space models: continuous-time LTI SDEs and discrete linear-Gaussian SSMs.
+
+An LTI SDE (Särkkä & Solin 2019, ch. 6)
+
+.. math:: dx = F x\,dt + L\,d\beta, \qquad E[d\beta\,d\beta^T] = Q_c\,dt, \qquad f(t) = H x(t)
+
+discretises *exactly* between times :math:`t_{k-1} < t_k` (:math:`\Delta_k = t_k - t_{k-1}`) to
+
+.. math:: x_k = A_k x_{k-1} + q_k,\quad A_k = e^{F\Delta_k},\quad
+          q_k \sim N(0, Q_k),\quad Q_k = \int_0^{\Delta_k} e^{Fs} L Q_c L^T e^{F^Ts} ds.
+
+For a stationary SDE :math:`Q_k = P_\infty - A_k P_\infty A_k^T`; in general :math:`Q_k` comes
+from Van Loan's block-matrix exponential.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from probdyn.linalg import symmetrize
+
+
+class LTISDE(eqx.Module):
+    """Linear time-invariant SDE ``dx = F x dt + L dbeta``, output ``f = H x``.
+
+    Attributes:
+        F: drift matrix, (d, d).
+        L: noise effect matrix, (d, s).
+        Qc: spectral density of ``beta``, (s, s).
+        H: output matrix, (m, d).
+        Pinf: stationary covariance, (d, d), or ``None`` for a non-stationary SDE.
+    """
+
+    F: Float[Array, "d d"]
+    L: Float[Array, "d s"]
+    Qc: Float[Array, "s s"]
+    H: Float[Array, "m d"]
+    Pinf: Float[Array, "d d"] | None = None
+
+    @property
+    def state_dim(self) -> int:
+        return self.F.shape[-1]
+
+    def transition(self, dt: Float[Array, ""]) -> Float[Array, "d d"]:
+        """``A = expm(F dt)``."""
+        return jax.scipy.linalg.expm(self.F * dt)
+
+    def process_cov(self, dt: Float[Array, ""]) -> Float[Array, "d d"]:
+        """``Q(dt)`` by Van Loan's method (valid with or without a stationary covariance)."""
+        d = self.state_dim
+        LQL = self.L @ self.Qc @ self.L.T
+        blk = jnp.block([[self.F, LQL], [jnp.zeros_like(self.F), -self.F.T]]) * dt
+        E = jax.scipy.linalg.expm(blk)
+        A = E[:d, :d]
+        return symmetrize(E[:d, d:] @ A.T)
+
+    def discretise(self, dts: Float[Array, " n"]) -> tuple[Float[Array, "n d d"], Float[Array, "n d d"]]:
+        """Exact ``(A_k, Q_k)`` for a vector of step sizes."""
+        return jax.vmap(self.transition)(dts), jax.vmap(self.process_cov)(dts)
+
+    def stationary_cov(self) -> Float[Array, "d d"]:
+        """Solve ``F P + P F^T + L Qc L^T = 0`` (dense Kronecker solve; small d)."""
+        if self.Pinf is not None:
+            return self.Pinf
+        d = self.state_dim
+        eye = jnp.eye(d, dtype=self.F.dtype)
+        K = jnp.kron(eye, self.F) + jnp.kron(self.F, eye)
+        LQL = self.L @ self.Qc @ self.L.T
+        P = jnp.linalg.solve(K, -LQL.reshape(-1)).reshape(d, d)
+        return symmetrize(P)
+
+
+class LinearGaussianSSM(eqx.Module):
+    r"""Linear-Gaussian state-space model.
+
+    .. math::
+        x_0 \sim N(\mu_0, P_0),\quad x_t = A_t x_{t-1} + q_t,\ q_t\sim N(0, Q_t)\ (t\ge1),
+        \quad y_t = H_t x_t + r_t,\ r_t \sim N(0, R_t)\ (t = 0..T-1).
+
+    ``x_0`` is the state at the *first observation*. Transition arrays are either
+    time-invariant, ``(d, d)``, or time-varying with a leading axis of length ``T - 1``
+    where ``transition_matrix[t - 1]`` maps ``x_{t-1}`` to ``x_t``. Emission arrays are
+    ``(m, d)``/``(m, m)`` or time-varying with a leading axis of length ``T``.
+    """
+
+    initial_mean: Float[Array, " d"]
+    initial_cov: Float[Array, "d d"]
+    transition_matrix: Float[Array, "... d d"]
+    transition_cov: Float[Array, "... d d"]
+    emission_matrix: Float[Array, "... m d"]
+    emission_cov: Float[Array, "... m m"]
+
+    def __check_init__(self):
+        d = self.initial_mean.shape[-1]
+        for name, arr, tail in [
+            ("initial_cov", self.initial_cov, (d, d)),
+            ("transition_matrix", self.transition_matrix, (d, d)),
+            ("transition_cov", self.transition_cov, (d, d)),
+        ]:
+            if tuple(jnp.shape(arr)[-2:]) != tail:
+                raise ValueError(f"{name} must end in shape {tail}, got {jnp.shape(arr)}")
+        H = jnp.shape(self.emission_matrix)
+        R = jnp.shape(self.emission_cov)
+        if len(H) < 2 or H[-1] != d:
+            raise ValueError(f"emission_matrix must end in shape (m, {d}), got {H}")
+        if R[-2:] != (H[-2], H[-2]):
+            raise ValueError(f"emission_cov must end in shape ({H[-2]}, {H[-2]}), got {R}")
+
+    @property
+    def state_dim(self) -> int:
+        return self.initial_mean.shape[-1]
+
+    @property
+    def obs_dim(self) -> int:
+        return self.emission_matrix.shape[-2]
+
+    def broadcast(self, num_timesteps: int) -> "LinearGaussianSSM":
+        """Expand time-invariant arrays to their time-varying shapes (checks lengths)."""
+
+        def expand(x, n, name):
+            x = jnp.asarray(x)
+            if x.ndim == 2:
+                return jnp.broadcast_to(x, (n,) + x.shape)
+            if x.shape[0] != n:
+                raise ValueError(f"{name} has leading axis {x.shape[0]}, expected {n}")
+            return x
+
+        T = num_timesteps
+        return LinearGaussianSSM(
+            self.initial_mean,
+            self.initial_cov,
+            expand(self.transition_matrix, max(T - 1, 0), "transition_matrix"),
+            expand(self.transition_cov, max(T - 1, 0), "transition_cov"),
+            expand(self.emission_matrix, T, "emission_matrix"),
+            expand(self.emission_cov, T, "emission_cov"),
+        )
+
+
+def check_times(times, name: str = "times") -> np.ndarray | Array:
+    """Validate a 1-D, strictly increasing time grid (concrete values only)."""
+    t = times
+    if jnp.ndim(t) != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {jnp.shape(t)}")
+    if isinstance(t, jax.core.Tracer):
+        return t
+    tn = np.asarray(t)
+    if not np.all(np.isfinite(tn)):
+        raise ValueError(f"{name} must be finite")
+    if tn.size > 1 and np.any(np.diff(tn) <= 0):
+        bad = int(np.argmax(np.diff(tn) <= 0))
+        raise ValueError(
+            f"{name} must be strictly increasing (sorted, no duplicates); "
+            f"{name}[{bad}]={tn[bad]} >= {name}[{bad + 1}]={tn[bad + 1]}"
+        )
+    return t
+
+
+def discretise(sde: LTISDE, times, initial_mean=None, initial_cov=None, emission_cov=None):
+    """Exact discretisation of an LTI SDE on a sorted grid -> :class:`LinearGaussianSSM`.
+
+    ``initial_mean``/``initial_cov`` default to 0 and the stationary covariance;
+    ``emission_cov`` is (m, m) or (T, m, m), default a zero matrix.
+    """
+    times = jnp.asarray(check_times(times))
+    d, m = sde.state_dim, sde.H.shape[0]
+    dtype = jnp.result_type(sde.F, times)
+    m0 = jnp.zeros(d, dtype) if initial_mean is None else jnp.asarray(initial_mean, dtype)
+    P0 = sde.stationary_cov() if initial_cov is None else jnp.asarray(initial_cov, dtype)
+    A, Q = sde.discretise(jnp.diff(times))
+    R = jnp.zeros((m, m), dtype) if emission_cov is None else jnp.asarray(emission_cov, dtype)
+    return LinearGaussianSSM(m0, P0, A, Q, sde.H, R)
