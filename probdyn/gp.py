@@ -67,6 +67,13 @@ class MarkovGP(eqx.Module):
         d = P.shape[0]
         return LinearGaussianSSM(jnp.zeros(d, dtype), P, A, Q, k.observation(), R.astype(dtype))
 
+    def numpyro_dist(self, parallel: bool | None = None):
+        """This GP's observation model as a numpyro distribution
+        (:class:`probdyn.distributions.MarkovGPDistribution`, event shape (N,))."""
+        from probdyn.distributions import MarkovGPDistribution
+
+        return MarkovGPDistribution.from_gp(self, parallel=parallel)
+
     def to_ssm(self) -> LinearGaussianSSM:
         """The exact state-space model on ``times`` (state dim = ``kernel.state_dim``)."""
         return self._ssm(self.times, self.noise)

@@ -18,6 +18,10 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 UNROLL_MAX = 24
+# Triangularisation is cheaper to compile and to differentiate through LAPACK's QR than
+# unrolled (measured: a 2-state Markov GP, N=1e4, value+grad 80 ms vs 286 ms, compile 2.7 s
+# vs 4.5 s), so it is unrolled only up to this size.
+TRIA_UNROLL_MAX = 0
 
 
 def _safe_sqrt(x):
@@ -40,7 +44,7 @@ def tria(M: Float[Array, "n k"]) -> Float[Array, "n n"]:
     if k < n:
         M = jnp.concatenate([M, jnp.zeros((n, n - k), M.dtype)], axis=1)
         k = n
-    if n > UNROLL_MAX or k > 3 * UNROLL_MAX:
+    if n > TRIA_UNROLL_MAX or k > 3 * UNROLL_MAX:
         r = jnp.linalg.qr(M.T, mode="r")
         L = r[:n, :n].T
         return L * jnp.where(jnp.diag(L) < 0, -1.0, 1.0)[None, :]

@@ -50,13 +50,27 @@ class LTISDE(eqx.Module):
         return jax.scipy.linalg.expm(self.F * dt)
 
     def process_cov(self, dt: Float[Array, ""]) -> Float[Array, "d d"]:
-        """``Q(dt)`` by Van Loan's method (valid with or without a stationary covariance)."""
+        """``Q(dt)``: ``Pinf - A Pinf A^T`` when stationary, else Van Loan with doubling.
+
+        Van Loan's block exponential is evaluated on ``h = dt / 2^12`` (where it is
+        accurate) and doubled back with ``Q(2h) = Q(h) + A(h) Q(h) A(h)^T``, which only adds
+        positive semi-definite terms, so long steps do not lose precision.
+        """
+        if self.Pinf is not None:
+            A = self.transition(dt)
+            return symmetrize(self.Pinf - A @ self.Pinf @ A.T)
         d = self.state_dim
+        n_double = 12
+        h = dt / 2.0**n_double
         LQL = self.L @ self.Qc @ self.L.T
-        blk = jnp.block([[self.F, LQL], [jnp.zeros_like(self.F), -self.F.T]]) * dt
+        blk = jnp.block([[self.F, LQL], [jnp.zeros_like(self.F), -self.F.T]]) * h
         E = jax.scipy.linalg.expm(blk)
         A = E[:d, :d]
-        return symmetrize(E[:d, d:] @ A.T)
+        Q = symmetrize(E[:d, d:] @ A.T)
+        for _ in range(n_double):
+            Q = symmetrize(Q + A @ Q @ A.T)
+            A = A @ A
+        return Q
 
     def discretise(self, dts: Float[Array, " n"]) -> tuple[Float[Array, "n d d"], Float[Array, "n d d"]]:
         """Exact ``(A_k, Q_k)`` for a vector of step sizes."""

@@ -3,3 +3,12 @@
 from probdyn.inference import kalman
 
 __all__ = ["kalman"]
+__all__ += ["mcmc", "variational"]
+
+
+def __getattr__(name):  # lazy: mcmc/variational import numpyro, blackjax and arviz
+    if name in ("mcmc", "variational"):
+        import importlib
+
+        return importlib.import_module(f"probdyn.inference.{name}")
+    raise AttributeError(f"module 'probdyn.inference' has no attribute {name!r}")

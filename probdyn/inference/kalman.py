@@ -56,6 +56,7 @@ __all__ = [
 ]
 
 _LOG2PI = math.log(2 * math.pi)
+_UNROLL = 1
 
 
 class FilterResult(NamedTuple):
@@ -204,7 +205,7 @@ def _filter_sequential(arr: _Arrays, y):
         mf, Sf, l = update(mp, Sp, H, SR, y[t])
         return (mf, Sf, ll + l), (mf, Sf)
 
-    (_, _, ll), (ms, Ss) = jax.lax.scan(step, (m, S, ll), jnp.arange(1, T))
+    (_, _, ll), (ms, Ss) = jax.lax.scan(step, (m, S, ll), jnp.arange(1, T), unroll=_UNROLL)
     ms = jnp.concatenate([m[None], ms], axis=0)
     Ss = jnp.concatenate([S[None], Ss], axis=0)
     return ms, Ss, ll

@@ -1,0 +1,187 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+# ---
+
+# %% [markdown]
+# # Bayesian Markov-GP hyperparameters on Mauna Loa CO2: numpyro NUTS vs blackjax NUTS vs SVI
+#
+# The weekly Mauna Loa CO2 record (shipped offline with `statsmodels`) has a trend, a yearly
+# cycle and gaps (NaN weeks). After removing a linear trend we model the residual as
+#
+# $$ y(t) = f(t) + \varepsilon,\quad f \sim \mathrm{GP}(0,\ k_{\mathrm{M32}}(\ell, s_1^2) + k_{\mathrm{SHO}}(\omega, Q, s_2^2)),
+# \quad \varepsilon \sim N(0, \sigma^2), $$
+#
+# a Markov GP whose likelihood is evaluated in O(N) by the Kalman filter
+# (`MarkovGP.numpyro_dist()`), missing weeks included. We infer the hyperparameters with
+# the three engines of `probdyn.inference` and compare them side by side.
+#
+# Environment: `PROBDYN_SMOKE=1` (tiny sizes), `PROBDYN_OUT` (figure folder),
+# `PROBDYN_METRICS=path.json` (key numbers as JSON).
+
+# %%
+import json
+import os
+import time
+import warnings
+
+import matplotlib
+
+matplotlib.use("Agg")
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import numpyro  # noqa: E402
+import numpyro.distributions as dist  # noqa: E402
+import optax  # noqa: E402
+import statsmodels.api as sm  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)
+
+from probdyn import MarkovGP, kernels  # noqa: E402
+from probdyn.inference import mcmc, variational  # noqa: E402
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", FutureWarning)
+    import arviz as az  # noqa: E402
+
+SMOKE = os.environ.get("PROBDYN_SMOKE", "0") == "1"
+OUT = os.environ.get("PROBDYN_OUT", os.path.join("probdyn-out", "tutorials", "markov_gp_bayesian"))
+os.makedirs(OUT, exist_ok=True)
+SIZES = dict(num_warmup=60, num_samples=60, num_chains=2) if SMOKE else dict(num_warmup=500, num_samples=500, num_chains=4)
+SVI_STEPS = 200 if SMOKE else 3000
+N_POINTS = 80 if SMOKE else 1000
+
+# %% [markdown]
+# ## Data: the last `N_POINTS` weeks, detrended, with the gaps kept as NaN
+
+# %%
+co2 = sm.datasets.co2.load_pandas().data["co2"]
+co2 = co2.iloc[-N_POINTS:]
+t = np.asarray((co2.index - co2.index[0]).days, float) / 365.25  # years
+y_raw = co2.to_numpy(float)
+obs = ~np.isnan(y_raw)
+coef = np.polyfit(t[obs], y_raw[obs], 2)
+y = y_raw - np.polyval(coef, t)
+print(f"{len(t)} weeks, {np.sum(~obs)} missing; residual sd {np.nanstd(y):.2f} ppm")
+
+
+# %% [markdown]
+# ## The numpyro program
+# Priors are weakly informative on the log scale; the SHO frequency is centred on one cycle per year.
+
+# %%
+def model(t, y=None):
+    # smoke mode: a fixed smooth component keeps the compile time of the gradient small
+    ell = 1.5 if SMOKE else numpyro.sample("ell", dist.LogNormal(0.0, 1.0))  # years
+    s1 = 0.5 if SMOKE else numpyro.sample("s1", dist.HalfNormal(2.0))  # ppm
+    omega = numpyro.sample("omega", dist.LogNormal(jnp.log(2 * jnp.pi), 0.2))  # rad / year
+    s2 = numpyro.sample("s2", dist.HalfNormal(5.0))
+    sigma = numpyro.sample("sigma", dist.HalfNormal(1.0))
+    numpyro.deterministic("period", 2 * jnp.pi / omega)
+    k = kernels.SHO(omega=omega, quality=10.0, variance=s2**2)
+    k = k if SMOKE else kernels.Matern32(ell, s1**2) + k
+    numpyro.sample("y", MarkovGP(k, t, sigma**2).numpyro_dist(), obs=y)
+
+
+# %% [markdown]
+# ## Three engines, one model
+
+# %%
+results, timings = {}, {}
+for backend in ("numpyro", "blackjax"):
+    t0 = time.perf_counter()
+    results[backend] = mcmc.sample(model, jax.random.PRNGKey(0), t, y=y, backend=backend,
+                                   progress_bar=not SMOKE, report=False, **SIZES)
+    timings[backend] = time.perf_counter() - t0
+
+t0 = time.perf_counter()
+fit = variational.svi(model, jax.random.PRNGKey(1), t, y=y, guide="mvn", optimizer=optax.adam(0.02),
+                      num_steps=SVI_STEPS, num_posterior_samples=1000, progress_bar=not SMOKE)
+timings["svi"] = time.perf_counter() - t0
+results["svi"] = fit.idata
+
+# %% [markdown]
+# ## Diagnostics (R-hat, bulk/tail ESS) and the posterior side by side
+
+# %%
+params = (["omega", "s2", "sigma", "period"] if SMOKE else ["ell", "s1", "omega", "s2", "sigma", "period"])
+diag = {b: mcmc.diagnostics(results[b], var_names=params) for b in ("numpyro", "blackjax")}
+for b, tab in diag.items():
+    ndiv = int(results[b].sample_stats["diverging"].sum())
+    print(f"\n{b} NUTS ({timings[b]:.1f} s, {ndiv} divergences)\n{tab.to_string()}")
+
+rows = []
+for name in params:
+    row = {"param": name}
+    for b, idata in results.items():
+        d = idata.posterior[name].values.ravel()
+        row[f"{b} mean"], row[f"{b} sd"] = float(d.mean()), float(d.std())
+    rows.append(row)
+print("\n| param | " + " | ".join(f"{b} mean ± sd" for b in results) + " |")
+print("|---|" + "---|" * len(results))
+for r in rows:
+    print(f"| {r['param']} | " + " | ".join(f"{r[f'{b} mean']:.3f} ± {r[f'{b} sd']:.3f}" for b in results) + " |")
+
+# %% [markdown]
+# ## Plots: trace (numpyro), posteriors of all three, and the ELBO trace
+
+# %%
+az.plot_trace(results["numpyro"], var_names=params[:-1])
+plt.tight_layout()
+plt.savefig(os.path.join(OUT, "trace_numpyro.png"), dpi=80)
+plt.close("all")
+
+az.plot_forest([results[b] for b in results], model_names=list(results), var_names=params[:-1], combined=True)
+plt.tight_layout()
+plt.savefig(os.path.join(OUT, "forest_compare.png"), dpi=80)
+plt.close("all")
+
+az.plot_posterior(results["blackjax"], var_names=["period", "sigma"])
+plt.savefig(os.path.join(OUT, "posterior_blackjax.png"), dpi=80)
+plt.close("all")
+
+fig, ax = plt.subplots(1, 2, figsize=(11, 3.5))
+ax[0].plot(np.asarray(fit.elbo))
+ax[0].set(xlabel="step", ylabel="ELBO", title="SVI (AutoMultivariateNormal)")
+post = results["numpyro"].posterior
+i = int(np.argmax(results["numpyro"].sample_stats["lp"].values.ravel()))
+pick = {"ell": 1.5, "s1": 0.5, **{p: float(post[p].values.ravel()[i]) for p in params[:-1]}}
+kern = kernels.SHO(omega=pick["omega"], quality=10.0, variance=pick["s2"] ** 2)
+kern = kern if SMOKE else kernels.Matern32(pick["ell"], pick["s1"] ** 2) + kern
+tt = np.linspace(t[0], t[-1], 400)
+mu, var = MarkovGP(kern, t, pick["sigma"] ** 2).predict(y, tt)
+ax[1].plot(t, y, ".", ms=3, label="detrended CO2")
+ax[1].plot(tt, mu, "C1", label="posterior mean (MAP draw)")
+ax[1].fill_between(tt, mu - 2 * np.sqrt(var), mu + 2 * np.sqrt(var), color="C1", alpha=0.3)
+ax[1].set(xlabel="years", ylabel="ppm")
+ax[1].legend()
+plt.tight_layout()
+plt.savefig(os.path.join(OUT, "elbo_and_fit.png"), dpi=80)
+plt.close("all")
+
+# %% [markdown]
+# ## Key numbers
+
+# %%
+metrics = {
+    "n_points": int(len(t)),
+    "n_missing": int(np.sum(~obs)),
+    "period_mean": {b: float(results[b].posterior["period"].mean()) for b in results},
+    "omega_mean": {b: float(results[b].posterior["omega"].mean()) for b in results},
+    "sigma_mean": {b: float(results[b].posterior["sigma"].mean()) for b in results},
+    "rhat_max": {b: float(diag[b]["r_hat"].max()) for b in diag},
+    "ess_bulk_min": {b: float(diag[b]["ess_bulk"].min()) for b in diag},
+    "divergences": {b: int(results[b].sample_stats["diverging"].sum()) for b in diag},
+    "elbo_final": float(np.mean(np.asarray(fit.elbo)[-50:])),
+    "wall_time_s": timings,
+    "smoke": SMOKE,
+}
+print(json.dumps(metrics, indent=1))
+if os.environ.get("PROBDYN_METRICS"):
+    with open(os.environ["PROBDYN_METRICS"], "w") as f:
+        json.dump(metrics, f, indent=1)
