@@ -1,22 +1,10 @@
 """Runs tutorials/markov_gp_bayesian.py in smoke mode and checks its metrics and figures."""
 
-import json
-import os
-import subprocess
-import sys
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tutorial_runner import run_tutorial
 
 
 def test_tutorial_smoke(tmp_path):
-    metrics = tmp_path / "metrics.json"
-    out = tmp_path / "figs"
-    env = {**os.environ, "PROBDYN_SMOKE": "1", "PROBDYN_METRICS": str(metrics), "PROBDYN_OUT": str(out),
-           "PYTHONPATH": ROOT, "MPLBACKEND": "Agg"}
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "tutorials", "markov_gp_bayesian.py")], env=env,
-                       capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    m = json.loads(metrics.read_text())
+    m, out = run_tutorial("markov_gp_bayesian.py", tmp_path)
     assert m["smoke"] is True and m["n_points"] == 80
     for b in ("numpyro", "blackjax", "svi"):  # smoke sizes: loose sanity bounds only
         assert 0.2 < m["period_mean"][b] < 5.0
