@@ -56,7 +56,6 @@ __all__ = [
 ]
 
 _LOG2PI = math.log(2 * math.pi)
-_UNROLL = 1
 
 
 class FilterResult(NamedTuple):
@@ -205,7 +204,7 @@ def _filter_sequential(arr: _Arrays, y):
         mf, Sf, l = update(mp, Sp, H, SR, y[t])
         return (mf, Sf, ll + l), (mf, Sf)
 
-    (_, _, ll), (ms, Ss) = jax.lax.scan(step, (m, S, ll), jnp.arange(1, T), unroll=_UNROLL)
+    (_, _, ll), (ms, Ss) = jax.lax.scan(step, (m, S, ll), jnp.arange(1, T))
     ms = jnp.concatenate([m[None], ms], axis=0)
     Ss = jnp.concatenate([S[None], Ss], axis=0)
     return ms, Ss, ll

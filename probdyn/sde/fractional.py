@@ -36,7 +36,7 @@ representation :math:`u^{\alpha}/\Gamma(a) = \int_0^\infty e^{-\gamma u}
 unless ``normalize=True``; :func:`fbm_covariance` and :func:`sample_fbm` default to the
 standard normalisation and accept ``normalization="paper"``.
 
-Precision: every function computes in float64 when ``jax_enable_x64`` is on and in the
+Precision: every function computes in float64 when JAX's 64-bit mode is on and in the
 input dtype (float32) otherwise, and returns the input dtype. Nothing here flips global
 JAX configuration.
 """
@@ -88,7 +88,7 @@ def _dtypes(*xs):
     out = jnp.result_type(*xs)
     if not jnp.issubdtype(out, jnp.floating):
         out = jnp.result_type(float)
-    comp = jnp.float64 if jax.config.jax_enable_x64 else out
+    comp = jnp.float64 if jax.dtypes.canonicalize_dtype(jnp.float64) == jnp.float64 else out
     return out, comp
 
 
