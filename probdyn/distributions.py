@@ -52,33 +52,7 @@ class _RealOrNaN(constraints.Constraint):
         return (), ((), {"event_dim": self.event_dim})
 
 
-def pointwise_log_likelihood(ssm: LinearGaussianSSM, y: Float[Array, "T p"], parallel: bool | None = None) -> Float[Array, " T"]:
-    """One-step predictive log densities ``log p(y_t | y_{0:t-1})``, shape (T,).
-
-    Computed from the engine's filtered marginals with its ``predict``/``update``
-    primitives (vectorised over t, no recursion); sums to :func:`kalman.log_likelihood`.
-    Fully missing rows contribute 0.
-    """
-    y = jnp.asarray(y)
-    y = y[:, None] if y.ndim == 1 else y
-    T = y.shape[0]
-    f = kalman.filter(ssm, y, parallel=parallel)
-    dtype = f.mean.dtype
-    b = ssm.broadcast(T)
-    c = lambda x: jnp.asarray(x, dtype)  # noqa: E731
-    y = y.astype(dtype)
-    ll0 = kalman.update(c(ssm.initial_mean), psd_cholesky(c(ssm.initial_cov)), c(b.emission_matrix[0]),
-                        psd_cholesky(c(b.emission_cov[0])), y[0])[2]
-    if T == 1:
-        return ll0[None]
-
-    def one(m, S, A, Q, H, R, yt):
-        mp, Sp = kalman.predict(m, S, A, psd_cholesky(Q))
-        return kalman.update(mp, Sp, H, psd_cholesky(R), yt)[2]
-
-    rest = jax.vmap(one)(f.mean[:-1], f.chol[:-1], c(b.transition_matrix), c(b.transition_cov),
-                         c(b.emission_matrix[1:]), c(b.emission_cov[1:]), y[1:])
-    return jnp.concatenate([ll0[None], rest])
+pointwise_log_likelihood = kalman.pointwise_log_likelihood  # re-exported for users of this module
 
 
 def _flat_map(fn, shape: tuple, batched, shared, *, key=None):

@@ -33,7 +33,6 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,6 +48,7 @@ __all__ = [
     "smoother",
     "sample",
     "log_likelihood",
+    "pointwise_log_likelihood",
     "predict",
     "update",
     "backward_kernels",
@@ -265,13 +265,13 @@ def _filter_combine(ei, ej):
     return Aij, bij, Cij, etaij, Jij
 
 
-def _predictive_loglik(arr: _Arrays, y, ms, Ss):
-    """Sum of one-step predictive log densities from filtered marginals (vectorised)."""
+def _predictive_logliks(arr: _Arrays, y, ms, Ss):
+    """One-step predictive log densities ``log p(y_t | y_{0:t-1})`` (T,) from filtered marginals."""
     T = y.shape[0]
     H0, SR0 = _emis(arr, 0)
     ll0 = update(arr.m0, arr.S0, H0, SR0, y[0])[2]
     if T == 1:
-        return ll0
+        return ll0[None]
 
     def one(t):
         A, SQ = _trans(arr, t - 1)
@@ -279,14 +279,14 @@ def _predictive_loglik(arr: _Arrays, y, ms, Ss):
         mp, Sp = predict(ms[t - 1], Ss[t - 1], A, SQ)
         return update(mp, Sp, H, SR, y[t])[2]
 
-    return ll0 + jnp.sum(jax.vmap(one)(jnp.arange(1, T)))
+    return jnp.concatenate([ll0[None], jax.vmap(one)(jnp.arange(1, T))])
 
 
 def _filter_parallel(arr: _Arrays, y):
     els = _filter_elements(arr, y)
     _, ms, Ps, _, _ = jax.lax.associative_scan(_filter_combine, els)
     Ss = jax.vmap(psd_cholesky)(Ps)
-    return ms, Ss, _predictive_loglik(arr, y, ms, Ss)
+    return ms, Ss, jnp.sum(_predictive_logliks(arr, y, ms, Ss))
 
 
 def _run_filter(ssm, y, parallel):
@@ -311,6 +311,17 @@ def log_likelihood(ssm: LinearGaussianSSM, y: Float[Array, "T p"], parallel: boo
         ssm, y, dtype = _prepare(ssm, y)
         return _filter_sequential(_arrays(ssm, y.shape[0], dtype), y)[2]
     return filter(ssm, y, parallel=True).log_likelihood
+
+
+def pointwise_log_likelihood(
+    ssm: LinearGaussianSSM, y: Float[Array, "T p"], parallel: bool | None = None
+) -> Float[Array, " T"]:
+    """One-step predictive log densities ``log p(y_t | y_{0:t-1})``, shape (T,).
+
+    Sums to :func:`log_likelihood`; fully missing rows contribute 0.
+    """
+    arr, y, f = _run_filter(ssm, y, parallel)
+    return _predictive_logliks(arr, y, f.mean, f.chol)
 
 
 # ----------------------------------------------------------------------------------
