@@ -1,5 +1,6 @@
 """Nonlinear SDEs: definitions, simulation and fractional (Markov-approximate fBM) noise."""
 
+from .base import SDE, check_drift, euler_maruyama, simulate_diffrax, solve_ode
 from .fractional import (
     MAFBMLTI,
     MAFBMSystem,
@@ -16,6 +17,11 @@ from .fractional import (
 )
 
 __all__ = [
+    "SDE",
+    "check_drift",
+    "euler_maruyama",
+    "simulate_diffrax",
+    "solve_ode",
     "MAFBMLTI",
     "MAFBMSystem",
     "fbm_covariance",

@@ -1,0 +1,164 @@
+"""The one optax training loop: progress bar, gradient clipping, checkpoints, resume.
+
+Every model family that is fitted by gradient steps (MGPVAE, fractional SDEs, the
+hyperparameters of sparse-GP SDEs, MAP fits of system-identification models) calls
+:func:`fit` with a loss ``loss_fn(params, key, batch) -> scalar`` over an equinox pytree.
+
+Checkpoints are written atomically (temp file + rename) every ``checkpoint_every`` steps
+and at the end; with ``resume=True`` (default) an existing checkpoint at the same path is
+loaded and training continues from its step, so an interrupted run loses at most
+``checkpoint_every`` steps. A checkpoint holds the parameters and optimiser state
+(equinox serialisation), the step count and the loss trace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import equinox as eqx
+import jax
+import numpy as np
+import optax
+from jaxtyping import PRNGKeyArray
+
+__all__ = ["FitResult", "fit", "save_checkpoint", "load_checkpoint"]
+
+
+class FitResult(NamedTuple):
+    """Output of :func:`fit`: trained params, loss trace (num_steps,), optimiser state."""
+
+    params: Any
+    losses: np.ndarray
+    opt_state: Any
+    num_steps: int
+    time_s: float
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_checkpoint(path, params, opt_state, step: int, losses) -> None:
+    """Write ``path`` (equinox leaves) and ``path.json`` (step, losses) atomically."""
+    path = Path(path)
+    _atomic_write(path, lambda f: eqx.tree_serialise_leaves(f, (params, opt_state)))
+    meta = {"step": int(step), "losses": [float(v) for v in np.asarray(losses)]}
+    _atomic_write(path.with_name(path.name + ".json"), lambda f: json.dump(meta, f), "w")
+
+
+def load_checkpoint(path, params, opt_state):
+    """Load a checkpoint written by :func:`save_checkpoint` into templates of the same structure.
+
+    Returns ``(params, opt_state, step, losses)``.
+    """
+    path = Path(path)
+    meta_path = path.with_name(path.name + ".json")
+    if not path.exists() or not meta_path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    params, opt_state = eqx.tree_deserialise_leaves(path, (params, opt_state))
+    meta = json.loads(meta_path.read_text())
+    return params, opt_state, int(meta["step"]), list(meta["losses"])
+
+
+def fit(
+    loss_fn: Callable[[Any, PRNGKeyArray, Any], jax.Array],
+    params: Any,
+    key: PRNGKeyArray,
+    num_steps: int,
+    optimizer: optax.GradientTransformation | float = 1e-3,
+    batches: Callable[[PRNGKeyArray, int], Any] | None = None,
+    clip_norm: float | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 100,
+    resume: bool = True,
+    progress_bar: bool = True,
+    desc: str = "fit",
+    callback: Callable[[int, Any, float], None] | None = None,
+) -> FitResult:
+    """Minimise ``loss_fn(params, key, batch)`` with optax.
+
+    Args:
+        loss_fn: scalar loss; gradients are taken w.r.t. the inexact-array leaves of
+            ``params`` (``eqx.filter_value_and_grad``), other leaves are left alone.
+        params: equinox Module / pytree of initial parameters.
+        key: PRNG key; step ``i`` uses ``fold_in(key, i)`` (so a resumed run draws the same
+            keys as an uninterrupted one).
+        num_steps: total number of steps (including those already done in a checkpoint).
+        optimizer: an optax transformation, or a float learning rate for Adam.
+        batches: ``batches(key, step) -> batch`` (e.g. a random minibatch); ``None`` passes
+            ``batch=None``.
+        clip_norm: clip the global gradient norm to this value.
+        checkpoint: file path; saved every ``checkpoint_every`` steps and at the end.
+        resume: continue from an existing checkpoint at ``checkpoint``.
+        callback: ``callback(step, params, loss)`` called on the host every step.
+
+    Non-finite losses raise ``FloatingPointError`` naming the step (the last checkpoint is
+    kept), never silently continue.
+    """
+    num_steps = int(num_steps)
+    if num_steps < 0:
+        raise ValueError(f"num_steps must be >= 0, got {num_steps}")
+    if isinstance(optimizer, (int, float)):
+        optimizer = optax.adam(float(optimizer))
+    if clip_norm is not None:
+        optimizer = optax.chain(optax.clip_by_global_norm(float(clip_norm)), optimizer)
+    opt_state = optimizer.init(eqx.filter(params, eqx.is_inexact_array))
+    start, losses = 0, []
+    if checkpoint is not None and resume and Path(checkpoint).exists():
+        params, opt_state, start, losses = load_checkpoint(checkpoint, params, opt_state)
+
+    @eqx.filter_jit
+    def step(params, opt_state, k, batch):
+        loss, grads = eqx.filter_value_and_grad(loss_fn)(params, k, batch)
+        updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(params, eqx.is_inexact_array))
+        params = eqx.apply_updates(params, updates)
+        return params, opt_state, loss
+
+    bar = None
+    if progress_bar and num_steps > start:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=num_steps, initial=start, desc=desc, leave=False)
+    t0 = time.perf_counter()
+    try:
+        for i in range(start, num_steps):
+            ki = jax.random.fold_in(key, i)
+            kb, kl = jax.random.split(ki)
+            batch = batches(kb, i) if batches is not None else None
+            new_params, new_state, loss = step(params, opt_state, kl, batch)
+            lv = float(loss)
+            if not np.isfinite(lv):
+                raise FloatingPointError(
+                    f"{desc}: loss became {lv} at step {i}; parameters of step {i - 1} kept"
+                    + (f" (checkpoint {checkpoint})" if checkpoint is not None else ""))
+            params, opt_state = new_params, new_state
+            losses.append(lv)
+            if callback is not None:
+                callback(i, params, lv)
+            if bar is not None:
+                bar.update(1)
+                if i % 10 == 0:
+                    bar.set_postfix(loss=f"{lv:.4g}")
+            if checkpoint is not None and (i + 1) % int(checkpoint_every) == 0:
+                save_checkpoint(checkpoint, params, opt_state, i + 1, losses)
+    finally:
+        if bar is not None:
+            bar.close()
+    if checkpoint is not None and num_steps > start:
+        save_checkpoint(checkpoint, params, opt_state, num_steps, losses)
+    return FitResult(params, np.asarray(losses), opt_state, max(num_steps, start),
+                     time.perf_counter() - t0)

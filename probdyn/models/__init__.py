@@ -1,0 +1,16 @@
+"""Model families built on the Kalman engine and the inference engines.
+
+Import the family you need: ``from probdyn.models import sysid, mgpvae, sparse_gp_sde,
+fractional_sde``.
+"""
+
+import importlib
+
+_FAMILIES = ("sysid", "mgpvae", "sparse_gp_sde", "fractional_sde")
+__all__ = list(_FAMILIES)
+
+
+def __getattr__(name):
+    if name in _FAMILIES:
+        return importlib.import_module(f"probdyn.models.{name}")
+    raise AttributeError(f"module 'probdyn.models' has no attribute {name!r}")
