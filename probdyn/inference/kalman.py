@@ -191,7 +191,43 @@ def _emis(arr: _Arrays, t):
 # ----------------------------------------------------------------------------------
 # Filtering
 # ----------------------------------------------------------------------------------
-def _filter_sequential(arr: _Arrays, y):
+REMAT_MIN_STEPS = 100_000
+"""Sequential scans longer than this run as ``sqrt(T)`` chunks whose bodies are
+rematerialised under differentiation (``jax.checkpoint``): the reverse pass of the
+log-likelihood gradient then stores O(sqrt(T)) step residuals instead of O(T), at the
+cost of one extra forward pass. Forward-only calls are unaffected."""
+
+
+def _scan(step, carry, n: int, start: int = 1, keep: bool = True):
+    """``lax.scan`` of ``step(carry, t)`` over ``t = start .. start + n - 1``.
+
+    Long scans are chunked and checkpointed (see :data:`REMAT_MIN_STEPS`). With
+    ``keep=False`` the per-step outputs are dropped (``None``).
+    """
+    body = step if keep else (lambda c, t: (step(c, t)[0], None))
+    if n <= REMAT_MIN_STEPS:
+        return jax.lax.scan(body, carry, jnp.arange(start, start + n))
+    C = int(math.ceil(math.sqrt(n)))
+    nc = -(-n // C)
+    idx = jnp.arange(start, start + nc * C).reshape(nc, C)
+    stop = start + n
+
+    def masked(c, t):  # padded steps (t >= stop) leave the carry unchanged
+        c2, out = body(c, jnp.minimum(t, stop - 1))
+        c2 = jax.tree.map(lambda a, b: jnp.where(t < stop, a, b), c2, c)
+        return c2, out
+
+    @jax.checkpoint
+    def chunk(c, ts):
+        return jax.lax.scan(masked, c, ts)
+
+    carry, outs = jax.lax.scan(chunk, carry, idx)
+    if outs is not None:
+        outs = jax.tree.map(lambda a: a.reshape((nc * C,) + a.shape[2:])[:n], outs)
+    return carry, outs
+
+
+def _filter_sequential(arr: _Arrays, y, keep: bool = True):
     T = y.shape[0]
     H0, SR0 = _emis(arr, 0)
     m, S, ll = update(arr.m0, arr.S0, H0, SR0, y[0])
@@ -204,7 +240,10 @@ def _filter_sequential(arr: _Arrays, y):
         mf, Sf, l = update(mp, Sp, H, SR, y[t])
         return (mf, Sf, ll + l), (mf, Sf)
 
-    (_, _, ll), (ms, Ss) = jax.lax.scan(step, (m, S, ll), jnp.arange(1, T))
+    (_, _, ll), outs = _scan(step, (m, S, ll), T - 1, keep=keep)
+    if not keep:
+        return None, None, ll
+    ms, Ss = outs
     ms = jnp.concatenate([m[None], ms], axis=0)
     Ss = jnp.concatenate([S[None], Ss], axis=0)
     return ms, Ss, ll
@@ -309,7 +348,7 @@ def log_likelihood(ssm: LinearGaussianSSM, y: Float[Array, "T p"], parallel: boo
     """Log marginal likelihood ``log p(y_{0:T-1})`` (NaN = missing)."""
     if not use_parallel(parallel):
         ssm, y, dtype = _prepare(ssm, y)
-        return _filter_sequential(_arrays(ssm, y.shape[0], dtype), y)[2]
+        return _filter_sequential(_arrays(ssm, y.shape[0], dtype), y, keep=False)[2]
     return filter(ssm, y, parallel=True).log_likelihood
 
 
