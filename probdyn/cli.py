@@ -91,8 +91,8 @@ def load_dataset(name: str):
         from probdyn.datasets import lynx_hare
 
         d = lynx_hare()
-        t = np.concatenate([[0.0], np.asarray(d["ts"], float)])
-        y = np.concatenate([np.asarray(d["y_init"], float)[None], np.asarray(d["y"], float)])
+        t = np.concatenate([[0.0], np.asarray(d.ts, float)])
+        y = np.concatenate([np.asarray(d.y_init, float)[None], np.asarray(d.y, float)])
         return t, y, ["hare", "lynx"]
     if name == "co2":
         import statsmodels.api as sm
@@ -359,31 +359,97 @@ def _fit_sde(a, t, y, names) -> int:
     return sysid.fit_cli(a, t, y, names, out)
 
 
+def _compare_figures(res, out: Path) -> list[Path]:
+    """NLPD/RMSE against lead time per model and spacing, and one forecast per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    df = res.table
+    figs = []
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for (model, spacing), g in df.groupby(["model", "spacing"]):
+        g = g.sort_values("horizon_time")
+        ls = "-" if spacing == "test" else ":"
+        for ax, col in zip(axes, ("nlpd", "rmse")):
+            ax.plot(g["horizon_time"], g[col], ls, marker="o", ms=3, label=f"{model} [{spacing} spacing]")
+    for ax, col in zip(axes, ("NLPD", "RMSE")):
+        ax.set_xlabel("lead time")
+        ax.set_ylabel(col)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("forecast scores (solid: test spacing, dotted: training spacing)")
+    fig.tight_layout()
+    figs.append(out / "scores.png")
+    fig.savefig(figs[-1], dpi=120)
+    plt.close(fig)
+
+    keys = [k for k in res.forecasts if k[1] == "test"]
+    if keys:
+        fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), sharey=True, squeeze=False)
+        for ax, key in zip(axes[0], keys):
+            f = res.forecasts[key]
+            m, v = np.asarray(f["mean"])[:, 0], np.asarray(f["cov"])[:, 0, 0]
+            ax.plot(f["ctx_times"], np.asarray(f["ctx_y"])[:, 0], "k.", ms=4, label="context")
+            ax.plot(f["times"], np.asarray(f["truth"])[:, 0], "kx", ms=4, label="held out")
+            ax.plot(f["times"], m, color="C0")
+            ax.fill_between(f["times"], m - 2 * np.sqrt(v), m + 2 * np.sqrt(v), color="C0", alpha=0.3)
+            ax.set_title(key[0], fontsize=9)
+            ax.set_xlabel("time")
+        axes[0][0].legend(fontsize=7)
+        fig.suptitle("forecasts at the test spacing (mean ± 2 sd, first observed coordinate)")
+        fig.tight_layout()
+        figs.append(out / "forecasts.png")
+        fig.savefig(figs[-1], dpi=120)
+        plt.close(fig)
+    return figs
+
+
 def _cmd_compare(a) -> int:
     from probdyn.models import sysid
 
-    files = ["report.md", "comparison.csv"]
+    files = ["report.md", "comparison.csv", "scores.png", "forecasts.png"]
     out = _prepare_out(a.out, files, a.force)
-    kwargs = dict(quick=a.quick, seed=a.seed, progress_bar=not a.no_progress)
+    kwargs = dict(quick=a.quick, key=a.seed)
     if a.csv:
-        t, y, names = read_series(a.csv, a.time_col, a.columns, min_points=8)
-        kwargs.update(times=t, y=y, names=names)
-    elif a.system is None or a.system == "lynx_hare":
-        t, y, names = load_dataset("lynx_hare")
-        kwargs.update(times=t, y=y, names=names)
+        t, y, names = read_series(a.csv, a.time_col, a.columns, min_points=30)
+        name = a.system or ("ornstein_uhlenbeck" if y.shape[1] == 1 else "van_der_pol")
+        try:
+            system = sysid.get_system(name)
+        except ValueError as e:
+            raise CLIError(str(e)) from None
+        if system.H.shape[0] != y.shape[1]:
+            raise CLIError(f"--system {name} observes {system.H.shape[0]} coordinate(s) but the CSV gives "
+                           f"{y.shape[1]} column(s) ({', '.join(names)})")
+        kwargs.update(system=system, times=t, y=y)
+        title = f"{a.csv} ({', '.join(names)}), {name} drift family"
     else:
-        kwargs.update(system=a.system)
-    if a.test_spacing is not None:
-        kwargs["test_spacing"] = a.test_spacing
+        name = a.system or "lotka_volterra"
+        try:
+            sysid.get_system(name)
+        except ValueError as e:
+            raise CLIError(str(e)) from None
+        kwargs.update(system=name)
+        if a.test_spacing is not None:
+            if a.test_spacing <= 0:
+                raise CLIError("--test-spacing must be positive")
+            kwargs["dt_test"] = a.test_spacing
+        title = f"simulated {name}"
+    print(f"probdyn compare: {title}{' (quick)' if a.quick else ''}", flush=True)
     t0 = time.perf_counter()
     res = sysid.compare(**kwargs)
+    elapsed = time.perf_counter() - t0
     table = res.to_markdown()
     print(table)
-    (out / "comparison.csv").write_text(res.to_csv())
-    figs = res.save_figures(out)
-    lines = [f"# probdyn compare: {res.title}", "", table, ""]
-    lines += [f"![{Path(f).stem}]({Path(f).name})" for f in figs]
-    lines += ["", f"Run time: {time.perf_counter() - t0:.0f} s."]
+    res.table.to_csv(out / "comparison.csv", index=False)
+    figs = _compare_figures(res, out)
+    lines = [f"# probdyn compare: {title}", "",
+             "Continuous-time (SDE, continuous-discrete filter) and discrete-time models fitted by the same",
+             "engine (maximum likelihood of their Gaussian-filter likelihoods); forecasts scored against",
+             "held-out data at the training spacing and at a different test spacing.", "", table, ""]
+    lines += [f"![{f.stem}]({f.name})" for f in figs]
+    lines += ["", f"Run time: {elapsed:.0f} s."]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     print(f"\nwrote {out / 'report.md'}, {out / 'comparison.csv'} and {len(figs)} figures in {out}")
     return 0
@@ -412,12 +478,13 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="discrete- vs continuous-time models of one system (the main job)", formatter_class=fmt,
                        description="Fit a continuous-time (SDE) and a discrete-time model to the same data with the same\n"
                                    "engine and compare forecasts (RMSE, NLPD vs horizon), parameters and run time.",
-                       epilog="examples:\n  probdyn compare --quick                      # bundled lynx-hare data\n"
+                       epilog="examples:\n  probdyn compare --quick                      # simulated Lotka-Volterra\n"
                               "  probdyn compare --system van_der_pol --out vdp\n"
-                              "  probdyn compare --csv data.csv --time-col t --columns a,b")
+                              "  probdyn compare --csv data.csv --time-col t --columns a,b --system van_der_pol")
     common(c)
-    c.add_argument("--system", help="built-in simulated system (ou, pendulum, van_der_pol, lotka_volterra, double_well) "
-                                    "or lynx_hare (default)")
+    c.add_argument("--system", help="built-in system: ornstein_uhlenbeck, damped_pendulum, van_der_pol, "
+                                    "lotka_volterra (default; parameters of the lynx-hare posterior), double_well; "
+                                    "with --csv: the drift family to fit")
     c.add_argument("--test-spacing", type=float, help="observation spacing of the test data (simulated systems)")
     c.add_argument("--quick", action="store_true", help="small settings, about a minute")
     c.set_defaults(func=_cmd_compare)

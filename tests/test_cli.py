@@ -110,3 +110,25 @@ def test_fit_csv_end_to_end_and_no_overwrite(tmp_path):
     assert r2.returncode == 2 and "--force" in r2.stderr
     meta = json.loads((out / "fit.json").read_text())
     assert meta["n_points"] == 60 and meta["engine"] == "map"
+
+
+def test_compare_quick_end_to_end(tmp_path):
+    """The main job on --quick settings: report, figures and a table with both model kinds;
+    the naive discrete model must be worse than the continuous one at the test spacing."""
+    r = cli("compare", "--quick", "--no-progress", "--out", "cmp", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = tmp_path / "cmp"
+    for f in ("report.md", "comparison.csv", "scores.png", "forecasts.png"):
+        assert (out / f).stat().st_size > 0, f
+    import pandas as pd
+
+    df = pd.read_csv(out / "comparison.csv")
+    assert set(df["kind"]) == {"continuous", "discrete"}
+    test = df[df["spacing"] == "test"]
+    far = test["horizon_time"].max()
+    cont = test[(test["kind"] == "continuous") & (test["horizon_time"] == far)]["nlpd"].min()
+    naive = test[(test["model"].str.contains("naive")) & (test["horizon_time"] == far)]["nlpd"].min()
+    assert naive > cont + 1.0
+    assert "continuous" in (out / "report.md").read_text()
+    r2 = cli("compare", "--quick", "--out", "cmp", cwd=tmp_path)
+    assert r2.returncode == 2 and "--force" in r2.stderr

@@ -7,10 +7,10 @@ Each loader lives in its own module; names are imported lazily so that importing
 import importlib
 
 _WHERE = {
-    "lynx_hare": "probdyn.datasets.lynx_hare",
+    "lynx_hare": "probdyn.datasets.hudson_bay",
     "rotating_digits": "probdyn.datasets.digits_video",
     "pendulum_sensors": "probdyn.datasets.digits_video",
-    "moving_digits": "probdyn.datasets.moving_digits",
+    "moving_digits": "probdyn.datasets.moving_digits_video",
 }
 
 __all__ = sorted(_WHERE)

@@ -13,6 +13,7 @@ loaded and training continues from its step, so an interrupted run loses at most
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -74,6 +75,26 @@ def load_checkpoint(path, params, opt_state):
     return params, opt_state, int(meta["step"]), list(meta["losses"])
 
 
+@functools.lru_cache(maxsize=32)
+def _make_optimizer(optimizer, clip_norm):
+    """Cached so that equal requests give the *same* object (and reuse compiled steps)."""
+    if isinstance(optimizer, (int, float)):
+        optimizer = optax.adam(float(optimizer))
+    if clip_norm is not None:
+        optimizer = optax.chain(optax.clip_by_global_norm(clip_norm), optimizer)
+    return optimizer
+
+
+@eqx.filter_jit
+def _step(loss_fn, optimizer, params, opt_state, k, batch):
+    """One optimiser step; compiled once per (loss_fn, optimizer, shapes): both are static
+    (hashed by identity), so repeated :func:`fit` calls with the same objects reuse it."""
+    loss, grads = eqx.filter_value_and_grad(loss_fn)(params, k, batch)
+    updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(params, eqx.is_inexact_array))
+    params = eqx.apply_updates(params, updates)
+    return params, opt_state, loss
+
+
 def fit(
     loss_fn: Callable[[Any, PRNGKeyArray, Any], jax.Array],
     params: Any,
@@ -112,21 +133,14 @@ def fit(
     num_steps = int(num_steps)
     if num_steps < 0:
         raise ValueError(f"num_steps must be >= 0, got {num_steps}")
-    if isinstance(optimizer, (int, float)):
-        optimizer = optax.adam(float(optimizer))
-    if clip_norm is not None:
-        optimizer = optax.chain(optax.clip_by_global_norm(float(clip_norm)), optimizer)
+    optimizer = _make_optimizer(optimizer, None if clip_norm is None else float(clip_norm))
     opt_state = optimizer.init(eqx.filter(params, eqx.is_inexact_array))
     start, losses = 0, []
     if checkpoint is not None and resume and Path(checkpoint).exists():
         params, opt_state, start, losses = load_checkpoint(checkpoint, params, opt_state)
 
-    @eqx.filter_jit
     def step(params, opt_state, k, batch):
-        loss, grads = eqx.filter_value_and_grad(loss_fn)(params, k, batch)
-        updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(params, eqx.is_inexact_array))
-        params = eqx.apply_updates(params, updates)
-        return params, opt_state, loss
+        return _step(loss_fn, optimizer, params, opt_state, k, batch)
 
     bar = None
     if progress_bar and num_steps > start:

@@ -147,3 +147,32 @@ def posterior_idata(model: Callable, guide: Callable, params: dict, key: PRNGKey
     samples = {n: jnp.asarray(v)[None] for n, v in draws.items()}
     return to_inference_data(model, samples, *args, log_likelihood=log_likelihood, **kwargs)
 
+
+
+# ----------------------------------------------------------------------------------
+# Natural-gradient (CVI) site updates: the generic machinery lives in
+# :mod:`probdyn.inference.natgrad` and is re-exported here.
+# ----------------------------------------------------------------------------------
+from probdyn.inference.natgrad import (  # noqa: E402
+    GaussianSites,
+    NatGradTrace,
+    QuadratureRule,
+    cubature,
+    cvi_site_target,
+    damped,
+    gauss_hermite,
+    gaussian_expectation,
+    natural_gradient_ascent,
+)
+
+__all__ += [
+    "GaussianSites",
+    "NatGradTrace",
+    "QuadratureRule",
+    "cubature",
+    "cvi_site_target",
+    "damped",
+    "gauss_hermite",
+    "gaussian_expectation",
+    "natural_gradient_ascent",
+]

@@ -62,8 +62,11 @@ __all__ = [
     "fbm_variance",
     "gamma_grid",
     "ma_fbm_covariance",
+    "ma_fbm_initial_cov",
+    "ma_fbm_linear_sde",
     "ma_fbm_lti",
     "ma_fbm_system",
+    "ma_fbm_weights",
     "optimal_weights",
     "relative_integrated_mse",
     "sample_fbm",
@@ -650,3 +653,105 @@ def relative_integrated_mse(
         return (jnp.sum(q * (vh - v) ** 2) / jnp.sum(q * v**2)).astype(out)
     Q = q[:, None] * q[None, :]
     return (jnp.sum(Q * (Ch - C) ** 2) / jnp.sum(Q * C**2)).astype(out)
+
+
+# ------------------------------------------------------- linear SDEs with MA-fBM noise
+
+
+def ma_fbm_weights(hurst, gammas, horizon, kind: Kind = "type1",
+                   normalization: Normalization = "standard") -> jax.Array:
+    """Optimal weights (K,) for ``B^H`` in the given normalisation (differentiable in ``hurst``).
+
+    ``"standard"`` (``Var B^H(t) ~ t^{2H}``) divides the paper-normalised optimum
+    :func:`optimal_weights` by :func:`fbm_scale`; ``"paper"`` returns it unchanged.
+    """
+    _check_normalization(normalization)
+    w = optimal_weights(hurst, gammas, horizon, kind)
+    if normalization == "standard":
+        w = w / fbm_scale(hurst, kind).astype(w.dtype)
+    return w
+
+
+def ma_fbm_linear_sde(
+    drift_matrix,
+    sigma,
+    hurst,
+    gammas,
+    horizon,
+    kind: Kind = "type1",
+    output_matrix=None,
+    normalization: Normalization = "standard",
+):
+    r"""Linear SDE with additive MA-fBM noise as an :class:`probdyn.LTISDE`.
+
+    Model (``d`` coordinates, each driven by its own fBM, all with the same ``H``):
+
+    .. math:: dX = A X\,dt + \mathrm{diag}(\sigma)\,d\hat B^H,\qquad
+              \hat B^H_i = \sum_k \omega_k (Y_{ik} - Y_{ik}(0)),\quad
+              dY_{ik} = -\gamma_k Y_{ik}\,dt + dW_i .
+
+    Substituting :math:`d\hat B^H_i = \sum_k\omega_k(-\gamma_k Y_{ik}dt + dW_i)`, the augmented
+    state :math:`z = (X, Y_{11..1K}, \dots, Y_{d1..dK})` (``d + dK``) is the LTI SDE
+    ``dz = F z dt + L dW`` with
+
+    * ``F = [[A, -diag(sigma) kron (omega * gamma)^T], [0, -I_d kron diag(gamma)]]``,
+    * ``L = [[diag(sigma) * sum(omega)], [I_d kron 1_K]]`` (``(d + dK, d)``), ``Qc = I_d``,
+    * ``H = output_matrix @ [I_d, 0]`` (default: observe ``X``).
+
+    The fractional OU :math:`dX = -\theta X dt + \sigma dB^H` is ``drift_matrix = [[-theta]]``.
+    ``Pinf`` is left ``None`` (the initial law is not stationary: use
+    :func:`ma_fbm_initial_cov`); ``probdyn.discretise`` then uses Van Loan's method, so
+    ``theta = 0`` (plain scaled fBM) is fine. ``K = 0`` (empty ``gammas``) gives the
+    Brownian SDE ``dX = A X dt + diag(sigma) dW``.
+
+    Args: ``drift_matrix`` (d, d); ``sigma`` scalar or (d,); ``hurst`` scalar in (0, 1);
+    ``gammas`` (K,); ``horizon`` the interval length the weights are fitted on.
+    """
+    from probdyn.ssm import LTISDE
+
+    _check_kind(kind)
+    out, _ = _dtypes(drift_matrix, sigma, hurst, gammas, horizon)
+    A = jnp.asarray(drift_matrix, out)
+    if A.ndim != 2 or A.shape[0] != A.shape[1]:
+        raise ValueError(f"drift_matrix must have shape (d, d), got {A.shape}")
+    d = A.shape[0]
+    s = jnp.broadcast_to(jnp.asarray(sigma, out), (d,))
+    g = jnp.asarray(gammas, out)
+    if g.ndim != 1:
+        raise ValueError(f"gammas must have shape (K,), got {g.shape}")
+    K = g.shape[0]
+    eye = jnp.eye(d, dtype=out)
+    if K == 0:  # Brownian motion: dX = A X dt + diag(sigma) dW
+        C = eye if output_matrix is None else jnp.asarray(output_matrix, out)
+        return LTISDE(F=A, L=jnp.diag(s), Qc=eye, H=C)
+    w = ma_fbm_weights(jnp.asarray(hurst, out), g, jnp.asarray(horizon, out), kind, normalization)
+    F = jnp.block([
+        [A, -jnp.kron(jnp.diag(s), (w * g)[None, :])],
+        [jnp.zeros((d * K, d), out), -jnp.kron(eye, jnp.diag(g))],
+    ])
+    L = jnp.concatenate([jnp.diag(s * jnp.sum(w)), jnp.kron(eye, jnp.ones((K, 1), out))], axis=0)
+    Hx = jnp.concatenate([eye, jnp.zeros((d, d * K), out)], axis=1)
+    if output_matrix is not None:
+        C = jnp.asarray(output_matrix, out)
+        if C.ndim != 2 or C.shape[1] != d:
+            raise ValueError(f"output_matrix must have shape (m, {d}), got {C.shape}")
+        Hx = C @ Hx
+    return LTISDE(F=F, L=L, Qc=eye, H=Hx)
+
+
+def ma_fbm_initial_cov(x0_cov, gammas, kind: Kind = "type1") -> jax.Array:
+    """Initial covariance ``(d + dK, d + dK)`` of the augmented state of :func:`ma_fbm_linear_sde`.
+
+    ``blockdiag(x0_cov, I_d kron P0)`` with ``P0`` the covariance of ``Y(0)``: stationary
+    ``1/(gamma_i + gamma_j)`` (type I) or zero (type II). ``x0_cov`` is (d, d).
+    """
+    _check_kind(kind)
+    out, _ = _dtypes(x0_cov, gammas)
+    P = jnp.asarray(x0_cov, out)
+    if P.ndim != 2 or P.shape[0] != P.shape[1]:
+        raise ValueError(f"x0_cov must have shape (d, d), got {P.shape}")
+    g = jnp.asarray(gammas, out)
+    d, K = P.shape[0], g.shape[0]
+    P0 = 1.0 / (g[:, None] + g[None, :]) if kind == "type1" else jnp.zeros((K, K), out)
+    PY = jnp.kron(jnp.eye(d, dtype=out), P0)
+    return jnp.block([[P, jnp.zeros((d, d * K), out)], [jnp.zeros((d * K, d), out), PY]])

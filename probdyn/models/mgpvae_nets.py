@@ -1,0 +1,81 @@
+"""Encoders and decoders for the (Markovian) GP-VAE of :mod:`probdyn.models.mgpvae`.
+
+An *encoder* maps one frame (``obs_shape``) to Gaussian sites ``(mean (L,), var (L,))``;
+a *decoder* maps a latent ``z`` (L,) to the likelihood parameters of one frame
+(``obs_shape``: Gaussian mean or Bernoulli logits). Any equinox Module / callable with those
+signatures can be used instead.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
+
+__all__ = ["MLPEncoder", "CNNEncoder", "MLPDecoder", "site_params"]
+
+_MIN_VAR = 1e-3
+
+
+def site_params(raw: Float[Array, " 2L"]) -> tuple[Float[Array, " L"], Float[Array, " L"]]:
+    """Split a network output into site mean and variance ``softplus(.) + 1e-3``."""
+    L = raw.shape[-1] // 2
+    return raw[..., :L], jax.nn.softplus(raw[..., L:]) + _MIN_VAR
+
+
+class MLPEncoder(eqx.Module):
+    """Vector frames (D,) -> sites; an MLP with ELU activations."""
+
+    mlp: eqx.nn.MLP
+    obs_shape: tuple[int, ...] = eqx.field(static=True)
+
+    def __init__(self, obs_shape: Sequence[int], latent_dim: int, key: PRNGKeyArray, width: int = 64, depth: int = 2):
+        self.obs_shape = tuple(int(s) for s in obs_shape)
+        self.mlp = eqx.nn.MLP(math.prod(self.obs_shape), 2 * latent_dim, width, depth, activation=jax.nn.elu, key=key)
+
+    def __call__(self, y):
+        return site_params(self.mlp(jnp.reshape(y, (-1,))))
+
+
+class CNNEncoder(eqx.Module):
+    """Image frames (H, W) -> sites: two stride-2 3x3 convolutions (16, 32 channels) + linear."""
+
+    conv1: eqx.nn.Conv2d
+    conv2: eqx.nn.Conv2d
+    head: eqx.nn.Linear
+    obs_shape: tuple[int, ...] = eqx.field(static=True)
+
+    def __init__(self, obs_shape: Sequence[int], latent_dim: int, key: PRNGKeyArray, channels: int = 16):
+        if len(obs_shape) != 2:
+            raise ValueError(f"CNNEncoder expects images (H, W), got obs_shape {tuple(obs_shape)}")
+        self.obs_shape = tuple(int(s) for s in obs_shape)
+        k1, k2, k3 = jax.random.split(key, 3)
+        self.conv1 = eqx.nn.Conv2d(1, channels, 3, stride=2, padding=1, key=k1)
+        self.conv2 = eqx.nn.Conv2d(channels, 2 * channels, 3, stride=2, padding=1, key=k2)
+        h, w = self.obs_shape
+        h, w = (h + 1) // 2, (w + 1) // 2
+        h, w = (h + 1) // 2, (w + 1) // 2
+        self.head = eqx.nn.Linear(2 * channels * h * w, 2 * latent_dim, key=k3)
+
+    def __call__(self, y):
+        x = jax.nn.elu(self.conv1(y[None]))
+        x = jax.nn.elu(self.conv2(x))
+        return site_params(self.head(jnp.reshape(x, (-1,))))
+
+
+class MLPDecoder(eqx.Module):
+    """Latent (L,) -> frame parameters ``obs_shape`` (Gaussian mean or Bernoulli logits)."""
+
+    mlp: eqx.nn.MLP
+    obs_shape: tuple[int, ...] = eqx.field(static=True)
+
+    def __init__(self, latent_dim: int, obs_shape: Sequence[int], key: PRNGKeyArray, width: int = 64, depth: int = 2):
+        self.obs_shape = tuple(int(s) for s in obs_shape)
+        self.mlp = eqx.nn.MLP(latent_dim, math.prod(self.obs_shape), width, depth, activation=jax.nn.elu, key=key)
+
+    def __call__(self, z):
+        return jnp.reshape(self.mlp(z), self.obs_shape)
