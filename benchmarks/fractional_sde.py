@@ -18,7 +18,6 @@ import time
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from probdyn.inference.optimize import fit
