@@ -378,6 +378,7 @@ def _compare_figures(res, out: Path) -> list[Path]:
     for ax, col in zip(axes, ("NLPD", "RMSE")):
         ax.set_xlabel("lead time")
         ax.set_ylabel(col)
+    axes[1].set_yscale("log")  # diverging discrete models would flatten the others
     axes[0].legend(fontsize=7)
     fig.suptitle("forecast scores (solid: test spacing, dotted: training spacing)")
     fig.tight_layout()
