@@ -348,15 +348,95 @@ def _fit_markov_gp(a, t, y, names) -> int:
 
 
 def _fit_sde(a, t, y, names) -> int:
+    """MAP/ML fit of a built-in mechanistic SDE drift family by the continuous–discrete EKF."""
+    import jax
+    import jax.numpy as jnp
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from probdyn import observations as obs_lib
+    from probdyn.inference import gaussian_filters as gf
+    from probdyn.models import sysid
+
+    jax.config.update("jax_enable_x64", True)  # the command owns its process
+    if a.engine != "map":
+        raise CLIError("--model sde is fitted by maximum likelihood of its continuous-discrete filter (--engine map); "
+                       "for NUTS use SDEFilterDistribution in a numpyro program (tutorials/sysid_continuous_vs_discrete.py)")
     try:
-        from probdyn.models import sysid
-    except ImportError as e:  # pragma: no cover
-        raise CLIError(f"the SDE models are not available: {e}") from None
-    if not hasattr(sysid, "fit_cli"):
-        raise CLIError("--model sde is not available in this version")
+        system = sysid.get_system(a.drift)
+    except ValueError as e:
+        raise CLIError(f"unknown --drift: {e}") from None
+    H = np.asarray(system.H, float)
+    if H.shape[0] != y.shape[1]:
+        raise CLIError(f"--drift {a.drift} observes {H.shape[0]} coordinate(s) but the data have {y.shape[1]} "
+                       f"column(s) ({', '.join(names)}); choose them with --columns")
     files = ["posterior.nc", "summary.csv", "summary.md", "forecast.png", "fit.json"]
     out = _prepare_out(a.out, files, a.force)
-    return sysid.fit_cli(a, t, y, names, out)
+    log_state = a.drift == "lotka_volterra"  # state = log populations; count data are log-normal
+    if log_state:
+        if np.any(y[np.isfinite(y)] <= 0):
+            raise CLIError("--drift lotka_volterra models positive populations; the data have values <= 0")
+        ob = obs_lib.LogNormal(jnp.asarray(H), 0.25 * jnp.ones(H.shape[0]))
+    else:
+        ob = obs_lib.LinearGaussian(jnp.asarray(H), (system.obs_sd**2) * jnp.ones(H.shape[0]))
+    model = sysid.SDEModel(sysid.MechanisticDrift(system.drift, dict(system.params)),
+                           float(np.mean(system.diffusion)), system.state_dim)
+    tt, yy = jnp.asarray(t), jnp.asarray(y)
+    print(f"fitting the {a.drift} SDE drift family to {', '.join(names)} ({len(t)} points) by the "
+          f"continuous-discrete EKF likelihood", flush=True)
+    t0 = time.perf_counter()
+    fkw = dict(num_substeps=10)
+    info = sysid.fit_map(model, ob, tt, yy, jax.random.PRNGKey(a.seed), num_steps=a.steps, learning_rate=a.lr,
+                         filter_kwargs=fkw, progress_bar=not a.no_progress)
+    elapsed = time.perf_counter() - t0
+    fitted = {k: float(jnp.exp(v)) for k, v in info.model.drift.log_params.items()}
+    for i, v in enumerate(np.exp(np.asarray(info.model.log_diffusion))):
+        fitted[f"diffusion_{i}"] = float(v)
+
+    # smoothed path over the data and a forecast horizon (future rows are missing data)
+    span = float(t[-1] - t[0])
+    horizon = a.horizon if a.horizon is not None else 0.1 * span
+    dt = float(np.median(np.diff(t)))
+    n_h = max(1, int(round(horizon / dt)))
+    t_ext = jnp.concatenate([tt, tt[-1] + dt * jnp.arange(1, n_h + 1)])
+    y_ext = jnp.concatenate([yy, jnp.full((n_h, y.shape[1]), jnp.nan)])
+    m0, P0 = sysid._initial(ob, yy[0], system.state_dim, 1.0)
+    sm = gf.smoother(info.model.sde, ob, t_ext, y_ext, m0, P0, method="ekf", **fkw)
+    Hj = jnp.asarray(H)
+    mean = np.asarray(sm.mean @ Hj.T)
+    sd = np.sqrt(np.asarray(jnp.einsum("pd,tde,qe->tpq", Hj, sm.cov, Hj)).diagonal(axis1=1, axis2=2))
+    fig, axes = plt.subplots(len(names), 1, figsize=(9, 2.8 * len(names)), squeeze=False)
+    for i, (ax, nm) in enumerate(zip(axes[:, 0], names)):
+        lo, mid, hi = mean[:, i] - 2 * sd[:, i], mean[:, i], mean[:, i] + 2 * sd[:, i]
+        if log_state:
+            lo, mid, hi = np.exp(lo), np.exp(mid), np.exp(hi)
+        ax.plot(t, y[:, i], "k.", ms=4, label="data")
+        ax.plot(np.asarray(t_ext), mid, color="C0", label=f"{a.drift} SDE (smoothed / forecast)")
+        ax.fill_between(np.asarray(t_ext), lo, hi, color="C0", alpha=0.25, label="±2 sd")
+        ax.axvline(t[-1], color="gray", lw=0.8, ls="--")
+        ax.set_ylabel(nm)
+    axes[0, 0].legend(fontsize=8)
+    axes[-1, 0].set_xlabel("time")
+    fig.tight_layout()
+    fig.savefig(out / "forecast.png", dpi=120)
+    plt.close(fig)
+
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import arviz as az
+
+        idata = az.from_dict(posterior={k: np.array([[v]]) for k, v in fitted.items()})
+    _write_fit_outputs(out, idata, {"model": "sde", "drift": a.drift, "engine": "map", "series": names,
+                                    "n_points": int(len(t)), "wall_time_s": elapsed,
+                                    "log_likelihood": float(info.log_likelihood), "parameters": fitted},
+                       point_estimate=True)
+    print(f"\nwrote {', '.join(str(out / f) for f in files)}")
+    return 0
 
 
 def _compare_figures(res, out: Path) -> list[Path]:
@@ -493,12 +573,14 @@ def _parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fit", help="fit a model to a CSV time series or an embedded dataset", formatter_class=fmt,
                        epilog="examples:\n  probdyn fit --dataset co2 --kernel matern52+sho --engine map\n"
                               "  probdyn fit --csv data.csv --time-col t --columns y --engine nuts --chains 4\n"
-                              "  probdyn fit --dataset lynx_hare --model sde --drift lotka_volterra")
+                              "  probdyn fit --dataset lynx_hare --model sde --drift lotka_volterra --steps 300")
     common(f)
     f.add_argument("--dataset", choices=DATASETS, default="nile", help="embedded dataset when no --csv (default: nile)")
     f.add_argument("--model", choices=["markov-gp", "sde"], default="markov-gp")
     f.add_argument("--kernel", default="matern32", help="sum/product of " + ", ".join(KERNELS) + " (e.g. matern32+sho)")
-    f.add_argument("--drift", default="ou", help="built-in drift for --model sde")
+    f.add_argument("--drift", default="ornstein_uhlenbeck",
+                   help="built-in drift family for --model sde: ornstein_uhlenbeck, damped_pendulum, van_der_pol, "
+                        "lotka_volterra, double_well")
     f.add_argument("--engine", choices=["map", "svi", "nuts"], default="map")
     f.add_argument("--chains", type=int, default=4)
     f.add_argument("--warmup", type=int, default=500)
