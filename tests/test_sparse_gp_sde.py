@@ -18,6 +18,7 @@ import pytest  # noqa: E402
 from probdyn import MarkovGP, kernels  # noqa: E402
 from probdyn.inference import natgrad  # noqa: E402
 from probdyn.models import sparse_gp_sde as sg  # noqa: E402
+from probdyn.inference.gaussian_filters import particle_smoother_scalar  # noqa: E402
 from probdyn.sde.base import SDE, euler_maruyama  # noqa: E402
 
 
@@ -80,38 +81,8 @@ def test_ou_joint_samples_match_posterior_moments():
 
 
 def _ffbsm(key, drift, q, sig, grid, obs_idx, y, m0, v0, P):
-    """Bootstrap particle filter on the Euler grid + FFBSm marginal smoother (reference)."""
-    N = grid.shape[0]
-    dts = jnp.diff(grid)
-    mask = jnp.zeros(N, bool).at[obs_idx].set(True)
-    yf = jnp.zeros(N).at[obs_idx].set(y)
-    k0, key = jax.random.split(key)
-    x0 = m0 + jnp.sqrt(v0) * jax.random.normal(k0, (P,))
-    logw = lambda x, k: jnp.where(mask[k], -0.5 * (yf[k] - x) ** 2 / sig**2, 0.0)  # noqa: E731
-
-    def step(carry, inp):
-        x, lw, key = carry
-        k, dt = inp
-        key, ka, kn = jax.random.split(key, 3)
-        w = jax.nn.softmax(lw)
-        res = 1.0 / jnp.sum(w**2) < P / 2
-        idx = jax.random.choice(ka, P, (P,), p=w)
-        x = jnp.where(res, x[idx], x)
-        lw = jnp.where(res, jnp.zeros(P), lw - jax.scipy.special.logsumexp(lw))
-        xn = x + drift(x) * dt + jnp.sqrt(q * dt) * jax.random.normal(kn, (P,))
-        return (xn, lw + logw(xn, k + 1), key), (xn, lw + logw(xn, k + 1))
-
-    _, (xs, lws) = jax.lax.scan(step, (x0, logw(x0, 0), key), (jnp.arange(N - 1), dts))
-    X, Wf = jnp.concatenate([x0[None], xs]), jax.nn.softmax(jnp.concatenate([logw(x0, 0)[None], lws]), axis=1)
-
-    def back(wn, k):
-        lt = -0.5 * (X[k + 1][None] - X[k][:, None] - drift(X[k])[:, None] * dts[k]) ** 2 / (q * dts[k])
-        lden = jax.scipy.special.logsumexp(jnp.log(Wf[k])[:, None] + lt, axis=0)
-        ws = Wf[k] * jnp.sum(wn[None] * jnp.exp(lt - lden[None]), axis=1)
-        return ws / ws.sum(), ws / ws.sum()
-
-    _, Ws = jax.lax.scan(back, Wf[-1], jnp.arange(N - 1), reverse=True)
-    Ws = jnp.concatenate([Ws, Wf[-1][None]])
+    """Particle-smoother (bootstrap PF + FFBSm) marginal mean and variance (reference)."""
+    X, Ws = particle_smoother_scalar(key, drift, q, sig, grid, obs_idx, y, m0, v0, P)
     mean = jnp.sum(Ws * X, 1)
     return mean, jnp.sum(Ws * X**2, 1) - mean**2
 

@@ -37,6 +37,7 @@ jax.config.update("jax_enable_x64", True)
 
 from probdyn import MarkovGP, kernels  # noqa: E402
 from probdyn.models import sparse_gp_sde as sg  # noqa: E402
+from probdyn.inference.gaussian_filters import particle_smoother_scalar  # noqa: E402
 from probdyn.sde.base import SDE  # noqa: E402
 
 SMOKE = os.environ.get("PROBDYN_SMOKE", "0") == "1"
@@ -105,49 +106,15 @@ metrics["dw_test_nlpd"] = float(-np.mean(lp))
 metrics["dw_test_rmse"] = float(np.sqrt(np.mean((np.asarray(mt[:, 0]) - y_test) ** 2)))
 print("CVI:", metrics["dw_test_nlpd"], metrics["dw_test_rmse"], "ELBO", trace.elbo[-1])
 
+# %% [markdown]
+# The reference: `gaussian_filters.particle_smoother_scalar` (bootstrap PF + FFBSm on the same grid).
 
 # %%
-def ffbsm(key, drift, q, sig, grid, obs_idx, y, m0, v0, P):
-    """Bootstrap PF + FFBSm on the Euler grid: particles (N, P) and smoothing weights (N, P)."""
-    N = grid.shape[0]
-    dts = jnp.diff(grid)
-    mask = jnp.zeros(N, bool).at[obs_idx].set(True)
-    yf = jnp.zeros(N).at[obs_idx].set(y)
-    k0, key = jax.random.split(key)
-    xi = m0 + jnp.sqrt(v0) * jax.random.normal(k0, (P,))
-    logw = lambda x, k: jnp.where(mask[k], -0.5 * (yf[k] - x) ** 2 / sig**2, 0.0)  # noqa: E731
-
-    def step(carry, inp):
-        x, lw, key = carry
-        k, dt = inp
-        key, ka, kn = jax.random.split(key, 3)
-        w = jax.nn.softmax(lw)
-        res = 1.0 / jnp.sum(w**2) < P / 2
-        idx = jax.random.choice(ka, P, (P,), p=w)
-        x = jnp.where(res, x[idx], x)
-        lw = jnp.where(res, jnp.zeros(P), lw - jax.scipy.special.logsumexp(lw))
-        xn = x + drift(x) * dt + jnp.sqrt(q * dt) * jax.random.normal(kn, (P,))
-        return (xn, lw + logw(xn, k + 1), key), (xn, lw + logw(xn, k + 1))
-
-    _, (xs, lws) = jax.lax.scan(step, (xi, logw(xi, 0), key), (jnp.arange(N - 1), dts))
-    X = jnp.concatenate([xi[None], xs])
-    Wf = jax.nn.softmax(jnp.concatenate([logw(xi, 0)[None], lws]), axis=1)
-
-    def back(wn, k):
-        lt = -0.5 * (X[k + 1][None] - X[k][:, None] - drift(X[k])[:, None] * dts[k]) ** 2 / (q * dts[k])
-        lden = jax.scipy.special.logsumexp(jnp.log(Wf[k] + 1e-300)[:, None] + lt, axis=0)
-        ws = Wf[k] * jnp.sum(wn[None] * jnp.exp(lt - lden[None]), axis=1)
-        return ws / ws.sum(), ws / ws.sum()
-
-    _, Ws = jax.lax.scan(back, Wf[-1], jnp.arange(N - 1), reverse=True)
-    return X, jnp.concatenate([Ws, Wf[-1][None]])
-
-
 g = jnp.asarray(grid)
 obs_idx = jnp.asarray(np.searchsorted(grid, t_obs))
 test_idx = np.searchsorted(grid, t_test)
 drift_np = lambda x: 4 * x * (c_true - x**2)  # noqa: E731
-run_pf = jax.jit(lambda k: ffbsm(k, drift_np, q_dw, s_dw, g, obs_idx, jnp.asarray(y_obs), x0, P0, PARTICLES))
+run_pf = jax.jit(lambda k: particle_smoother_scalar(k, drift_np, q_dw, s_dw, g, obs_idx, jnp.asarray(y_obs), x0, P0, PARTICLES))
 t0 = time.perf_counter()
 ref_m, ref_v, ref_nlpd = [], [], []
 for r in range(REPS):
