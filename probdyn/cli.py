@@ -274,7 +274,6 @@ def _fit_markov_gp(a, t, y, names) -> int:
     from probdyn import MarkovGP
     from probdyn.inference import mcmc, variational
 
-    jax.config.update("jax_enable_x64", True)  # the command owns its process
     if y.shape[1] != 1:
         raise CLIError(f"--model markov-gp fits one series; pick one with --columns (got {', '.join(names)})")
     terms = parse_kernel(a.kernel)
@@ -361,7 +360,6 @@ def _fit_sde(a, t, y, names) -> int:
     from probdyn.inference import gaussian_filters as gf
     from probdyn.models import sysid
 
-    jax.config.update("jax_enable_x64", True)  # the command owns its process
     if a.engine != "map":
         raise CLIError("--model sde is fitted by maximum likelihood of its continuous-discrete filter (--engine map); "
                        "for NUTS use SDEFilterDistribution in a numpyro program (tutorials/sysid_continuous_vs_discrete.py)")
