@@ -347,7 +347,8 @@ def _fit_markov_gp(a, t, y, names) -> int:
 
 
 def _fit_sde(a, t, y, names) -> int:
-    """MAP/ML fit of a built-in mechanistic SDE drift family by the continuous–discrete EKF."""
+    """Fit a built-in mechanistic SDE drift family by its continuous–discrete EKF likelihood:
+    maximum likelihood (``map``), or NUTS / SVI started there (``nuts``, ``svi``)."""
     import jax
     import jax.numpy as jnp
     import matplotlib
@@ -360,9 +361,6 @@ def _fit_sde(a, t, y, names) -> int:
     from probdyn.inference import gaussian_filters as gf
     from probdyn.models import sysid
 
-    if a.engine != "map":
-        raise CLIError("--model sde is fitted by maximum likelihood of its continuous-discrete filter (--engine map); "
-                       "for NUTS use SDEFilterDistribution in a numpyro program (tutorials/sysid_continuous_vs_discrete.py)")
     try:
         system = sysid.get_system(a.drift)
     except ValueError as e:
@@ -389,10 +387,22 @@ def _fit_sde(a, t, y, names) -> int:
     fkw = dict(num_substeps=10)
     info = sysid.fit_map(model, ob, tt, yy, jax.random.PRNGKey(a.seed), num_steps=a.steps, learning_rate=a.lr,
                          filter_kwargs=fkw, progress_bar=not a.no_progress)
-    elapsed = time.perf_counter() - t0
     fitted = {k: float(jnp.exp(v)) for k, v in info.model.drift.log_params.items()}
     for i, v in enumerate(np.exp(np.asarray(info.model.log_diffusion))):
         fitted[f"diffusion_{i}"] = float(v)
+    m0, P0 = sysid._initial(ob, yy[0], system.state_dim, 1.0)
+    build = _sde_builder(info.model)
+    if a.engine == "map":
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import arviz as az
+
+            idata = az.from_dict(posterior={k: np.array([[v]]) for k, v in fitted.items()})
+    else:  # Bayesian: priors around the system's nominal parameters, the filter likelihood, MAP start
+        idata = _sde_posterior(a, system, build, ob, tt, yy, m0, P0, fkw, fitted)
+    elapsed = time.perf_counter() - t0
 
     # smoothed path over the data and a forecast horizon (future rows are missing data)
     span = float(t[-1] - t[0])
@@ -401,11 +411,20 @@ def _fit_sde(a, t, y, names) -> int:
     n_h = max(1, int(round(horizon / dt)))
     t_ext = jnp.concatenate([tt, tt[-1] + dt * jnp.arange(1, n_h + 1)])
     y_ext = jnp.concatenate([yy, jnp.full((n_h, y.shape[1]), jnp.nan)])
-    m0, P0 = sysid._initial(ob, yy[0], system.state_dim, 1.0)
-    sm = gf.smoother(info.model.sde, ob, t_ext, y_ext, m0, P0, method="ekf", **fkw)
+    post = idata.posterior
+    draws = {k: np.asarray(post[k]).reshape(-1) for k in post.data_vars}
+    n = len(next(iter(draws.values())))
+    sel = np.linspace(0, n - 1, min(n, 32)).astype(int)
     Hj = jnp.asarray(H)
-    mean = np.asarray(sm.mean @ Hj.T)
-    sd = np.sqrt(np.asarray(jnp.einsum("pd,tde,qe->tpq", Hj, sm.cov, Hj)).diagonal(axis1=1, axis2=2))
+
+    def smooth(pars):  # observed-coordinate mean (T, p) and variance (T, p) of the smoother
+        sm = gf.smoother(build(pars), ob, t_ext, y_ext, m0, P0, method="ekf", **fkw)
+        return sm.mean @ Hj.T, jnp.einsum("pd,tde,pe->tp", Hj, sm.cov, Hj)
+
+    ms, vs = jax.vmap(smooth)({k: jnp.asarray(v[sel]) for k, v in draws.items()})
+    ms, vs = np.asarray(ms), np.asarray(vs)
+    mean = ms.mean(0)
+    sd = np.sqrt(vs.mean(0) + ms.var(0))  # mixture over posterior draws
     fig, axes = plt.subplots(len(names), 1, figsize=(9, 2.8 * len(names)), squeeze=False)
     for i, (ax, nm) in enumerate(zip(axes[:, 0], names)):
         lo, mid, hi = mean[:, i] - 2 * sd[:, i], mean[:, i], mean[:, i] + 2 * sd[:, i]
@@ -422,19 +441,62 @@ def _fit_sde(a, t, y, names) -> int:
     fig.savefig(out / "forecast.png", dpi=120)
     plt.close(fig)
 
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import arviz as az
-
-        idata = az.from_dict(posterior={k: np.array([[v]]) for k, v in fitted.items()})
-    _write_fit_outputs(out, idata, {"model": "sde", "drift": a.drift, "engine": "map", "series": names,
+    _write_fit_outputs(out, idata, {"model": "sde", "drift": a.drift, "engine": a.engine, "series": names,
                                     "n_points": int(len(t)), "wall_time_s": elapsed,
-                                    "log_likelihood": float(info.log_likelihood), "parameters": fitted},
-                       point_estimate=True)
+                                    "map_log_likelihood": float(info.log_likelihood), "map_parameters": fitted},
+                       point_estimate=a.engine == "map")
     print(f"\nwrote {', '.join(str(out / f) for f in files)}")
     return 0
+
+
+def _sde_builder(model):
+    """``pars -> SDE``: the fitted model's drift/diffusion with parameters from a dict of
+    positive values (drift names and ``diffusion_i``); traceable, so usable in numpyro/vmap."""
+    import equinox as eqx
+    import jax.numpy as jnp
+
+    from probdyn.sde import SDE
+
+    names = list(model.drift.log_params)
+
+    def build(pars):
+        drift = eqx.tree_at(lambda m: m.log_params, model.drift, {k: jnp.log(pars[k]) for k in names})
+        diffusion = jnp.stack([pars[f"diffusion_{i}"] for i in range(model.state_dim)])
+        return SDE(drift, diffusion, model.state_dim)
+
+    return build
+
+
+def _sde_posterior(a, system, build, ob, tt, yy, m0, P0, fkw, start: dict):
+    """NUTS or SVI (mean-field normal guide) over the positive drift parameters and the
+    diffusions, priors ``LogNormal(log nominal, 1)``, likelihood the continuous-discrete EKF
+    (``SDEFilterDistribution``); chains / guide start at the maximum-likelihood values."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import numpyro
+    import numpyro.distributions as dist
+    from numpyro.infer import init_to_value
+
+    from probdyn.distributions import SDEFilterDistribution
+    from probdyn.inference import mcmc, variational
+
+    loc = {k: float(np.log(v)) for k, v in system.params.items()}
+    loc.update({f"diffusion_{i}": float(np.log(np.mean(system.diffusion))) for i in range(system.state_dim)})
+
+    def model(times, obs=None):
+        pars = {k: numpyro.sample(k, dist.LogNormal(jnp.asarray(m, jnp.result_type(float)), 1.0)) for k, m in loc.items()}
+        numpyro.sample("y", SDEFilterDistribution(build(pars), ob, times, m0, P0, method="ekf", **fkw), obs=obs)
+
+    init = init_to_value(values={k: jnp.asarray(v) for k, v in start.items()})
+    key = jax.random.PRNGKey(a.seed + 1)
+    print(f"posterior by {a.engine} (starting at the maximum-likelihood fit)", flush=True)
+    if a.engine == "nuts":
+        return mcmc.sample(model, key, tt, yy, num_warmup=a.warmup, num_samples=a.samples, num_chains=a.chains,
+                           init_strategy=init, progress_bar=not a.no_progress)
+    return variational.svi(model, key, tt, yy, guide="normal", guide_kwargs={"init_loc_fn": init},
+                           optimizer=a.lr, num_steps=a.steps, progress_bar=not a.no_progress,
+                           num_posterior_samples=200).idata
 
 
 def _compare_figures(res, out: Path) -> list[Path]:
@@ -571,7 +633,8 @@ def _parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fit", help="fit a model to a CSV time series or an embedded dataset", formatter_class=fmt,
                        epilog="examples:\n  probdyn fit --dataset co2 --kernel matern52+sho --engine map\n"
                               "  probdyn fit --csv data.csv --time-col t --columns y --engine nuts --chains 4\n"
-                              "  probdyn fit --dataset lynx_hare --model sde --drift lotka_volterra --steps 300")
+                              "  probdyn fit --dataset lynx_hare --model sde --drift lotka_volterra --steps 300\n"
+                              "  probdyn fit --dataset lynx_hare --model sde --drift lotka_volterra --engine nuts --chains 2")
     common(f)
     f.add_argument("--dataset", choices=DATASETS, default="nile", help="embedded dataset when no --csv (default: nile)")
     f.add_argument("--model", choices=["markov-gp", "sde"], default="markov-gp")
@@ -579,7 +642,9 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--drift", default="ornstein_uhlenbeck",
                    help="built-in drift family for --model sde: ornstein_uhlenbeck, damped_pendulum, van_der_pol, "
                         "lotka_volterra, double_well")
-    f.add_argument("--engine", choices=["map", "svi", "nuts"], default="map")
+    f.add_argument("--engine", choices=["map", "svi", "nuts"], default="map",
+                   help="map: maximum a posteriori (markov-gp) / maximum likelihood (sde); svi: mean-field "
+                        "normal guide; nuts: NUTS with --chains chains (sde: started at the ML fit)")
     f.add_argument("--chains", type=int, default=4)
     f.add_argument("--warmup", type=int, default=500)
     f.add_argument("--samples", type=int, default=500)

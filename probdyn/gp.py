@@ -82,11 +82,19 @@ class MarkovGP(eqx.Module):
         y = jnp.asarray(y)
         if y.shape != self.times.shape:
             raise ValueError(f"y must have shape {self.times.shape} like times, got {y.shape}")
+        yc = _as_concrete(y)
+        if yc is not None and np.any(np.isinf(yc)):
+            raise ValueError("y contains infinite values (use NaN for missing observations)")
         return y
 
+    # Public methods validate eagerly, then run one compiled program (eqx.filter_jit) per
+    # call signature, so eager use does not compile every primitive separately.
     def log_likelihood(self, y: Float[Array, " N"], parallel: bool | None = None) -> Float[Array, ""]:
         """Log marginal likelihood ``log N(y | mean, K + diag(noise))``; NaN = missing."""
-        y = self._check_y(y)
+        return self._log_likelihood(self._check_y(y), kalman.use_parallel(parallel))
+
+    @eqx.filter_jit
+    def _log_likelihood(self, y, parallel: bool):
         return kalman.log_likelihood(self.to_ssm(), (y - self.mean_at(self.times))[:, None], parallel=parallel)
 
     def _merged(self, y, test_times):
@@ -106,7 +114,10 @@ class MarkovGP(eqx.Module):
         self, y: Float[Array, " N"], test_times: Float[Array, " M"], parallel: bool | None = None
     ) -> tuple[Float[Array, " M"], Float[Array, " M"]]:
         """Posterior mean and variance of the latent ``f + mean`` at ``test_times`` (any order)."""
-        y = self._check_y(y)
+        return self._predict(self._check_y(y), test_times, kalman.use_parallel(parallel))
+
+    @eqx.filter_jit
+    def _predict(self, y, test_times, parallel: bool):
         ssm, y_all, idx, tt = self._merged(y, test_times)
         s = kalman.smoother(ssm, y_all, parallel=parallel)
         H = ssm.emission_matrix
@@ -128,6 +139,10 @@ class MarkovGP(eqx.Module):
         """
         y = jnp.full(self.times.shape, jnp.nan, self.times.dtype) if y is None else self._check_y(y)
         tt = self.times if test_times is None else test_times
+        return self._sample(key, int(num_samples), y, tt, kalman.use_parallel(parallel))
+
+    @eqx.filter_jit
+    def _sample(self, key, num_samples: int, y, tt, parallel: bool):
         ssm, y_all, idx, tt = self._merged(y, tt)
         xs = kalman.sample(key, ssm, y_all, num_samples, parallel=parallel)
         f = jnp.einsum("std,d->st", xs[:, idx], ssm.emission_matrix[0])

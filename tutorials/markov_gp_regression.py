@@ -79,9 +79,13 @@ def build(p):
 
 
 init = {
-    "l_trend": jnp.log(20.0), "s_trend": jnp.log(100.0), "omega": jnp.log(2 * np.pi), "quality": jnp.log(30.0), "s_season": jnp.log(5.0), "l_short": jnp.log(0.5), "s_short": jnp.log(0.5), "noise": jnp.log(0.1),
-    "mean": jnp.asarray(float(np.nanmean(y))),
+    "l_trend": np.log(20.0), "s_trend": np.log(100.0), "omega": np.log(2 * np.pi), "quality": np.log(30.0),
+    "s_season": np.log(5.0), "l_short": np.log(0.5), "s_short": np.log(0.5), "noise": np.log(0.1),
+    "mean": float(np.nanmean(y)),
 }
+# explicit float64 arrays: weakly typed Python floats would make the first optimiser update
+# change the input types of the jitted loss and trigger a second compilation
+init = {k: jnp.asarray(v, jnp.float64) for k, v in init.items()}
 print("state dimension:", build(init).kernel.state_dim)
 
 # %% [markdown]

@@ -452,6 +452,7 @@ def filter(
                        ukf_params, gh_order)[0]
 
 
+@jax.jit
 def _rts(f: FilterResult, A, SQ):
     """Gaussian RTS smoother over filter output with transitions ``x_{k+1} ≈ A x_k + b + q``."""
     T, d = f.mean.shape

@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -338,21 +339,46 @@ def _run_filter(ssm, y, parallel):
     return arr, y, FilterResult(ms, Ss @ jnp.swapaxes(Ss, -1, -2), ll, Ss)
 
 
+# The public entry points validate their input eagerly (clear errors, no tracing) and then
+# run one compiled program (eqx.filter_jit: arrays traced, Python options static), so an
+# eager call costs one compilation instead of one per primitive; inside a user's jit,
+# grad or vmap the inner jit is inlined.
+def _validated(ssm, y):
+    _prepare(ssm, y)
+    return y
+
+
+@eqx.filter_jit
+def _filter_jit(ssm, y, par: bool) -> FilterResult:
+    return _run_filter(ssm, y, par)[2]
+
+
 def filter(ssm: LinearGaussianSSM, y: Float[Array, "T p"], parallel: bool | None = None) -> FilterResult:
     """Kalman filter. ``y`` is (T, p) (or (T,) when p = 1), NaN = missing.
 
     Returns filtered means (T, d), covariances (T, d, d), their Cholesky factors and the
     log marginal likelihood ``log p(y_{0:T-1})``.
     """
-    return _run_filter(ssm, y, parallel)[2]
+    return _filter_jit(ssm, _validated(ssm, y), use_parallel(parallel))
+
+
+@eqx.filter_jit
+def _log_likelihood_jit(ssm, y, par: bool):
+    if par:
+        return _run_filter(ssm, y, True)[2].log_likelihood
+    ssm, y, dtype = _prepare(ssm, y)
+    return _filter_sequential(_arrays(ssm, y.shape[0], dtype), y, keep=False)[2]
 
 
 def log_likelihood(ssm: LinearGaussianSSM, y: Float[Array, "T p"], parallel: bool | None = None) -> Float[Array, ""]:
     """Log marginal likelihood ``log p(y_{0:T-1})`` (NaN = missing)."""
-    if not use_parallel(parallel):
-        ssm, y, dtype = _prepare(ssm, y)
-        return _filter_sequential(_arrays(ssm, y.shape[0], dtype), y, keep=False)[2]
-    return filter(ssm, y, parallel=True).log_likelihood
+    return _log_likelihood_jit(ssm, _validated(ssm, y), use_parallel(parallel))
+
+
+@eqx.filter_jit
+def _pointwise_jit(ssm, y, par: bool):
+    arr, y, f = _run_filter(ssm, y, par)
+    return _predictive_logliks(arr, y, f.mean, f.chol)
 
 
 def pointwise_log_likelihood(
@@ -362,8 +388,7 @@ def pointwise_log_likelihood(
 
     Sums to :func:`log_likelihood`; fully missing rows contribute 0.
     """
-    arr, y, f = _run_filter(ssm, y, parallel)
-    return _predictive_logliks(arr, y, f.mean, f.chol)
+    return _pointwise_jit(ssm, _validated(ssm, y), use_parallel(parallel))
 
 
 # ----------------------------------------------------------------------------------
@@ -426,7 +451,11 @@ def _smooth_parallel(G, g, D, mT, ST):
 
 def smoother(ssm: LinearGaussianSSM, y: Float[Array, "T p"], parallel: bool | None = None) -> SmootherResult:
     """Rauch–Tung–Striebel smoother (square-root form in both schedules)."""
-    par = use_parallel(parallel)
+    return _smoother_jit(ssm, _validated(ssm, y), use_parallel(parallel))
+
+
+@eqx.filter_jit
+def _smoother_jit(ssm, y, par: bool) -> SmootherResult:
     arr, y, f = _run_filter(ssm, y, par)
     if y.shape[0] == 1:
         return SmootherResult(f.mean, f.cov, f.log_likelihood, f)
@@ -444,7 +473,11 @@ def sample(
     parallel: bool | None = None,
 ) -> Float[Array, "num_samples T d"]:
     """Joint posterior paths ``x_{0:T-1} ~ p(x | y)`` by forward-filter backward-sampling."""
-    par = use_parallel(parallel)
+    return _sample_jit(key, ssm, _validated(ssm, y), int(num_samples), use_parallel(parallel))
+
+
+@eqx.filter_jit
+def _sample_jit(key, ssm, y, num_samples: int, par: bool):
     arr, y, f = _run_filter(ssm, y, par)
     T, d = f.mean.shape
     eps = jax.random.normal(key, (num_samples, T, d), f.mean.dtype)
