@@ -293,6 +293,23 @@ def test_discrete_filter_linear_is_exact(method):
     _check_against(f, ref, 1e-10, smoothed=False)
 
 
+@pytest.mark.parametrize("method", ["ekf", "cubature"])
+def test_discrete_filter_substeps_and_per_step_noise_are_exact(method):
+    """``num_substeps = n`` with one ``Q_k`` per step: for a linear map this is the LGSSM with
+    ``A^n`` and ``sum_j A^j Q_k A^jT`` (dense reference)."""
+    n = 3
+    Qs = QD[None] * (1.0 + 0.1 * np.arange(13))[:, None, None]
+    An = np.linalg.matrix_power(AD, n)
+    Qn = np.stack([sum(np.linalg.matrix_power(AD, j) @ Q @ np.linalg.matrix_power(AD, j).T for j in range(n))
+                   for Q in Qs])
+    ref = dense_reference(np.repeat(An[None], 13, 0), np.zeros((13, 2)), Qn, M0, P0, H2, R2, Y2)
+    g = lambda x, k: jnp.asarray(AD) @ x  # noqa: E731
+    f = gf.discrete_filter(g, Qs, obs.LinearGaussian(H2, R2), Y2, M0, P0, method=method, num_substeps=n)
+    _check_against(f, ref, 1e-10, smoothed=False)
+    with pytest.raises(ValueError, match="one per step"):
+        gf.discrete_filter(g, Qs[:5], obs.LinearGaussian(H2, R2), Y2, M0, P0)
+
+
 def test_discrete_distribution_nonlinear_agrees_with_particle_filter():
     g = lambda x, k: x + 0.1 * 2.0 * x * (1 - x**2)  # noqa: E731
     Q = 0.02 * np.eye(1)

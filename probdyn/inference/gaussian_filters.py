@@ -528,11 +528,17 @@ def discrete_filter(
     P0: Float[Array, "d d"],
     method: str = "ekf",
     *,
+    num_substeps: int = 1,
     ukf_params: tuple = (1.0, 0.0, None),
     gh_order: int = 3,
 ) -> FilterResult:
-    """Discrete-time Gaussian filter for ``x_{k+1} = g(x_k, k) + N(0, Q)``, ``x_0 ~ N(m0, P0)``
+    """Discrete-time Gaussian filter for ``x_{k+1} = g(x_k, k) + N(0, Q_k)``, ``x_0 ~ N(m0, P0)``
     observed by ``y[0]`` (``k`` = 0..T-2 is the step index).
+
+    ``Q`` is ``(d, d)`` (or ``(d,)`` variances), or ``(T-1, d, d)`` for one covariance per
+    step. With ``num_substeps = n > 1`` every observation interval is ``n`` applications of
+    ``x -> g(x, k) + N(0, Q_k)`` (noise enters on each sub-step), e.g. the Euler sub-steps of
+    a time-aware discretisation.
 
     ``"ekf"``: first-order Taylor prediction (``kalman.predict`` with the Jacobian);
     ``"ukf" | "cubature" | "gauss_hermite"``: sigma-point prediction in square-root form.
@@ -547,22 +553,32 @@ def discrete_filter(
     Q = jnp.asarray(Q)
     if Q.ndim == 1 and Q.shape[0] == d:
         Q = jnp.diag(Q)
-    if Q.shape != (d, d):
-        raise ValueError(f"Q must have shape ({d}, {d}) (or ({d},) variances), got {Q.shape}")
+    T = y.shape[0]
+    if Q.shape[-2:] != (d, d) or Q.ndim not in (2, 3) or (Q.ndim == 3 and Q.shape[0] != T - 1):
+        raise ValueError(f"Q must have shape ({d}, {d}), ({d},) or ({T - 1}, {d}, {d}) (one per step), got {Q.shape}")
+    if int(num_substeps) < 1:
+        raise ValueError(f"num_substeps must be >= 1, got {num_substeps}")
     _check_transition(transition, d, dtype)
-    return _discrete_core(transition, Q.astype(dtype), observation, y, m0, P0, method, tuple(ukf_params),
-                          int(gh_order))
+    return _discrete_core(transition, Q.astype(dtype), observation, y, m0, P0, method, int(num_substeps),
+                          tuple(ukf_params), int(gh_order))
 
 
 @eqx.filter_jit
-def _discrete_core(transition, Q, observation, y, m0, P0, method, ukf_params, gh_order):
-    SQ = psd_cholesky(Q)
+def _discrete_core(transition, Q, observation, y, m0, P0, method, num_substeps, ukf_params, gh_order):
+    SQ = jax.vmap(psd_cholesky)(Q) if Q.ndim == 3 else psd_cholesky(Q)
     rule = _rule(method, m0.shape[0], m0.dtype, ukf_params, gh_order)
     S0 = psd_cholesky(P0)
 
+    def predict(m, S, k):
+        SQk = SQ[k] if SQ.ndim == 3 else SQ
+        if num_substeps == 1:
+            return _discrete_predict(transition, rule, m, S, SQk, k)
+        sub = lambda c, _: (_discrete_predict(transition, rule, *c, SQk, k), None)  # noqa: E731
+        return jax.lax.scan(sub, (m, S), None, length=num_substeps)[0]
+
     def step(carry, k):
         m, S = carry
-        mp, Sp = _discrete_predict(transition, rule, m, S, SQ, jnp.maximum(k - 1, 0))
+        mp, Sp = predict(m, S, jnp.maximum(k - 1, 0))
         first = k == 0  # x_0 ~ N(m0, P0) is observed by y[0] without a prediction
         mp, Sp = jnp.where(first, m, mp), jnp.where(first, S, Sp)
         mf, Sf, l = observation.update(mp, Sp, y[k], method)

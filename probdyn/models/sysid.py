@@ -40,7 +40,6 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from probdyn import observations as obs_lib
 from probdyn.inference import gaussian_filters as gf
 from probdyn.inference import kalman
-from probdyn.linalg import psd_cholesky
 from probdyn.models.sysid_ode import (REFERENCE_POSTERIOR_LV, SolverFailureCounter, lotka_volterra,  # noqa: F401
                                       lotka_volterra_drift, ode_solve, solver_failures)
 from probdyn.models.sysid_systems import SYSTEMS, System, get_system
@@ -277,10 +276,14 @@ class DiscreteModel(eqx.Module):
         """Discrete-time Gaussian filter over the observation steps (``times`` give ``dt_k``)."""
         times, y = _check_data(times, y)
         dts = jnp.diff(times).astype(m0.dtype if hasattr(m0, "dtype") else float)
-        trans = lambda x, k: self.step(x, dts[k])  # noqa: E731
         if self.kind != "time_aware":
+            trans = lambda x, k: self.step(x, dts[k])  # noqa: E731
             return gf.discrete_filter(trans, jnp.diag(self.noise_var(1.0)), observation, y, m0, P0, method=method)
-        return _discrete_filter_substeps(self, observation, dts, y, m0, P0, method)
+        # n Euler sub-steps of h_k = dt_k / n per interval, process noise diag(sd^2) h_k on each
+        h = dts / self.num_substeps
+        sub = lambda x, k: x + h[k] * self.fn(x, 0.0)  # noqa: E731
+        Q = jax.vmap(lambda hk: jnp.diag(self.noise_var(hk)))(h)
+        return gf.discrete_filter(sub, Q, observation, y, m0, P0, method=method, num_substeps=self.num_substeps)
 
     def log_likelihood(self, observation, times, y, m0, P0, **kw) -> Array:
         return self.filter(observation, times, y, m0, P0, **kw).log_likelihood
@@ -310,42 +313,6 @@ class DiscreteModel(eqx.Module):
 
         _, xs = jax.lax.scan(body, x0, (dts, keys))
         return jnp.concatenate([x0[None], xs])
-
-
-def _discrete_filter_substeps(model, observation, dts, y, m0, P0, method="ekf"):
-    """EKF of the time-aware discrete model: on each of the ``n`` Euler sub-steps of
-    ``h = dt_k / n`` the mean map ``x + h f(x)`` is linearised and process noise ``Q h`` added
-    (the engine primitive :func:`probdyn.inference.kalman.predict`), then the observation
-    model's update. ``gf.discrete_filter`` takes one constant ``Q`` per observation step,
-    which cannot express noise entering between sub-steps. (``method="ekf"`` only.)
-    """
-    if method != "ekf":
-        raise ValueError("the time-aware discrete model supports method='ekf' only")
-    m0 = jnp.asarray(m0)
-    y = jnp.asarray(y, m0.dtype)
-    S0 = psd_cholesky(jnp.asarray(P0, m0.dtype))
-    m, S, l0 = observation.update(m0, S0, y[0], method)
-    sq = jnp.exp(model.log_noise).astype(m0.dtype)
-
-    def step(carry, k):
-        m, S = carry
-        h = dts[k - 1] / model.num_substeps
-
-        def sub(c, _):
-            m, S = c
-            g = lambda x: x + h * model.fn(x, 0.0)  # noqa: E731
-            J = jax.jacfwd(g)(m)
-            return kalman.predict(m, S, J, jnp.diag(sq * jnp.sqrt(h)), g(m) - J @ m), None
-
-        (mp, Sp), _ = jax.lax.scan(sub, (m, S), None, length=model.num_substeps)
-        mf, Sf, l = observation.update(mp, Sp, y[k], method)
-        return (mf, Sf), (mf, Sf, mp, Sp, l)
-
-    _, outs = jax.lax.scan(step, (m, S), jnp.arange(1, y.shape[0]))
-    cat = lambda a, b: jnp.concatenate([a[None], b], axis=0)  # noqa: E731
-    ms, Ss, mps, Sps, ls = (cat(a, b) for a, b in zip((m, S, m0, S0, l0), outs))
-    cov = lambda R: R @ jnp.swapaxes(R, -1, -2)  # noqa: E731
-    return gf.FilterResult(ms, cov(Ss), jnp.sum(ls), mps, cov(Sps), ls, Ss, Sps)
 
 
 # ----------------------------------------------------------------------------------
