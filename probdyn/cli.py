@@ -390,7 +390,7 @@ def _fit_sde(a, t, y, names) -> int:
     fitted = {k: float(jnp.exp(v)) for k, v in info.model.drift.log_params.items()}
     for i, v in enumerate(np.exp(np.asarray(info.model.log_diffusion))):
         fitted[f"diffusion_{i}"] = float(v)
-    m0, P0 = sysid._initial(ob, yy[0], system.state_dim, 1.0)
+    m0, P0 = sysid.initial_prior(ob, yy[0], system.state_dim, 1.0)
     build = _sde_builder(info.model)
     if a.engine == "map":
         import warnings

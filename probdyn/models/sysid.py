@@ -48,7 +48,7 @@ from probdyn.ssm import check_times
 
 __all__ = [
     "MechanisticDrift", "NeuralDrift", "SumDrift", "ODEModel", "SDEModel", "DiscreteModel",
-    "simulate_observations", "fit_map", "FitInfo", "forecast", "compare", "CompareResult", "ou_ar1_check",
+    "simulate_observations", "initial_prior", "fit_map", "FitInfo", "forecast", "compare", "CompareResult", "ou_ar1_check",
     "lotka_volterra", "lotka_volterra_drift", "ode_solve", "solver_failures", "SolverFailureCounter",
     "REFERENCE_POSTERIOR_LV",
     "SYSTEMS", "System", "get_system", "DISCRETE_KINDS",
@@ -328,8 +328,10 @@ def simulate_observations(observation, xs, key, missing: float = 0.0):
     return ys
 
 
-def _initial(observation, y0, d, scale):
-    """Broad Gaussian prior at the first time: least-squares fill of observed coordinates."""
+def initial_prior(observation, y0, d: int, scale: float = 1.0) -> tuple[Array, Array]:
+    """Broad Gaussian prior ``N(m0, scale^2 I)`` for the state at the first time: ``m0`` (d,) is
+    the least-squares fill of the observed coordinates of ``y0`` (p,) (log scale for
+    log-normal observations); returns ``(m0 (d,), P0 (d, d))``. Used by every fit here."""
     H = getattr(observation, "H", None)
     y0 = jnp.asarray(y0)
     if isinstance(observation, obs_lib.LogNormal):  # the state is on the log scale
@@ -357,7 +359,7 @@ def fit_map(model, observation, times, y, key, num_steps: int = 300, learning_ra
 
     times, y = _check_data(times, y, observation.obs_dim_for(model.state_dim))
     d = model.state_dim
-    m0, P0 = _initial(observation, y[0], d, P0_scale)
+    m0, P0 = initial_prior(observation, y[0], d, P0_scale)
     kw = dict(filter_kwargs or {})
     T = y.shape[0]
 
@@ -398,7 +400,7 @@ def forecast(model, observation, times, y, origins, horizon: int, context: int, 
     H, R = observation.H, observation.R
 
     def one(tt, yy):
-        m0, P0 = _initial(observation, yy[0], model.state_dim, P0_scale)
+        m0, P0 = initial_prior(observation, yy[0], model.state_dim, P0_scale)
         f = model.filter(observation, tt - tt[0], yy, m0, P0, **kw)
         m, P = f.mean[context:], f.cov[context:]
         return m @ H.T, jnp.einsum("ij,hjk,lk->hil", H, P, H) + R
