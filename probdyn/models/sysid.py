@@ -48,7 +48,8 @@ from probdyn.ssm import check_times
 
 __all__ = [
     "MechanisticDrift", "NeuralDrift", "SumDrift", "ODEModel", "SDEModel", "DiscreteModel",
-    "simulate_observations", "initial_prior", "fit_map", "FitInfo", "forecast", "compare", "CompareResult", "ou_ar1_check",
+    "simulate_observations", "initial_prior", "fit_map", "fitted_params", "FitInfo", "forecast", "compare",
+    "CompareResult", "ou_ar1_check",
     "lotka_volterra", "lotka_volterra_drift", "ode_solve", "solver_failures", "SolverFailureCounter",
     "REFERENCE_POSTERIOR_LV",
     "SYSTEMS", "System", "get_system", "DISCRETE_KINDS",
@@ -565,7 +566,8 @@ class _ResidualMLP(eqx.Module):
         return x + self.net(x, 0.0)
 
 
-def _fitted_params(model) -> dict:
+def fitted_params(model) -> dict:
+    """Positive mechanistic parameters of a model's drift / map as floats (``{}`` for neural)."""
     fn = getattr(model, "drift", None) or getattr(model, "fn", None)
     if isinstance(fn, MechanisticDrift):
         return {k: float(v) for k, v in fn.params.items()}
@@ -679,7 +681,7 @@ def compare(
         fkw = dict(num_substeps=5, propagation="linearised" if system.linear else "moments") if kind == "continuous" else {}
         info = fit_map(model, ob, tr_t, tr_y, kfit, num_steps=steps, P0_scale=P0s, filter_kwargs=fkw)
         fits[name] = info
-        fitted[name] = _fitted_params(info.model)
+        fitted[name] = fitted_params(info.model)
         perr = np.nan
         if truth is not None and set(fitted[name]) == set(truth):
             perr = float(np.mean([abs(fitted[name][k] - truth[k]) / abs(truth[k]) for k in truth]))
