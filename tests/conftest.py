@@ -1,10 +1,20 @@
-"""Test-suite scheduling only (no fixtures): the heaviest files run first.
+"""Test-suite speed only (no fixtures): XLA compile settings, and the heaviest files first.
 
 With ``pytest -n 2 --dist loadfile`` files are handed to workers in collection order, so
 the long tutorial smoke tests and CLI end-to-end runs (30-90 s each, mostly XLA
 compilation) are collected first; the short tests then fill in and both workers finish
 together instead of one idling while the other runs the last tutorial.
 """
+
+import os
+
+# Most of the suite's time is XLA compiling small programs, not running them. LLVM's
+# optimisation level 0 cuts compile time by 15-25 % here (measured: CLI end-to-end tests
+# 84 s -> 64 s) and leaves the numerics alone (no fast-math either way). Set before any
+# backend starts; inherited by the tutorial and CLI subprocesses. Library code and users'
+# programs are untouched.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 
 HEAVY_FIRST = ("test_tutorial_", "test_cli", "test_kalman", "test_mcmc", "test_sparse_gp_sde")
 
