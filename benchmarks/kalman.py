@@ -10,10 +10,16 @@ quasiseparable GaussianProcess, dynamax's ``lgssm_filter`` and a dense Cholesky 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 
-import jax
+# One BLAS thread: on a small machine OpenBLAS's threads fight XLA's own thread pool (a
+# 1000x1000 Cholesky: 342 ms with default threads vs 13 ms with one, on 2 cores), which
+# would make the dense baseline look worse than it is.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 

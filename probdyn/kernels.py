@@ -76,8 +76,9 @@ class Kernel(eqx.Module):
     def stationary_cov(self) -> Float[Array, "d d"]:
         raise NotImplementedError
 
-    def observation(self) -> Float[Array, "1 d"]:
-        """Output matrix ``H`` (1, d)."""
+    def observation(self) -> np.ndarray:
+        """Output matrix ``H`` (1, d), a constant NumPy array (in the parameters' dtype), so
+        that the Kalman engine can compile its structure into the filter step."""
         raise NotImplementedError
 
     # --- generic ------------------------------------------------------------------
@@ -134,26 +135,32 @@ def _nilpotent(p: int) -> np.ndarray:
     return Fn + np.eye(d)
 
 
-def _lower_gamma_reg(n: int, z):
-    """Regularised lower incomplete gamma P(n, z) for integer n >= 1, accurate for small z."""
-    # series: e^{-z} sum_{j>=n} z^j/j!  = e^{-z} z^n/n! * sum_i z^i n!/(n+i)!
+def _lower_gamma_regs(nmax: int, z):
+    """Regularised lower incomplete gammas ``[P(1, z), ..., P(nmax, z)]`` (integer orders),
+    accurate for small ``z`` too; all orders share one set of Poisson terms.
+
+    ``P(n, z) = sum_{j>=n} t_j`` with ``t_j = e^{-z} z^j / j!``: for ``z < 1`` the tail
+    series (16 extra terms: remainder below 1/17! relative), else ``1 - sum_{j<n} t_j``
+    (no cancellation beyond ``P(n, 1) >= 1e-4`` for ``n <= 6``).
+    """
     zs = jnp.minimum(z, 1.0)
-    term = jnp.ones_like(zs)
-    acc = jnp.ones_like(zs)
-    for i in range(1, 17):  # remainder < 1/17! relative for z <= 1
-        term = term * zs / (n + i)
-        acc = acc + term
-    log_lead = n * jnp.log(jnp.where(zs > 0, zs, 1.0)) - math.lgamma(n + 1) - zs
-    series = jnp.where(zs > 0, jnp.exp(log_lead) * acc, 0.0)
-    # complement for larger z: 1 - e^{-z} sum_{j<n} z^j/j! (P(n, 1) >= 1e-4 for n <= 6)
+    t = [jnp.exp(-zs)]
+    for j in range(1, nmax + 17):
+        t.append(t[-1] * zs / j)
+    tails = [None] * (nmax + 17)
+    acc = jnp.zeros_like(zs)
+    for j in range(nmax + 16, 0, -1):  # smallest terms first
+        acc = acc + t[j]
+        tails[j] = acc
     zl = jnp.maximum(z, 1.0)
-    term = jnp.ones_like(zl)
-    part = jnp.ones_like(zl)
-    for j in range(1, n):
-        term = term * zl / j
-        part = part + term
-    comp = 1.0 - jnp.exp(-zl) * part
-    return jnp.where(z < 1.0, series, comp)
+    tl = [jnp.exp(-zl)]
+    for j in range(1, nmax):
+        tl.append(tl[-1] * zl / j)
+    out, head = [], jnp.zeros_like(zl)
+    for n in range(1, nmax + 1):
+        head = head + tl[n - 1]
+        out.append(jnp.where(z < 1.0, tails[n], 1.0 - head))
+    return out
 
 
 class _Matern(Kernel):
@@ -187,38 +194,52 @@ class _Matern(Kernel):
         return self.variance * jnp.asarray(P, dtype=self.lengthscale.dtype)
 
     def observation(self):
-        H = jnp.zeros((1, self.order + 1), self.lengthscale.dtype)
-        return H.at[0, 0].set(1.0)
+        H = np.zeros((1, self.order + 1), self.lengthscale.dtype)
+        H[0, 0] = 1.0
+        return H
 
-    def transition(self, dt):
-        x = self.rate * dt
-        N = self._N()
+    def _coefficients(self):
+        """NumPy constants: ``A = e^{-x} sum_k x^k Ak[k]`` and ``Q = s2 sum_n P(n+1, 2x) Qn[n]``
+        (``x = lam dt``), i.e. ``Q = (b/lam) sum_{j,k} c_j c_k^T (j+k)!/2^{j+k+1} P(j+k+1, 2x)``
+        grouped by ``n = j + k`` (no cancellation for small ``dt``)."""
         d = self.order + 1
-        A = jnp.eye(d, dtype=N.dtype)
-        Nk = jnp.eye(d, dtype=N.dtype)
-        for k in range(1, d):
-            Nk = Nk @ N
-            A = A + (x**k / math.factorial(k)) * Nk
-        return jnp.exp(-x) * A
-
-    def process_cov(self, dt):
-        """``Q = (b/lam) sum_{j,k} c_j c_k^T (j+k)!/2^{j+k+1} P(j+k+1, 2x)`` (no cancellation)."""
-        d = self.order + 1
-        Fn = np.asarray(_nilpotent(self.order)) - np.eye(d)
+        Nn = _nilpotent(self.order)
+        Ak = [np.linalg.matrix_power(Nn, k) / math.factorial(k) for k in range(d)]
+        Fn = Nn - np.eye(d)
         # Unit-rate Lyapunov solution; B = -(F P + P F^T) = variance * rate / Pu[0,0] e_d e_d^T.
         Pu = _solve_lyap_np(Fn, _unit(d))
         b = 1.0 / Pu[0, 0]
-        Nn = _nilpotent(self.order)
         cs = [np.linalg.matrix_power(Nn, k)[:, -1] / math.factorial(k) for k in range(d)]
-        x = self.rate * dt
-        Q = 0.0
+        Qn = [np.zeros((d, d)) for _ in range(2 * d - 1)]
         for j in range(d):
             for k in range(d):
                 n = j + k
-                w = math.factorial(n) / 2.0 ** (n + 1)
-                C = jnp.asarray(np.outer(cs[j], cs[k]) * w, dtype=self.lengthscale.dtype)
-                Q = Q + C * _lower_gamma_reg(n + 1, 2 * x)
-        return symmetrize(self.variance * b * Q)
+                Qn[n] = Qn[n] + b * np.outer(cs[j], cs[k]) * math.factorial(n) / 2.0 ** (n + 1)
+        return Ak, [0.5 * (q + q.T) for q in Qn]
+
+    def transition(self, dt):
+        return self.discretise(jnp.reshape(dt, (1,)))[0][0]
+
+    def process_cov(self, dt):
+        return self.discretise(jnp.reshape(dt, (1,)))[1][0]
+
+    def discretise(self, dts):
+        """Closed forms of ``(A_k, Q_k)`` for a vector of steps, elementwise (see
+        :meth:`_coefficients`)."""
+        Ak, Qn = self._coefficients()
+        d = self.order + 1
+        dtype = jnp.result_type(self.lengthscale, dts)
+        x = (self.rate * jnp.asarray(dts)).astype(dtype)  # scalar functions on (n,), then assemble
+        xk = [jnp.ones_like(x)]
+        for _ in range(1, d):
+            xk.append(xk[-1] * x)
+        # The scalar functions, stacked as (n, k), are combined by one matrix product each
+        # (an elementwise assembly would re-evaluate them for every matrix entry).
+        F_A = jnp.exp(-x)[:, None] * jnp.stack(xk, axis=1)
+        F_Q = jnp.stack(_lower_gamma_regs(len(Qn), 2.0 * x), axis=1)
+        A = (F_A @ jnp.asarray(np.stack(Ak), dtype).reshape(d, d * d)).reshape(-1, d, d)
+        Q = (F_Q @ jnp.asarray(np.stack(Qn), dtype).reshape(len(Qn), d * d)).reshape(-1, d, d)
+        return A, self.variance * Q
 
 
 def _unit(d):
@@ -327,7 +348,7 @@ class SHO(Kernel):
         return self.variance * jnp.eye(2, dtype=self.variance.dtype)
 
     def observation(self):
-        return jnp.array([[1.0, 0.0]], dtype=self.variance.dtype)
+        return np.array([[1.0, 0.0]], dtype=self.variance.dtype)
 
     def transition(self, dt):
         return _expm2(self.feedback() * dt)
@@ -366,7 +387,7 @@ class Celerite(Kernel):
         return jnp.array([[self.a, -self.b], [-self.b, p22]])
 
     def observation(self):
-        return jnp.array([[1.0, 0.0]], dtype=jnp.result_type(self.a))
+        return np.array([[1.0, 0.0]], dtype=jnp.result_type(self.a))
 
     def transition(self, dt):
         co, si = jnp.cos(self.d * dt), jnp.sin(self.d * dt)
@@ -394,7 +415,7 @@ class Cosine(Kernel):
         return self.variance * jnp.eye(2, dtype=self.variance.dtype)
 
     def observation(self):
-        return jnp.array([[1.0, 0.0]], dtype=self.variance.dtype)
+        return np.array([[1.0, 0.0]], dtype=self.variance.dtype)
 
     def transition(self, dt):
         f = 2 * jnp.pi / self.period
@@ -472,7 +493,7 @@ class Periodic(Kernel):
         h = np.zeros((1, 2 * self.order + 1))
         h[0, 0] = 1.0
         h[0, 1::2] = 1.0
-        return jnp.asarray(h, dtype=self.variance.dtype)
+        return h.astype(self.variance.dtype)
 
     def transition(self, dt):
         w = 2 * jnp.pi / self.period
@@ -508,7 +529,7 @@ class Constant(Kernel):
         return self.variance.reshape(1, 1)
 
     def observation(self):
-        return jnp.ones((1, 1), self.variance.dtype)
+        return np.ones((1, 1), self.variance.dtype)
 
     def transition(self, dt):
         return jnp.ones((1, 1), self.variance.dtype)
@@ -534,7 +555,7 @@ class Sum(Kernel):
         return block_diag(self.k1.stationary_cov(), self.k2.stationary_cov())
 
     def observation(self):
-        return jnp.concatenate([self.k1.observation(), self.k2.observation()], axis=1)
+        return np.concatenate([self.k1.observation(), self.k2.observation()], axis=1)
 
     def transition(self, dt):
         return block_diag(self.k1.transition(dt), self.k2.transition(dt))
@@ -561,7 +582,7 @@ class Product(Kernel):
         return kron(self.k1.stationary_cov(), self.k2.stationary_cov())
 
     def observation(self):
-        return kron(self.k1.observation(), self.k2.observation())
+        return np.kron(self.k1.observation(), self.k2.observation())
 
     def transition(self, dt):
         return kron(self.k1.transition(dt), self.k2.transition(dt))

@@ -2,9 +2,11 @@
 
 The engine works with tiny matrices (state dimension d is typically 1-20) inside long
 scans. LAPACK calls (QR, Cholesky, triangular solves) carry a fixed per-call overhead on
-CPU that dominates at these sizes, so up to ``UNROLL_MAX`` the factorisations here are
-unrolled into plain array arithmetic that XLA fuses into the scan body. Larger matrices
-fall back to LAPACK.
+CPU that dominates at these sizes, so up to ``UNROLL_MAX`` the Cholesky factorisation and
+triangular solves here are unrolled into plain array arithmetic that XLA fuses. The
+triangularisation :func:`tria` uses LAPACK's QR; :func:`mgs_lower` is its unrolled
+counterpart on lists of scalars (or of equally shaped arrays, for vectorised use), used by
+the fused Kalman step (:mod:`probdyn.inference.fused`).
 
 All routines are differentiable, including at rank-deficient inputs (zero process noise,
 fully missing observations): square roots and divisions are guarded with the
@@ -18,57 +20,142 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 UNROLL_MAX = 24
-# Triangularisation is cheaper to compile and to differentiate through LAPACK's QR than
-# unrolled (measured: a 2-state Markov GP, N=1e4, value+grad 80 ms vs 286 ms, compile 2.7 s
-# vs 4.5 s), so it is unrolled only up to this size.
-TRIA_UNROLL_MAX = 0
-
-
-def _safe_sqrt(x):
-    pos = x > 0
-    return jnp.where(pos, jnp.sqrt(jnp.where(pos, x, 1.0)), 0.0)
 
 
 def _safe_div(num, den, ok):
     return jnp.where(ok, num / jnp.where(ok, den, 1.0), 0.0)
 
 
+@jax.custom_jvp
+def safe_rsqrt(x):
+    """``1/sqrt(x)`` for ``x > 0``, else 0 (derivative ``-r^3/2``, 0 where ``x <= 0``)."""
+    pos = x > 0
+    return jnp.where(pos, jax.lax.rsqrt(jnp.where(pos, x, 1.0)), 0.0)
+
+
+@safe_rsqrt.defjvp
+def _safe_rsqrt_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    r = safe_rsqrt(x)
+    return r, -0.5 * r * r * r * dx
+
+
+@jax.custom_jvp
+def safe_sqrt(x):
+    """``sqrt(x)`` for ``x > 0``, else 0 (derivative ``1/(2 sqrt x)``, 0 where ``x <= 0``)."""
+    pos = x > 0
+    return jnp.where(pos, jnp.sqrt(jnp.where(pos, x, 1.0)), 0.0)
+
+
+@safe_sqrt.defjvp
+def _safe_sqrt_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    r = safe_rsqrt(x)
+    return x * r, 0.5 * r * dx
+
+
+@jax.custom_jvp
+def neg_half_log(x):
+    """``-log(x)/2`` (the log of ``1/sqrt(x)``); derivative written without a division."""
+    return -0.5 * jnp.log(x)
+
+
+@neg_half_log.defjvp
+def _neg_half_log_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    r = safe_rsqrt(x)
+    return neg_half_log(x), -0.5 * r * r * dx
+
+
 def tria(M: Float[Array, "n k"]) -> Float[Array, "n n"]:
     """Lower-triangular square root ``L`` with ``L L^T = M M^T`` (a "triangularisation").
 
-    Computed by Householder reflections applied from the right (an LQ decomposition of
-    ``M``), never by forming ``M M^T``, so it keeps the precision of a square-root filter.
-    The diagonal of ``L`` is non-negative. ``M`` may be rank deficient or have k < n.
+    Computed by Householder QR of ``M^T`` (an LQ decomposition of ``M``, LAPACK), never by
+    forming ``M M^T``, so it keeps the precision of a square-root filter. The diagonal of
+    ``L`` is non-negative. ``M`` may be rank deficient or have k < n.
     """
     n, k = M.shape
     if k < n:
         M = jnp.concatenate([M, jnp.zeros((n, n - k), M.dtype)], axis=1)
-        k = n
-    if n > TRIA_UNROLL_MAX or k > 3 * UNROLL_MAX:
-        r = jnp.linalg.qr(M.T, mode="r")
-        L = r[:n, :n].T
-        return L * jnp.where(jnp.diag(L) < 0, -1.0, 1.0)[None, :]
-    # Work on a Python list of columns so that every operation is elementwise on
-    # length-n vectors: XLA fuses these, whereas tiny dots and scatter updates each cost
-    # a separate kernel launch inside a scan.
-    cols = [M[:, j] for j in range(k)]
-    for i in range(n):
-        x = [cols[j][i] for j in range(i, k)]
-        x0 = x[0]
-        tail = sum(xj * xj for xj in x[1:]) if len(x) > 1 else jnp.zeros_like(x0)
-        alpha = _safe_sqrt(x0 * x0 + tail)
-        sgn = jnp.where(x0 >= 0, 1.0, -1.0)
-        v0 = x0 + sgn * alpha
-        vv = v0 * v0 + tail
-        active = (tail > 0) & (vv > 0)
-        scale = _safe_div(2.0, vv, active)
-        v = [v0] + x[1:]
-        w = sum(cols[i + j] * v[j] for j in range(len(v)))  # (n,) = block @ v
-        sw = scale * w
-        for j in range(len(v)):
-            cols[i + j] = cols[i + j] - sw * v[j]
-    L = jnp.tril(jnp.stack(cols[:n], axis=1))
+    r = jnp.linalg.qr(M.T, mode="r")
+    L = r[:n, :n].T
     return L * jnp.where(jnp.diag(L) < 0, -1.0, 1.0)[None, :]
+
+
+def _tree_sum(xs):
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return None
+    while len(xs) > 1:  # pairwise: halves the dependency chain of a linear sum
+        xs = [xs[i] + xs[i + 1] if i + 1 < len(xs) else xs[i] for i in range(0, len(xs), 2)]
+    return xs[0]
+
+
+def _mul(a, b):
+    return None if a is None or b is None else a * b
+
+
+def list_dot(a: list, b: list):
+    """Dot product of two lists of scalars with ``None`` as a structural zero."""
+    return _tree_sum([_mul(x, y) for x, y in zip(a, b)])
+
+
+def mgs_lower(rows: list[list]) -> tuple[list[list], list]:
+    """Unrolled :func:`tria` of ``M`` given as a list of rows (lists of scalars).
+
+    Row-wise modified Gram–Schmidt: ``L_ii = |r_i|``, ``q_i = r_i / L_ii``,
+    ``L_ji = r_j . q_i``, ``r_j <- r_j - L_ji q_i``; in exact arithmetic the same factor as
+    Householder QR, and numerically equivalent to it for the triangular factor (Björck &
+    Paige, SIAM J. Matrix Anal. Appl. 13, 1992). Entries are scalars, equally shaped arrays
+    (vectorised use: one factorisation per element) or ``None`` for structural zeros; a
+    zero row gives a zero column. Returns ``(L, ss)``: ``L[i][j]`` (``None`` above the
+    diagonal or for structural zeros) and ``ss[i] = L_ii^2``.
+    """
+    n = len(rows)
+    rows = [list(r) for r in rows]
+    L = [[None] * n for _ in range(n)]
+    ss = []
+    for i in range(n):
+        s = list_dot(rows[i], rows[i])
+        ss.append(s)
+        if s is None:
+            continue
+        if i == n - 1:
+            L[i][i] = safe_sqrt(s)
+            break
+        inv = safe_rsqrt(s)
+        L[i][i] = s * inv
+        q = [_mul(v, inv) for v in rows[i]]
+        for j in range(i + 1, n):
+            c = list_dot(rows[j], q)
+            L[j][i] = c
+            if c is not None:
+                rows[j] = [yi if _mul(c, qi) is None else (-(c * qi) if yi is None else yi - c * qi)
+                           for qi, yi in zip(q, rows[j])]
+    return L, ss
+
+
+def tria_batched(M: Float[Array, "... n k"]) -> Float[Array, "... n n"]:
+    """:func:`tria` of a batch of matrices (leading axes), vectorised over the batch.
+
+    Row-wise modified Gram–Schmidt (as :func:`mgs_lower`) on arrays: each of the ``n``
+    stages is a few array operations over the whole batch (one norm, one matrix-vector
+    product, one rank-one update), so a long batch of small factorisations costs a few
+    SIMD passes instead of one LAPACK call per matrix.
+    """
+    n, k = M.shape[-2:]
+    rows = jnp.arange(n)
+    L = jnp.zeros(M.shape[:-1] + (n,), M.dtype)
+    for i in range(n):
+        r = M[..., i, :]
+        ss = jnp.sum(r * r, axis=-1)
+        inv = safe_rsqrt(ss)
+        q = r * inv[..., None]
+        c = jnp.einsum("...jk,...k->...j", M, q) * (rows > i)
+        diag = safe_sqrt(ss) if i == n - 1 else ss * inv
+        L = L.at[..., :, i].set(jnp.where(rows == i, diag[..., None], c))
+        M = M - c[..., :, None] * q[..., None, :]
+    return L
 
 
 def psd_cholesky(P: Float[Array, "d d"]) -> Float[Array, "d d"]:
@@ -84,16 +171,17 @@ def psd_cholesky(P: Float[Array, "d d"]) -> Float[Array, "d d"]:
         tol = jnp.finfo(P.dtype).eps * jnp.max(jnp.abs(jnp.diag(P))) * d
         return jnp.linalg.cholesky(P + tol * jnp.eye(d, dtype=P.dtype))
     tol = 16 * jnp.finfo(P.dtype).eps * jnp.max(jnp.abs(jnp.diag(P)))
-    L = jnp.zeros_like(P)
-    for j in range(d):
-        s = P[j, j] - jnp.sum(L[j, :j] ** 2)
+    zero = jnp.zeros((), P.dtype)
+    L = [[zero] * d for _ in range(d)]
+    for j in range(d):  # entries as scalars: elementwise (and vectorised under vmap)
+        s = P[j, j] - sum((L[j][k] ** 2 for k in range(j)), zero)
         ok = s > tol
         ljj = jnp.where(ok, jnp.sqrt(jnp.where(ok, s, 1.0)), 0.0)
-        L = L.at[j, j].set(ljj)
-        if j + 1 < d:
-            col = P[j + 1 :, j] - L[j + 1 :, :j] @ L[j, :j]
-            L = L.at[j + 1 :, j].set(_safe_div(col, ljj, ok))
-    return L
+        L[j][j] = ljj
+        for i in range(j + 1, d):
+            col = P[i, j] - sum((L[i][k] * L[j][k] for k in range(j)), zero)
+            L[i][j] = _safe_div(col, ljj, ok)
+    return jnp.stack([jnp.stack(row) for row in L])
 
 
 def solve_lower(L: Float[Array, "n n"], b: Float[Array, "n ..."]) -> Float[Array, "n ..."]:

@@ -500,24 +500,120 @@ def test_bad_inputs_raise():
 
 
 def test_checkpointed_chunked_scan_matches_plain(monkeypatch):
-    """Long-scan path (sqrt(T) chunks + jax.checkpoint, padded last chunk) gives the plain
-    scan's filter, log-likelihood and gradient."""
+    """Long-scan path of the matrix-form schedule (sqrt(T) chunks + jax.checkpoint, padded
+    last chunk) gives the plain scan's values and gradients."""
     rng = np.random.default_rng(11)
-    t = np.cumsum(rng.uniform(0.2, 1.0, 60))
-    y = rng.normal(size=60)
-    y[[3, 40]] = np.nan
+    mdl = random_model(11, 3, 2, 60, True, False)  # d + p = 5: matrix form
+    y = _with_nans(simulate(mdl, 60, 11), 11)
 
-    def run(p):
-        gp = MarkovGP(kernels.Matern52(lengthscale=p[0], variance=p[1]), jnp.asarray(t), noise=0.2)
-        return kalman.log_likelihood(gp.to_ssm(), jnp.asarray(y)[:, None], parallel=False)
+    def run(A):
+        arr = kalman._arrays(to_ssm({**mdl, "A": A}), 60, jnp.float64)
+        assert not kalman._use_fused(arr)
+        ms, Ss, ll = kalman._filter_sequential(arr, jnp.asarray(y))
+        return ll + 0.1 * jnp.sum(ms) + 0.1 * jnp.sum(Ss)
 
-    p = jnp.array([1.7, 0.8])
-    ref_v, ref_g = jax.value_and_grad(run)(p)
-    ref_f = kalman.filter(MarkovGP(kernels.Matern52(1.7, 0.8), jnp.asarray(t), noise=0.2).to_ssm(), y, parallel=False)
-    monkeypatch.setattr(kalman, "REMAT_MIN_STEPS", 10)  # 59 steps -> 8 chunks of 8, 5 padded steps
-    v, g = jax.value_and_grad(run)(p)
-    f = kalman.filter(MarkovGP(kernels.Matern52(1.7, 0.8), jnp.asarray(t), noise=0.2).to_ssm(), y, parallel=False)
+    A = jnp.asarray(mdl["A"]) + 0.01 * rng.normal(size=mdl["A"].shape)
+    ref_v, ref_g = jax.jit(jax.value_and_grad(run))(A)
+    monkeypatch.setattr(kalman, "REMAT_MIN_STEPS", 10)  # 59 steps -> 8 chunks of 8, 5 padded
+    v, g = jax.jit(jax.value_and_grad(lambda A: run(A)))(A)  # a new function: traced again
     np.testing.assert_allclose(v, ref_v, rtol=1e-12)
-    np.testing.assert_allclose(g, ref_g, rtol=1e-10)
-    np.testing.assert_allclose(f.mean, ref_f.mean, atol=1e-12)
-    np.testing.assert_allclose(f.cov, ref_f.cov, atol=1e-12)
+    np.testing.assert_allclose(g, ref_g, rtol=1e-10, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------------
+# The fused step (small models) and the matrix form, each against the dense reference
+# ----------------------------------------------------------------------------------
+FUSED_CASES = [  # (seed, d, m, T, tv_trans, tv_emis): all have d + m <= FUSED_MAX_DIM
+    (90, 1, 1, 9, False, False),
+    (91, 2, 1, 9, True, False),
+    (92, 3, 1, 9, False, True),
+    (93, 2, 2, 9, True, True),
+    (94, 1, 3, 9, False, True),
+]
+
+
+def _run_both(mdl, y, fn):
+    """``fn(arr, y)`` with the fused step and with the matrix form (fresh traces)."""
+    ssm = to_ssm(mdl)
+    out = {}
+    for name, limit in (("fused", kalman.fused.FUSED_MAX_DIM), ("matrix", 0)):
+        def f(ssm, y, limit=limit):
+            old = kalman.fused.FUSED_MAX_DIM
+            kalman.fused.FUSED_MAX_DIM = limit
+            try:
+                s, yy, dt = kalman._prepare(ssm, y)
+                arr = kalman._arrays(s, yy.shape[0], dt, kalman._static_emission(ssm))
+                assert kalman._use_fused(arr) == (name == "fused")
+                return fn(arr, yy)
+            finally:
+                kalman.fused.FUSED_MAX_DIM = old
+
+        out[name] = jax.jit(f)(ssm, jnp.asarray(y))
+    return out
+
+
+@pytest.mark.parametrize("case", FUSED_CASES, ids=lambda c: "d{}_m{}_tvA{}_tvH{}".format(c[1], c[2], c[4], c[5]))
+def test_fused_and_matrix_forms_against_dense(case):
+    seed, d, m, T, tvt, tve = case
+    mdl = random_model(seed, d, m, T, tvt, tve)
+    y = _with_nans(simulate(mdl, T, seed), seed, rows=True, entries=True)
+    ref = dense_reference(mdl, y)
+
+    def smooth(arr, yy):
+        ms, Ss, ll = kalman._filter_sequential(arr, yy)
+        G, g, D = kalman.backward_kernels(arr, ms, Ss)
+        sm, sS = kalman._smooth_sequential(G, g, D, ms[-1], Ss[-1])
+        return ms, Ss @ jnp.swapaxes(Ss, 1, 2), ll, sm, sS @ jnp.swapaxes(sS, 1, 2), kalman._filter_sequential(arr, yy, keep=False)[2]
+
+    for name, (fm, fP, ll, sm, sP, ll2) in _run_both(mdl, y, smooth).items():
+        tol = dict(rtol=1e-9, atol=1e-10, err_msg=name)
+        np.testing.assert_allclose(fm, ref["f_mean"], **tol)
+        np.testing.assert_allclose(fP, ref["f_cov"], **tol)
+        np.testing.assert_allclose(sm, ref["s_mean"], **tol)
+        np.testing.assert_allclose(sP, ref["s_cov"], **tol)
+        np.testing.assert_allclose(ll, ref["ll"], rtol=1e-11, err_msg=name)
+        np.testing.assert_allclose(ll2, ref["ll"], rtol=1e-11, err_msg=name)
+
+
+def _fd_check(f, x, h=1e-6, rtol=1e-6, atol=1e-6):
+    g = jax.grad(f)(x)
+    base = np.asarray(x)
+    fd = np.zeros_like(base)
+    for idx in np.ndindex(base.shape):
+        e = np.zeros_like(base)
+        e[idx] = h
+        fd[idx] = (f(jnp.asarray(base + e)) - f(jnp.asarray(base - e))) / (2 * h)
+    np.testing.assert_allclose(g, fd, rtol=rtol, atol=atol)
+
+
+def test_smoother_and_sampler_gradients_match_finite_differences():
+    """Reverse-mode rules of the fused smoother and sampler passes (custom VJPs) against
+    central differences, through a functional of all smoothed moments / sampled paths."""
+    mdl = random_model(95, 2, 1, 10, False, False)
+    y = jnp.asarray(_with_nans(simulate(mdl, 10, 95), 95))
+    w = jnp.asarray(np.random.default_rng(1).normal(size=(10, 2)))
+
+    def smooth_fn(A):
+        s = kalman.smoother(to_ssm({**mdl, "A": A}), y, parallel=False)
+        return jnp.sum(w * s.mean) + jnp.sum(s.cov) + s.log_likelihood
+
+    def sample_fn(Q):
+        x = kalman.sample(jax.random.PRNGKey(3), to_ssm({**mdl, "Q": Q}), y, num_samples=3, parallel=False)
+        return jnp.sum(w * jnp.sin(x))
+
+    _fd_check(jax.jit(smooth_fn), jnp.asarray(mdl["A"]))
+    _fd_check(jax.jit(sample_fn), jnp.asarray(mdl["Q"]))
+
+
+def test_vmapped_gradient_matches_loop():
+    """The custom VJP of the fused scan under vmap (its conditional becomes a select)."""
+    mdl = random_model(96, 2, 1, 10, False, False)
+    ys = jnp.asarray(np.stack([_with_nans(simulate(mdl, 10, 96 + i), 96 + i) for i in range(3)]))
+
+    def ll(A, y):
+        return kalman.log_likelihood(to_ssm({**mdl, "A": A}), y, parallel=False)
+
+    A = jnp.asarray(mdl["A"])
+    gv = jax.jit(jax.vmap(jax.grad(ll), in_axes=(None, 0)))(A, ys)
+    for i in range(3):
+        np.testing.assert_allclose(gv[i], jax.jit(jax.grad(ll))(A, ys[i]), rtol=1e-12, atol=1e-13)

@@ -2,6 +2,7 @@
 log-likelihood vs the exact linear-Gaussian marginal likelihood, joint posterior paths vs dense
 conditioning (Monte Carlo error bars), datasets vs scipy, training/resume, input checks."""
 
+import functools
 import math
 
 import equinox as eqx
@@ -14,6 +15,7 @@ jax.config.update("jax_enable_x64", True)
 
 from probdyn import kernels  # noqa: E402
 from probdyn.models import mgpvae as mg  # noqa: E402
+from probdyn.models.mgpvae_nets import CNNDecoder, CNNEncoder, MLPEncoder  # noqa: E402
 
 T, D, L = 9, 5, 2
 KEY = jax.random.PRNGKey(0)
@@ -91,6 +93,33 @@ def test_elbo_kalman_equals_dense_and_kl_equals_gaussian_kl():
             Kinv = np.linalg.inv(K)
             kl += 0.5 * (np.trace(Kinv @ S) + mu @ Kinv @ mu - T + np.linalg.slogdet(K)[1] - np.linalg.slogdet(S)[1])
         assert abs(float(a["kl"]) - kl) <= 1e-8 * abs(kl)
+
+
+@eqx.filter_jit
+def _grads_both(model, times, frames, mask, eps):
+    def g(m):
+        params, static = eqx.partition(m, eqx.is_inexact_array)
+        loss = lambda p: eqx.combine(p, static).elbo_terms(times, frames, mask, eps)["elbo"]  # noqa: E731
+        return jax.grad(loss)(params)
+
+    return g(model), g(model.to(mg.GPVAE))
+
+
+def test_dense_gradient_equals_kalman_gradient():
+    """The dense reference's hand-written conditioning gradient (one Cholesky -> one solve) vs
+    autodiff through the Kalman smoother: every parameter (encoder, decoder, kernel
+    hyperparameters, observation variance), irregular times, missing frames."""
+    times, frames, mask = _data()
+    eps = jax.random.normal(KEY, (3, T, L))
+    m = mg.make_model(mg.MarkovGPVAE, (D,), L, jax.random.PRNGKey(3), kernel=M32, obs_var=0.3, width=16)
+    ga, gb = _grads_both(m, times, frames, mask, eps)
+    la, lb = jax.tree.leaves(ga), jax.tree.leaves(gb)
+    assert len(la) == len(lb) > 4
+    scale = max(float(jnp.max(jnp.abs(x))) for x in lb)
+    for x, y in zip(la, lb):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-7, atol=1e-9 * scale)
+    gk = np.asarray(gb.log_kernel.lengthscale)
+    assert np.all(np.abs(gk) > 1e-6 * scale)  # the hyperparameter gradients are not trivially zero
 
 
 class _ExactSites(eqx.Module):
@@ -182,19 +211,61 @@ def test_float32_matches_float64():
         assert abs(float(x32["elbo"]) - float(x64["elbo"])) < 1e-4 * abs(float(x64["elbo"]))
 
 
-def test_fit_improves_and_checkpoints(tmp_path):
-    rng = np.random.default_rng(5)
-    N, Tn = 12, 10
-    times = np.cumsum(rng.uniform(0.2, 0.6, (N, Tn)), axis=1)
-    z = np.sin(times[..., None] * np.array([1.0, 0.5]) + rng.uniform(0, 6, (N, 1, 2)))
-    frames = z @ rng.normal(size=(2, D)) + 0.1 * rng.normal(size=(N, Tn, D))
-    mask = rng.uniform(size=(N, Tn)) > 0.3
+@functools.lru_cache(maxsize=1)
+def _pendulum():
+    from probdyn.datasets import pendulum_sensors
+
+    return pendulum_sensors(12, 10, num_sensors=D, missing_rate=0.3, noise_std=0.05, seed=4)
+
+
+@eqx.filter_jit
+def _posterior_grads(model, times, site_mean, site_var, mask, w):
+    """Gradient of a weighted sum of posterior means, variances and log Z w.r.t. the
+    log-hyperparameters and the sites."""
+
+    def f(log_kernel, sm, sv):
+        mdl = eqx.tree_at(lambda m: m.log_kernel, model, log_kernel)
+        mu, var, log_z = mdl.posterior_marginals(times, sm, sv, mask)
+        return jnp.sum(w[0] * mu) + jnp.sum(w[1] * var) + jnp.sum(log_z)
+
+    lk = eqx.filter(model.log_kernel, eqx.is_inexact_array)
+    return jax.grad(lambda a, b, c: f(eqx.combine(a, eqx.filter(model.log_kernel, eqx.is_inexact_array, inverse=True)),
+                                      b, c), argnums=(0, 1, 2))(lk, site_mean, site_var)
+
+
+def test_float32_gradients_long_lengthscales():
+    """Regression: float32 training of the digits tutorial skipped/NaN'd steps once channel
+    lengthscales grew to ~300x the frame spacing (non-finite RTS-smoother gradients in
+    float32). Gradients must stay finite and match the float64 dense-GP reference."""
+    rng = np.random.default_rng(11)
+    Tn = 20
+    times = np.concatenate([[0.0], np.cumsum(rng.uniform(0.6, 1.5, Tn - 1))])
+    mask = rng.uniform(size=Tn) > 0.5
+    sm, sv = rng.normal(0.0, 2.0, (Tn, L)), rng.uniform(0.1, 1.5, (Tn, L))
+    w = rng.normal(size=(2, Tn, L))
+    ks = [kernels.Matern32(363.6, 1.6), kernels.Matern32(2900.0, 0.5)]
+    m = mg.make_model(mg.MarkovGPVAE, (D,), L, KEY, kernel=ks, width=8)
+    ref = _posterior_grads(m.to(mg.GPVAE), jnp.asarray(times), jnp.asarray(sm), jnp.asarray(sv), jnp.asarray(mask),
+                           jnp.asarray(w))
+    f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+    got = _posterior_grads(m.astype(jnp.float32), f32(times), f32(sm), f32(sv), jnp.asarray(mask), f32(w))
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+        assert a.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(a)))
+        np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b), rtol=0,
+                                   atol=2e-3 * float(jnp.max(jnp.abs(b))))
+
+
+def test_fit_on_pendulum_sensors_improves_and_checkpoints(tmp_path):
+    """MLP-encoder MGPVAE on the simulated pendulum sensors: the ELBO improves; a resumed run
+    from the final checkpoint has nothing left to do and returns the same result."""
+    p = _pendulum()
     m = mg.make_model(mg.MarkovGPVAE, (D,), L, KEY, width=16)
+    assert isinstance(m.encoder, MLPEncoder)
     ck = tmp_path / "ck.eqx"
     kw = dict(batch_size=4, learning_rate=1e-2, checkpoint=ck, checkpoint_every=10, progress_bar=False)
-    full = mg.fit(m, times, frames, mask, KEY, 40, **kw)
+    full = mg.fit(m, p.times, p.frames, p.mask, KEY, 40, **kw)
     assert full.losses[-10:].mean() < full.losses[:10].mean() - 0.5
-    again = mg.fit(m, times, frames, mask, KEY, 40, **kw)  # resumes at step 40: nothing to do
+    again = mg.fit(m, p.times, p.frames, p.mask, KEY, 40, **kw)  # resumes at step 40: nothing to do
     np.testing.assert_array_equal(again.losses, full.losses)
     np.testing.assert_array_equal(np.asarray(again.params.log_kernel.lengthscale),
                                   np.asarray(full.params.log_kernel.lengthscale))
@@ -233,16 +304,29 @@ def test_datasets_against_independent_references():
         bwd = ndimage.rotate(d.clean[i, 0], -ang, reshape=False, order=1)
         assert np.mean((fwd - d.clean[i, t]) ** 2) < 0.5 * np.mean((bwd - d.clean[i, t]) ** 2) + 1e-3
 
-    p = pendulum_sensors(2, 25, num_sensors=6, noise_std=0.0, seed=4)
+    p = _pendulum()  # the training test's data (one compilation of the ODE solver)
     for i in range(2):
         w0, c = p.info["omega0"][i], p.info["damping"][i]
         sol = solve_ivp(lambda t, x: [x[1], -w0**2 * np.sin(x[0]) - c * x[1]], (p.times[i, 0], p.times[i, -1]),
                         p.info["states"][i, 0], t_eval=p.times[i], rtol=1e-11, atol=1e-11, method="DOP853")
         np.testing.assert_allclose(p.info["states"][i], sol.y.T, atol=1e-5)
     th = p.info["states"][..., 0]
-    phi = np.linspace(-np.pi, np.pi, 6, endpoint=False)
+    phi = np.linspace(-np.pi, np.pi, D, endpoint=False)
     dist2 = (np.sin(th)[..., None] - np.sin(phi)) ** 2 + (np.cos(th)[..., None] - np.cos(phi)) ** 2
     np.testing.assert_allclose(p.clean, np.exp(-dist2 / (2 * 0.35**2)), atol=1e-12)
+    resid = (p.frames - p.clean)[p.mask]
+    assert abs(resid.std() - 0.05) < 0.01 and np.all(np.isnan(p.frames[~p.mask]))
+
+
+def test_image_networks():
+    """Images get the small CNN encoder; decoder='cnn' the transposed-convolution decoder."""
+    mc = mg.make_model(mg.MarkovGPVAE, (13, 10), L, KEY, decoder="cnn")  # (the tutorial uses the MLP decoder)
+    assert isinstance(mc.encoder, CNNEncoder) and isinstance(mc.decoder, CNNDecoder)
+    sites = jax.eval_shape(mc.encoder, jax.ShapeDtypeStruct((13, 10), jnp.float64))  # shapes only: no compile
+    assert [x.shape for x in sites] == [(L,), (L,)]
+    assert jax.eval_shape(mc.decoder, sites[0]).shape == (13, 10)
+    with pytest.raises(ValueError, match="decoder"):
+        mg.make_model(mg.MarkovGPVAE, (D,), L, KEY, decoder="cnn")
 
 
 def test_bad_input():

@@ -455,15 +455,8 @@ def filter(
 @jax.jit
 def _rts(f: FilterResult, A, SQ):
     """Gaussian RTS smoother over filter output with transitions ``x_{k+1} ≈ A x_k + b + q``."""
-    T, d = f.mean.shape
-    if T == 1:
-        return f.mean, f.cov
-    arr = kalman._Arrays(f.mean[0], f.chol[0], A, SQ, jnp.zeros((1, d), A.dtype), jnp.zeros((1, 1), A.dtype),
-                         True, False)
-    G, g, D = kalman.backward_kernels(arr, f.mean, f.chol)
     b = f.pred_mean[1:] - jnp.einsum("kij,kj->ki", A, f.mean[:-1])
-    g = g - jnp.einsum("kij,kj->ki", G, b)  # engine's kernels assume no offset b
-    ms, Ss = kalman._smooth_sequential(G, g, D, f.mean[-1], f.chol[-1])
+    ms, Ss = kalman.rts_smooth(f.mean, f.chol, A, SQ, b, parallel=False)
     return ms, Ss @ jnp.swapaxes(Ss, -1, -2)
 
 

@@ -39,7 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from probdyn.linalg import psd_cholesky, solve_lower, solve_upper_t, symmetrize, tria
+from probdyn.inference import fused
+from probdyn.linalg import psd_cholesky, solve_lower, solve_upper_t, symmetrize, tria, tria_batched
 from probdyn.ssm import LinearGaussianSSM
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "predict",
     "update",
     "backward_kernels",
+    "rts_smooth",
     "use_parallel",
 ]
 
@@ -151,9 +153,19 @@ class _Arrays(NamedTuple):
     SR: Array
     tv_trans: bool
     tv_emis: bool
+    H_static: tuple | None = None  # a constant emission matrix, compiled into the fused step
 
 
-def _arrays(ssm: LinearGaussianSSM, T: int, dtype) -> _Arrays:
+def _static_emission(ssm: LinearGaussianSSM):
+    """The emission matrix as nested tuples of floats when it is a concrete, time-invariant,
+    small array (e.g. a kernel's ``H``), else ``None``."""
+    H = ssm.emission_matrix
+    if isinstance(H, jax.core.Tracer) or np.ndim(H) != 2 or np.size(H) > 64:
+        return None
+    return tuple(tuple(float(v) for v in row) for row in np.asarray(H))
+
+
+def _arrays(ssm: LinearGaussianSSM, T: int, dtype, H_static=None) -> _Arrays:
     c = lambda x: jnp.asarray(x, dtype)  # noqa: E731
     A, Q, H, R = c(ssm.transition_matrix), c(ssm.transition_cov), c(ssm.emission_matrix), c(ssm.emission_cov)
     tv_t, tv_e = A.ndim == 3 or Q.ndim == 3, H.ndim == 3 or R.ndim == 3
@@ -173,7 +185,8 @@ def _arrays(ssm: LinearGaussianSSM, T: int, dtype) -> _Arrays:
         SR = jax.vmap(psd_cholesky)(R)
     else:
         SR = psd_cholesky(R)
-    return _Arrays(c(ssm.initial_mean), psd_cholesky(c(ssm.initial_cov)), A, SQ, H, SR, tv_t, tv_e)
+    return _Arrays(c(ssm.initial_mean), psd_cholesky(c(ssm.initial_cov)), A, SQ, H, SR, tv_t, tv_e,
+                   None if tv_e else H_static)
 
 
 def _trans(arr: _Arrays, t):
@@ -202,37 +215,62 @@ but 48 s instead of 16 s, because the per-step inputs (discretised transitions) 
 memory; hence the high default threshold."""
 
 
-def _scan(step, carry, n: int, start: int = 1, keep: bool = True):
-    """``lax.scan`` of ``step(carry, t)`` over ``t = start .. start + n - 1``.
+def _scan(body, carry, xs):
+    """``lax.scan(body, carry, xs)``; long scans are chunked and checkpointed.
 
-    Long scans are chunked and checkpointed (see :data:`REMAT_MIN_STEPS`). With
-    ``keep=False`` the per-step outputs are dropped (``None``).
+    Above :data:`REMAT_MIN_STEPS` steps the scan runs as ``sqrt(T)`` chunks whose bodies
+    are rematerialised under differentiation (see there).
     """
-    body = step if keep else (lambda c, t: (step(c, t)[0], None))
+    n = jax.tree.leaves(xs)[0].shape[0]
     if n <= REMAT_MIN_STEPS:
-        return jax.lax.scan(body, carry, jnp.arange(start, start + n))
+        return jax.lax.scan(body, carry, xs)
     C = int(math.ceil(math.sqrt(n)))
     nc = -(-n // C)
-    idx = jnp.arange(start, start + nc * C).reshape(nc, C)
-    stop = start + n
+    pad = nc * C - n
+    live = jnp.arange(nc * C) < n
+    xs_p = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]).reshape((nc, C) + a.shape[1:]), xs)
+    live = live.reshape(nc, C)
 
-    def masked(c, t):  # padded steps (t >= stop) leave the carry unchanged
-        c2, out = body(c, jnp.minimum(t, stop - 1))
-        c2 = jax.tree.map(lambda a, b: jnp.where(t < stop, a, b), c2, c)
-        return c2, out
+    def masked(c, inp):  # padded steps leave the carry unchanged
+        ok, x = inp
+        c2, out = body(c, x)
+        return jax.tree.map(lambda a, b: jnp.where(ok, a, b), c2, c), out
 
     @jax.checkpoint
-    def chunk(c, ts):
-        return jax.lax.scan(masked, c, ts)
+    def chunk(c, inp):
+        return jax.lax.scan(masked, c, inp)
 
-    carry, outs = jax.lax.scan(chunk, carry, idx)
+    carry, outs = jax.lax.scan(chunk, carry, (live, xs_p))
     if outs is not None:
         outs = jax.tree.map(lambda a: a.reshape((nc * C,) + a.shape[2:])[:n], outs)
     return carry, outs
 
 
+def _use_fused(arr: _Arrays) -> bool:
+    d, p = arr.m0.shape[0], arr.H.shape[-2]
+    return d + p <= fused.FUSED_MAX_DIM and arr.SQ.shape[-1] == d
+
+
+def _fused_inputs(arr: _Arrays, y):
+    """Packed per-step inputs for t = 1..T-1 and the t = 0 input (see :mod:`fused`)."""
+    T, d = y.shape[0], arr.m0.shape[0]
+    p = y.shape[1]
+    lay = fused.Layout(d, p, arr.H_static)
+    n = T - 1
+    bt = lambda a, k: a if a.ndim == 3 else jnp.broadcast_to(a, (k,) + a.shape)  # noqa: E731
+    A, SQ = bt(arr.A, n), bt(arr.SQ, n)
+    H, SR = bt(arr.H, T), bt(arr.SR, T)
+    X = fused.pack_inputs(lay, A, SQ, y[1:], H[1:], SR[1:])
+    z = jnp.zeros((1, d, d), y.dtype)
+    x0 = fused.pack_inputs(lay, z, z, y[:1], H[:1], SR[:1])[0]
+    return lay, fused.first_state(lay, arr.m0, arr.S0, x0), X
+
+
 def _filter_sequential(arr: _Arrays, y, keep: bool = True):
-    T = y.shape[0]
+    if _use_fused(arr):
+        lay, s0, X = _fused_inputs(arr, y)
+        ms, Ss, lls = fused.unpack_states(lay, fused.filter_states(lay, s0, X))
+        return (ms, Ss, lls[-1]) if keep else (None, None, lls[-1])
     H0, SR0 = _emis(arr, 0)
     m, S, ll = update(arr.m0, arr.S0, H0, SR0, y[0])
 
@@ -242,9 +280,9 @@ def _filter_sequential(arr: _Arrays, y, keep: bool = True):
         H, SR = _emis(arr, t)
         mp, Sp = predict(m, S, A, SQ)
         mf, Sf, l = update(mp, Sp, H, SR, y[t])
-        return (mf, Sf, ll + l), (mf, Sf)
+        return (mf, Sf, ll + l), ((mf, Sf) if keep else None)
 
-    (_, _, ll), outs = _scan(step, (m, S, ll), T - 1, keep=keep)
+    (_, _, ll), outs = _scan(step, (m, S, ll), jnp.arange(1, y.shape[0]))
     if not keep:
         return None, None, ll
     ms, Ss = outs
@@ -332,9 +370,9 @@ def _filter_parallel(arr: _Arrays, y):
     return ms, Ss, jnp.sum(_predictive_logliks(arr, y, ms, Ss))
 
 
-def _run_filter(ssm, y, parallel):
+def _run_filter(ssm, y, parallel, H_static=None):
     ssm, y, dtype = _prepare(ssm, y)
-    arr = _arrays(ssm, y.shape[0], dtype)
+    arr = _arrays(ssm, y.shape[0], dtype, H_static)
     ms, Ss, ll = (_filter_parallel if use_parallel(parallel) else _filter_sequential)(arr, y)
     return arr, y, FilterResult(ms, Ss @ jnp.swapaxes(Ss, -1, -2), ll, Ss)
 
@@ -349,8 +387,8 @@ def _validated(ssm, y):
 
 
 @eqx.filter_jit
-def _filter_jit(ssm, y, par: bool) -> FilterResult:
-    return _run_filter(ssm, y, par)[2]
+def _filter_jit(ssm, y, par: bool, Hs=None) -> FilterResult:
+    return _run_filter(ssm, y, par, Hs)[2]
 
 
 def filter(ssm: LinearGaussianSSM, y: Float[Array, "T p"], parallel: bool | None = None) -> FilterResult:
@@ -359,25 +397,25 @@ def filter(ssm: LinearGaussianSSM, y: Float[Array, "T p"], parallel: bool | None
     Returns filtered means (T, d), covariances (T, d, d), their Cholesky factors and the
     log marginal likelihood ``log p(y_{0:T-1})``.
     """
-    return _filter_jit(ssm, _validated(ssm, y), use_parallel(parallel))
+    return _filter_jit(ssm, _validated(ssm, y), use_parallel(parallel), _static_emission(ssm))
 
 
 @eqx.filter_jit
-def _log_likelihood_jit(ssm, y, par: bool):
+def _log_likelihood_jit(ssm, y, par: bool, Hs=None):
     if par:
         return _run_filter(ssm, y, True)[2].log_likelihood
     ssm, y, dtype = _prepare(ssm, y)
-    return _filter_sequential(_arrays(ssm, y.shape[0], dtype), y, keep=False)[2]
+    return _filter_sequential(_arrays(ssm, y.shape[0], dtype, Hs), y, keep=False)[2]
 
 
 def log_likelihood(ssm: LinearGaussianSSM, y: Float[Array, "T p"], parallel: bool | None = None) -> Float[Array, ""]:
     """Log marginal likelihood ``log p(y_{0:T-1})`` (NaN = missing)."""
-    return _log_likelihood_jit(ssm, _validated(ssm, y), use_parallel(parallel))
+    return _log_likelihood_jit(ssm, _validated(ssm, y), use_parallel(parallel), _static_emission(ssm))
 
 
 @eqx.filter_jit
-def _pointwise_jit(ssm, y, par: bool):
-    arr, y, f = _run_filter(ssm, y, par)
+def _pointwise_jit(ssm, y, par: bool, Hs=None):
+    arr, y, f = _run_filter(ssm, y, par, Hs)
     return _predictive_logliks(arr, y, f.mean, f.chol)
 
 
@@ -388,7 +426,7 @@ def pointwise_log_likelihood(
 
     Sums to :func:`log_likelihood`; fully missing rows contribute 0.
     """
-    return _pointwise_jit(ssm, _validated(ssm, y), use_parallel(parallel))
+    return _pointwise_jit(ssm, _validated(ssm, y), use_parallel(parallel), _static_emission(ssm))
 
 
 # ----------------------------------------------------------------------------------
@@ -399,25 +437,28 @@ def backward_kernels(arr: _Arrays, ms, Ss):
 
     From ``tria([[A S_f, SQ], [S_f, 0]]) = [[Psi11, 0], [Psi21, Psi22]]``:
     ``G = Psi21 Psi11^{-1}``, ``g = m_f - G A m_f``, ``D = Psi22``. Returns (G, g, D).
+    ``arr`` carries the transitions (see :func:`rts_smooth` for the array interface).
     """
     T, d = ms.shape
-
-    def one(t):
-        A, SQ = _trans(arr, t)
-        m, S = ms[t], Ss[t]
-        q = SQ.shape[1]
-        Phi = jnp.concatenate(
-            [jnp.concatenate([A @ S, SQ], axis=1), jnp.concatenate([S, jnp.zeros((d, q), S.dtype)], axis=1)], axis=0
-        )
-        Psi = tria(Phi)
-        P11, P21, P22 = Psi[:d, :d], Psi[d:, :d], Psi[d:, d:]
-        G = solve_upper_t(P11, P21.T).T
-        return G, m - G @ (A @ m), P22
-
-    return jax.vmap(one)(jnp.arange(T - 1))
+    n = T - 1
+    A = arr.A if arr.tv_trans else jnp.broadcast_to(arr.A, (n,) + arr.A.shape)
+    SQ = arr.SQ if arr.tv_trans else jnp.broadcast_to(arr.SQ, (n,) + arr.SQ.shape)
+    m, S = ms[:-1], Ss[:-1]
+    AS = A @ S
+    Phi = jnp.concatenate(
+        [jnp.concatenate([AS, SQ], axis=2), jnp.concatenate([S, jnp.zeros_like(SQ)], axis=2)], axis=1
+    )
+    Psi = tria_batched(Phi) if 2 * d <= 32 else jax.vmap(tria)(Phi)
+    P11, P21, P22 = Psi[:, :d, :d], Psi[:, d:, :d], Psi[:, d:, d:]
+    G = jnp.swapaxes(jax.vmap(solve_upper_t)(P11, jnp.swapaxes(P21, 1, 2)), 1, 2)
+    g = m - jnp.einsum("tij,tj->ti", G, jnp.einsum("tij,tj->ti", A, m))
+    return G, g, P22
 
 
 def _smooth_sequential(G, g, D, mT, ST):
+    if mT.shape[0] <= fused.FUSED_MAX_DIM:
+        return fused.smooth_scan(G, g, D, mT, ST)
+
     def step(carry, k):
         m, S = carry
         Gk, gk, Dk = k
@@ -451,18 +492,45 @@ def _smooth_parallel(G, g, D, mT, ST):
 
 def smoother(ssm: LinearGaussianSSM, y: Float[Array, "T p"], parallel: bool | None = None) -> SmootherResult:
     """Rauch–Tung–Striebel smoother (square-root form in both schedules)."""
-    return _smoother_jit(ssm, _validated(ssm, y), use_parallel(parallel))
+    return _smoother_jit(ssm, _validated(ssm, y), use_parallel(parallel), _static_emission(ssm))
 
 
 @eqx.filter_jit
-def _smoother_jit(ssm, y, par: bool) -> SmootherResult:
-    arr, y, f = _run_filter(ssm, y, par)
+def _smoother_jit(ssm, y, par: bool, Hs=None) -> SmootherResult:
+    arr, y, f = _run_filter(ssm, y, par, Hs)
     if y.shape[0] == 1:
         return SmootherResult(f.mean, f.cov, f.log_likelihood, f)
     G, g, D = backward_kernels(arr, f.mean, f.chol)
     run = _smooth_parallel if par else _smooth_sequential
     ms, Ss = run(G, g, D, f.mean[-1], f.chol[-1])
     return SmootherResult(ms, Ss @ jnp.swapaxes(Ss, -1, -2), f.log_likelihood, f)
+
+
+def rts_smooth(
+    ms: Float[Array, "T d"],
+    Ss: Float[Array, "T d d"],
+    A: Float[Array, "... d d"],
+    SQ: Float[Array, "... d d"],
+    b: Float[Array, "T-1 d"] | None = None,
+    parallel: bool | None = None,
+) -> tuple[Float[Array, "T d"], Float[Array, "T d d"]]:
+    """RTS smoothing pass over given filtered marginals ``N(ms[t], Ss[t] Ss[t]^T)``.
+
+    Transitions ``x_{t+1} = A_t x_t + b_t + q_t``, ``q_t ~ N(0, SQ_t SQ_t^T)``; ``A``, ``SQ``
+    are (T-1, d, d) or (d, d) (``SQ`` lower triangular), ``b`` (T-1, d) or ``None``. This
+    is the smoother of the nonlinear Gaussian filters (local linearisations as ``A``, ``b``).
+    Returns smoothed means (T, d) and lower Cholesky factors (T, d, d).
+    """
+    T, d = ms.shape
+    if T == 1:
+        return ms, Ss
+    tv = jnp.ndim(A) == 3 or jnp.ndim(SQ) == 3
+    arr = _Arrays(ms[0], Ss[0], A, SQ, jnp.zeros((1, d), ms.dtype), jnp.zeros((1, 1), ms.dtype), tv, False)
+    G, g, D = backward_kernels(arr, ms, Ss)
+    if b is not None:  # x_t | x_{t+1}: the mean subtracts G b as well
+        g = g - jnp.einsum("kij,kj->ki", G, b)
+    run = _smooth_parallel if use_parallel(parallel) else _smooth_sequential
+    return run(G, g, D, ms[-1], Ss[-1])
 
 
 def sample(
@@ -473,39 +541,41 @@ def sample(
     parallel: bool | None = None,
 ) -> Float[Array, "num_samples T d"]:
     """Joint posterior paths ``x_{0:T-1} ~ p(x | y)`` by forward-filter backward-sampling."""
-    return _sample_jit(key, ssm, _validated(ssm, y), int(num_samples), use_parallel(parallel))
+    return _sample_jit(key, ssm, _validated(ssm, y), int(num_samples), use_parallel(parallel), _static_emission(ssm))
 
 
 @eqx.filter_jit
-def _sample_jit(key, ssm, y, num_samples: int, par: bool):
-    arr, y, f = _run_filter(ssm, y, par)
+def _sample_jit(key, ssm, y, num_samples: int, par: bool, Hs=None):
+    arr, y, f = _run_filter(ssm, y, par, Hs)
     T, d = f.mean.shape
     eps = jax.random.normal(key, (num_samples, T, d), f.mean.dtype)
     xT = f.mean[-1] + eps[:, -1] @ f.chol[-1].T
     if T == 1:
         return xT[:, None]
     G, g, D = backward_kernels(arr, f.mean, f.chol)
-
-    def one(e, xl):
-        h = g + jnp.einsum("tij,tj->ti", D, e[:-1])
-        if par:
+    h = g[None] + jnp.einsum("tij,stj->sti", D, eps[:, :-1])  # (S, T-1, d)
+    if par:
+        def one(hs, xl):
             E = jnp.concatenate([G, jnp.zeros((1, d, d), G.dtype)])
-            hh = jnp.concatenate([h, xl[None]])
+            hh = jnp.concatenate([hs, xl[None]])
 
             def comb(later, earlier):
                 E2, h2 = later
                 E1, h1 = earlier
                 return E1 @ E2, (E1 @ h2[..., None])[..., 0] + h1
 
-            _, xs = jax.lax.associative_scan(comb, (E, hh), reverse=True)
-            return xs
+            return jax.lax.associative_scan(comb, (E, hh), reverse=True)[1]
 
-        def step(x, k):
-            Gk, hk = k
-            xn = Gk @ x + hk
-            return xn, xn
+        return jax.vmap(one)(h, xT)
 
-        _, xs = jax.lax.scan(step, xl, (G, h), reverse=True)
-        return jnp.concatenate([xs, xl[None]])
+    if d <= fused.FUSED_MAX_DIM:
+        return fused.sample_scan(G, h, xT)
 
-    return jax.vmap(one)(eps, xT)
+    # all samples in one scan: x_t = x_{t+1} G_t^T + h_t with x of shape (S, d)
+    def step(x, k):
+        Gk, hk = k
+        xn = x @ Gk.T + hk
+        return xn, x
+
+    x0, later = jax.lax.scan(step, xT, (G, jnp.swapaxes(h, 0, 1)), reverse=True)
+    return jnp.swapaxes(jnp.concatenate([x0[None], later], axis=0), 0, 1)

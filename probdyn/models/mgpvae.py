@@ -23,7 +23,9 @@ posterior marginals, :math:`\log Z` and joint posterior paths:
   irregular grid and the Kalman smoother / FFBS sampler of :mod:`probdyn.inference.kalman`
   (vmapped over channels): :math:`O(T)`.
 * :class:`GPVAE` -- the dense reference: Gram matrix ``kernel.covariance``, Cholesky and
-  Gaussian conditioning on the observed-site times: :math:`O(T^3)`.
+  Gaussian conditioning on the observed-site times, with a hand-written gradient of the
+  conditioning step (one Cholesky and one triangular solve per channel, then matrix
+  products; reverse-mode only): :math:`O(T^3)`, independent of the Kalman engine.
 * :class:`IIDVAE` -- the non-temporal baseline: prior :math:`N(0, I)` per frame (a standard
   VAE whose encoder output is combined with the prior as a site); a missing frame's posterior
   is the prior.
@@ -49,7 +51,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from probdyn import kernels as _kernels
 from probdyn.inference import kalman
 from probdyn.inference import optimize
-from probdyn.models.mgpvae_nets import CNNEncoder, MLPDecoder, MLPEncoder
+from probdyn.models.mgpvae_nets import CNNDecoder, CNNEncoder, MLPDecoder, MLPEncoder
 from probdyn.ssm import LinearGaussianSSM
 
 __all__ = [
@@ -288,28 +290,86 @@ class MarkovGPVAE(_SiteVAE):
         return jnp.moveaxis(f, 0, -1), log_z
 
 
+def _masked_system(K, v, mf):
+    """``C = M K M + diag(m v + (1 - m))``: missing rows/columns decouple with unit variance."""
+    return mf[:, None] * K * mf[None, :] + jnp.diag(mf * v + (1 - mf))
+
+
+def _dense_solve(K, m, v, mf):
+    """Cholesky ``Lc`` of the masked system and ONE triangular solve ``Lc^-1 [I | M m | M K]``.
+
+    Returns ``Lc``, ``Linv M`` (the inverse factor with missing columns zeroed), ``alpha =
+    Lc^-1 M m`` and ``B = Lc^-1 M K``. One Cholesky followed by one solve on purpose: jaxlib's
+    batched CPU LAPACK kernels fan their batch out into XLA's intra-op thread pool and wait for
+    it, so two *independent* batched triangular solves in one program (what autodiff of the
+    textbook formulas produces) can occupy every pool thread and deadlock on small machines
+    (reproduced with 2 cores, jaxlib 0.10.2).
+    """
+    T = K.shape[0]
+    Lc = jnp.linalg.cholesky(_masked_system(K, v, mf))
+    rhs = jnp.concatenate([jnp.eye(T, dtype=K.dtype), (mf * m)[:, None], mf[:, None] * K], axis=1)
+    X = jax.scipy.linalg.solve_triangular(Lc, rhs, lower=True)
+    return Lc, X[:, :T] * mf[None, :], X[:, T], X[:, T + 1:]
+
+
+@jax.custom_vjp
+def _dense_condition(K, m, v, mf):
+    """Dense GP conditioning of one channel on its observed sites (reference, O(T^3)).
+
+    ``K`` (T, T) prior Gram matrix, ``m``/``v`` (T,) site means/variances, ``mf`` (T,) 1.0 at
+    observed sites, 0.0 at missing ones. Returns the posterior mean (T,), the posterior
+    variance (T,) and ``log Z``, the Gaussian log density of the observed site means.
+    With ``W = M C^-1 M``: mean ``K W m``, var ``diag(K) - diag(K W K)``,
+    ``log Z = -m'Wm/2 - log|C|/2 - n log(2 pi)/2``. The gradient is written out by hand
+    (matrix calculus on these formulas, only matrix products) so that the whole value-and-
+    gradient program contains a single Cholesky -> triangular-solve chain; see ``_dense_solve``.
+    Reverse mode only (``jax.grad``/``vjp``), no forward-mode derivatives.
+    """
+    return _dense_condition_fwd(K, m, v, mf)[0]
+
+
+def _dense_condition_fwd(K, m, v, mf):
+    Lc, LinvM, alpha, B = _dense_solve(K, m, v, mf)
+    mean = B.T @ alpha
+    var = jnp.diag(K) - jnp.sum(B * B, axis=0)
+    log_z = -0.5 * alpha @ alpha - jnp.sum(jnp.log(jnp.diag(Lc))) - 0.5 * jnp.sum(mf) * _LOG2PI
+    return (mean, var, log_z), (LinvM, alpha, B, mf)
+
+
+def _dense_condition_bwd(res, g):
+    LinvM, alpha, B, mf = res
+    gm, gv, gz = g
+    W = LinvM.T @ LinvM  # M C^-1 M (zero rows/columns at missing sites)
+    a = LinvM.T @ alpha  # W m
+    WK = LinvM.T @ B  # W K   (its transpose is K W)
+    b = WK @ gm  # W K g_mean
+    E = (WK * gv[None, :]) @ WK.T  # W K diag(g_var) K W
+    gK = (jnp.outer(gm - b + 0.5 * gz * a, a) + jnp.diag(gv) - 2.0 * gv[:, None] * WK.T + E - 0.5 * gz * W)
+    gK = 0.5 * (gK + gK.T)  # K is symmetric: only the symmetric part of the cotangent matters
+    gvv = -b * a + jnp.diag(E) + 0.5 * gz * (a * a - jnp.diag(W))
+    gmm = b - gz * a
+    return gK, gmm, gvv, jnp.zeros_like(mf)
+
+
+_dense_condition.defvjp(_dense_condition_fwd, _dense_condition_bwd)
+
+
 class GPVAE(_SiteVAE):
     """Dense-GP reference (Gram matrix + Cholesky, O(T^3)); same ELBO as :class:`MarkovGPVAE`.
 
-    Conditioning on the observed-site times uses the masked system
-    ``C = M K M + diag(m v + (1 - m))``: missing rows/columns decouple with unit variance and
-    zero data, so ``chol(C)`` conditions on exactly the observed sites.
+    Independent of the Kalman engine: each channel's Gram matrix ``kernel.covariance`` is
+    conditioned on the observed-site times through the masked system
+    ``C = M K M + diag(m v + (1 - m))`` (missing rows/columns decouple with unit variance and
+    zero data, so ``chol(C)`` conditions on exactly the observed sites). The gradient of the
+    conditioning step is hand-written (see ``_dense_condition``): reverse-mode
+    differentiation only.
     """
-
-    def _condition(self, kernel, times, m, v, mask):
-        K = kernel.covariance(times, times)
-        mf = mask.astype(K.dtype)
-        C = mf[:, None] * K * mf[None, :] + jnp.diag(mf * v + (1 - mf))
-        Lc = jnp.linalg.cholesky(C)
-        a = jax.scipy.linalg.solve_triangular(Lc, jnp.where(mask, m, 0.0), lower=True)
-        B = jax.scipy.linalg.solve_triangular(Lc, mf[:, None] * K, lower=True)  # Lc^-1 M K
-        log_z = -0.5 * a @ a - jnp.sum(jnp.log(jnp.diag(Lc))) - 0.5 * jnp.sum(mf) * _LOG2PI
-        return K, B, B.T @ a, log_z
 
     def posterior_marginals(self, times, site_mean, site_var, mask):
         def one(kernel, m, v):
-            K, B, mean, log_z = self._condition(kernel, times, m, v, mask)
-            return mean, jnp.maximum(jnp.diag(K) - jnp.sum(B * B, axis=0), 0.0), log_z
+            K = kernel.covariance(times, times)
+            mean, var, log_z = _dense_condition(K, m, v, mask.astype(K.dtype))
+            return mean, jnp.maximum(var, 0.0), log_z
 
         mu, var, log_z = eqx.filter_vmap(one)(self.kernel, site_mean.T, site_var.T)
         return mu.T, var.T, log_z
@@ -318,13 +378,16 @@ class GPVAE(_SiteVAE):
         T = times.shape[0]
 
         def one(kernel, m, v, k):
-            K, B, mean, log_z = self._condition(kernel, times, m, v, mask)
+            K = kernel.covariance(times, times)
+            mf = mask.astype(K.dtype)
+            Lc, _, alpha, B = _dense_solve(K, m, v, mf)
+            log_z = -0.5 * alpha @ alpha - jnp.sum(jnp.log(jnp.diag(Lc))) - 0.5 * jnp.sum(mf) * _LOG2PI
             S = K - B.T @ B
             S = 0.5 * (S + S.T)
             jitter = (1e-10 if S.dtype == jnp.float64 else 1e-5) * jnp.mean(jnp.diag(K))
             Ls = jnp.linalg.cholesky(S + jitter * jnp.eye(T, dtype=S.dtype))
             eps = jax.random.normal(k, (num_samples, T), S.dtype)
-            return mean + eps @ Ls.T, log_z
+            return B.T @ alpha + eps @ Ls.T, log_z
 
         keys = jax.random.split(key, self.latent_dim)
         f, log_z = eqx.filter_vmap(one)(self.kernel, site_mean.T, site_var.T, keys)
@@ -362,14 +425,33 @@ def make_model(
     kernel: Any = None,
     likelihood: str = "gaussian",
     width: int = 64,
+    decoder: str = "mlp",
     **kwargs,
 ) -> _SiteVAE:
-    """Model of class ``cls`` with a CNN encoder for images (H, W), an MLP otherwise, and an
-    MLP decoder. ``kwargs`` go to the model (``obs_var``, ``beta``, ``parallel``)."""
+    """Model of class ``cls`` with default networks from :mod:`probdyn.models.mgpvae_nets`.
+
+    Args:
+        cls: :class:`MarkovGPVAE`, :class:`GPVAE` or :class:`IIDVAE`.
+        obs_shape: one frame: ``(D,)`` vectors or ``(H, W)`` images.
+        latent_dim: number of latent channels L.
+        key: PRNG key for the network weights.
+        kernel: channel kernel(s), see :class:`MarkovGPVAE` (default Matern32(1, 1)).
+        likelihood: ``"gaussian"`` or ``"bernoulli"``.
+        width: hidden width of the MLPs.
+        decoder: ``"mlp"`` (default) or ``"cnn"`` (transposed convolutions, images only).
+        **kwargs: ``obs_var``, ``beta``, ``parallel`` for the model.
+
+    The encoder is a small CNN (:class:`~probdyn.models.mgpvae_nets.CNNEncoder`) for images
+    and an MLP for vectors.
+    """
     obs_shape = tuple(int(s) for s in obs_shape)
+    if decoder not in ("mlp", "cnn"):
+        raise ValueError(f"decoder must be 'mlp' or 'cnn', got {decoder!r}")
+    if decoder == "cnn" and len(obs_shape) != 2:
+        raise ValueError(f"decoder='cnn' needs image frames (H, W), got obs_shape {obs_shape}")
     ke, kd = jax.random.split(key)
     enc = CNNEncoder(obs_shape, latent_dim, ke) if len(obs_shape) == 2 else MLPEncoder(obs_shape, latent_dim, ke, width)
-    dec = MLPDecoder(latent_dim, obs_shape, kd, width)
+    dec = CNNDecoder(latent_dim, obs_shape, kd) if decoder == "cnn" else MLPDecoder(latent_dim, obs_shape, kd, width)
     return cls(enc, dec, latent_dim, obs_shape, kernel, likelihood, **kwargs)
 
 

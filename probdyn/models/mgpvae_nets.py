@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-__all__ = ["MLPEncoder", "CNNEncoder", "MLPDecoder", "site_params"]
+__all__ = ["MLPEncoder", "CNNEncoder", "MLPDecoder", "CNNDecoder", "site_params"]
 
 _MIN_VAR = 1e-3
 
@@ -79,3 +79,33 @@ class MLPDecoder(eqx.Module):
 
     def __call__(self, z):
         return jnp.reshape(self.mlp(z), self.obs_shape)
+
+
+class CNNDecoder(eqx.Module):
+    """Latent (L,) -> image parameters (H, W): a linear layer onto a (2C, ceil(H/4), ceil(W/4))
+    grid, then two stride-2 4x4 transposed convolutions (2C -> C -> 1 channels, ELU between),
+    cropped to (H, W). The mirror image of :class:`CNNEncoder`."""
+
+    head: eqx.nn.Linear
+    deconv1: eqx.nn.ConvTranspose2d
+    deconv2: eqx.nn.ConvTranspose2d
+    obs_shape: tuple[int, ...] = eqx.field(static=True)
+    grid: tuple[int, int, int] = eqx.field(static=True)
+
+    def __init__(self, latent_dim: int, obs_shape: Sequence[int], key: PRNGKeyArray, channels: int = 16):
+        if len(obs_shape) != 2:
+            raise ValueError(f"CNNDecoder expects images (H, W), got obs_shape {tuple(obs_shape)}")
+        self.obs_shape = tuple(int(s) for s in obs_shape)
+        h, w = ((s + 3) // 4 for s in self.obs_shape)
+        self.grid = (2 * channels, h, w)
+        k1, k2, k3 = jax.random.split(key, 3)
+        self.head = eqx.nn.Linear(latent_dim, math.prod(self.grid), key=k1)
+        self.deconv1 = eqx.nn.ConvTranspose2d(2 * channels, channels, 4, stride=2, padding=1, key=k2)
+        self.deconv2 = eqx.nn.ConvTranspose2d(channels, 1, 4, stride=2, padding=1, key=k3)
+
+    def __call__(self, z):
+        x = jax.nn.elu(jnp.reshape(self.head(z), self.grid))
+        x = jax.nn.elu(self.deconv1(x))
+        x = self.deconv2(x)[0]
+        H, W = self.obs_shape
+        return x[:H, :W]
