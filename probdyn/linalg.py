@@ -161,21 +161,24 @@ def tria_batched(M: Float[Array, "... n k"]) -> Float[Array, "... n n"]:
 def psd_cholesky(P: Float[Array, "d d"]) -> Float[Array, "d d"]:
     """Lower Cholesky factor of a symmetric positive *semi*-definite matrix.
 
-    Pivots that are zero or slightly negative from round-off (relative to the largest
-    diagonal entry) give a zero column instead of a NaN, so singular covariances such as
-    the zero process noise of a periodic kernel or ``dt = 0`` steps are handled.
+    A pivot that is zero, or that round-off has left at most ``16 eps`` of its diagonal
+    entry (or negative), gives a zero column instead of a NaN, so singular covariances such
+    as the zero process noise of a periodic kernel or ``dt = 0`` steps are handled. The
+    tolerance is relative to the pivot's own diagonal entry, not to the largest one: badly
+    scaled but positive definite matrices (the process noise of a smooth kernel over a short
+    step, where ``Q_00 / Q_dd ~ dt^2``) keep their small pivots in float32.
     """
     d = P.shape[-1]
     P = 0.5 * (P + P.T)
     if d > UNROLL_MAX:
         tol = jnp.finfo(P.dtype).eps * jnp.max(jnp.abs(jnp.diag(P))) * d
         return jnp.linalg.cholesky(P + tol * jnp.eye(d, dtype=P.dtype))
-    tol = 16 * jnp.finfo(P.dtype).eps * jnp.max(jnp.abs(jnp.diag(P)))
+    eps16 = 16 * jnp.finfo(P.dtype).eps
     zero = jnp.zeros((), P.dtype)
     L = [[zero] * d for _ in range(d)]
     for j in range(d):  # entries as scalars: elementwise (and vectorised under vmap)
         s = P[j, j] - sum((L[j][k] ** 2 for k in range(j)), zero)
-        ok = s > tol
+        ok = s > eps16 * jnp.abs(P[j, j])
         ljj = jnp.where(ok, jnp.sqrt(jnp.where(ok, s, 1.0)), 0.0)
         L[j][j] = ljj
         for i in range(j + 1, d):

@@ -5,7 +5,9 @@ series (or of per-series parameters) is a pytree whose leaves share a leading ba
 :func:`batch_map` vmaps a function over it and places the batch axis on a ``Mesh`` of all
 visible devices (``jax.devices()``), so the same code runs on one CPU, several GPUs, or
 several hosts after ``jax.distributed.initialize()`` (in which case ``jax.devices()`` is the
-global device list and each process feeds the same global arrays).
+global device list and each process feeds the same global arrays; CPU-only processes also
+need ``jax.config.update("jax_cpu_collectives_implementation", "gloo")`` before it). The
+two-process case is tested (``tests/test_sharding.py``).
 
 Fitting many independent series is one optax run on the *sum* of their losses (Adam is
 elementwise, so this equals independent fits; see :func:`sum_over_batch`), and series

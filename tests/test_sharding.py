@@ -74,3 +74,70 @@ def test_sharded_batch_equals_single_device():
     assert out["shard_vs_loop"] < 1e-10
     assert out["chunk_vs_loop"] < 1e-10
     assert out["fit_vs_single"] < 1e-8
+
+
+MULTIPROCESS = textwrap.dedent(
+    """
+    import sys, json
+    import jax
+    pid, port = int(sys.argv[1]), sys.argv[2]
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2, process_id=pid)
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp, numpy as np
+    from jax.experimental import multihost_utils
+    from probdyn import MarkovGP, kernels
+    from probdyn.sharding import batch_map
+
+    assert jax.process_count() == 2 and jax.device_count() == 2 and jax.local_device_count() == 1
+    rng = np.random.default_rng(0)
+    B, T = 5, 30   # odd: padded to the 2 global devices
+    t = np.sort(rng.uniform(0, 10, (B, T)), axis=1)
+    y = np.sin(t) + 0.3 * rng.normal(size=(B, T))
+    ell = rng.uniform(0.5, 2.0, B)
+
+    def ll(ell_i, t_i, y_i):
+        return MarkovGP(kernels.Matern32(lengthscale=ell_i, variance=1.0), t_i, noise=0.09).log_likelihood(y_i)
+
+    out = batch_map(ll, jnp.asarray(ell), jnp.asarray(t), jnp.asarray(y))   # the same call as on one host
+    full = np.asarray(multihost_utils.process_allgather(out, tiled=True))
+    print("RESULT" + json.dumps({"pid": pid, "values": full.tolist()}))
+    """
+)
+
+
+def test_multi_process_batch_map_equals_single_process():
+    """Two processes joined by ``jax.distributed.initialize`` (the multi-host set-up, here on
+    one machine with CPU collectives): ``batch_map`` runs unchanged over the global devices
+    and gives the single-process numbers."""
+    import json
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = str(s.getsockname()[1])
+    env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    procs = [subprocess.Popen([sys.executable, "-c", MULTIPROCESS, str(i), port], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (so, se) in zip(procs, outs):
+        assert p.returncode == 0, se[-3000:]
+    vals = [json.loads([ln for ln in so.splitlines() if ln.startswith("RESULT")][-1][6:])["values"] for so, _ in outs]
+
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+    import numpy as np
+
+    from probdyn import MarkovGP, kernels
+
+    rng = np.random.default_rng(0)
+    t = np.sort(rng.uniform(0, 10, (5, 30)), axis=1)
+    y = np.sin(t) + 0.3 * rng.normal(size=(5, 30))
+    ell = rng.uniform(0.5, 2.0, 5)
+    ref = [float(MarkovGP(kernels.Matern32(lengthscale=ell[i], variance=1.0), jnp.asarray(t[i]), noise=0.09)
+                 .log_likelihood(jnp.asarray(y[i]))) for i in range(5)]
+    for v in vals:
+        np.testing.assert_allclose(v, ref, rtol=1e-10)

@@ -16,7 +16,14 @@ Gauss–Hermite or cubature expectation, no second derivatives of ``l`` are need
 This module holds the generic pieces: Gaussian quadrature rules and expectations,
 :class:`GaussianSites` (natural parameters ``nat1 = P mu``, ``nat2 = -P/2``) with conversion
 to Kalman pseudo-observations, the expectation-parameter gradient :func:`cvi_site_target`,
-the damped update :func:`damped`, and the step-size back-off driver :func:`natural_gradient_ascent`.
+the damped update :func:`damped`, the step-size back-off driver :func:`natural_gradient_ascent`,
+and :func:`condition_chain`, which multiplies a Gauss–Markov chain by Gaussian node and pair
+potentials whose precisions may be *indefinite* (only the product has to be a proper
+Gaussian) and returns the result in forward Markov form with its marginals. The Kalman
+engine's updates need positive-definite observation noise, so such potentials (the path sites
+of :mod:`probdyn.models.sparse_gp_sde`) cannot be applied as pseudo-observations; the
+backward pass here is an information-form recursion in the whitened coordinates of the
+transition noise, and the forward marginals use :func:`probdyn.inference.kalman.predict`.
 Models (e.g. :mod:`probdyn.models.sparse_gp_sde`) provide the expectations; the engines here
 never branch on the model.
 """
@@ -43,6 +50,9 @@ __all__ = [
     "damped",
     "NatGradTrace",
     "natural_gradient_ascent",
+    "GaussMarkovChain",
+    "condition_chain",
+    "natural_from_moment_gradients",
 ]
 
 
@@ -124,7 +134,8 @@ class GaussianSites(NamedTuple):
         ``prod_j N(y_ij | (U^T z)_j, r_ij)`` is proportional to the site. Eigen-directions with
         precision ``lam <= floor`` are returned as NaN (missing), i.e. dropped: the Kalman
         engine needs positive-definite observation noise, so only the positive-definite part
-        of a site can be applied (see the model documentation for how that is used).
+        of a site can be applied this way. Sites with indefinite precision are applied exactly
+        by :func:`condition_chain` instead.
         """
         lam, U = jnp.linalg.eigh(self.precision)
         ok = lam > floor
@@ -162,7 +173,7 @@ class NatGradTrace(NamedTuple):
 
 def natural_gradient_ascent(
     step: Callable[[Any, Any], Any],
-    objective: Callable[[Any], Any],
+    objective: Callable[[Any], Any] | None,
     state: Any,
     num_iters: int,
     rho: float = 1.0,
@@ -171,23 +182,40 @@ def natural_gradient_ascent(
     grow: float = 1.0,
     max_rho: float = 1.0,
     tol: float = 0.0,
+    atol: float = 0.0,
     progress_bar: bool = False,
     desc: str = "natgrad",
+    initial_value: float | None = None,
 ) -> tuple[Any, NatGradTrace]:
     """Iterate ``state <- step(state, rho)`` with step-size back-off on ELBO decrease.
 
     A step whose ``objective`` (the ELBO, to be maximised) is lower than the current one by
     more than ``tol * |elbo|`` (or non-finite) is rejected and retried with ``rho * shrink``
     until ``rho < min_rho`` (then the iteration stops). After an accepted step ``rho`` is
-    multiplied by ``grow`` (capped at ``max_rho``). ``step`` and ``objective`` should be
-    jitted by the caller (they are called with a Python float ``rho``; pass it as an array
-    to avoid recompiles).
+    multiplied by ``grow`` (capped at ``max_rho``). With ``atol > 0`` the iteration also stops
+    (converged) after an accepted step that raised the objective by less than ``atol``, or at
+    a rejected step that lowered it by less than ``atol`` (rounding level; no back-off).
+    ``step`` and ``objective`` should be jitted by the caller (they are called with ``rho`` as
+    a 0-d array, so changing it does not recompile). With ``objective=None``, ``step`` returns
+    ``(candidate, objective(candidate))`` in one call (saves an evaluation per iteration) and
+    ``initial_value`` (the objective at ``state``) must be given.
     """
     if not (0.0 < rho <= 1.0):
         raise ValueError(f"rho must be in (0, 1], got {rho}")
     if not (0.0 < shrink < 1.0):
         raise ValueError(f"shrink must be in (0, 1), got {shrink}")
-    cur = float(objective(state))
+    if objective is None:
+        if initial_value is None:
+            raise ValueError("with objective=None give initial_value (the objective at state)")
+        cur = float(initial_value)
+        fused = step
+    else:
+        cur = float(objective(state)) if initial_value is None else float(initial_value)
+
+        def fused(s, r):
+            c = step(s, r)
+            return c, objective(c)
+
     if not np.isfinite(cur):
         raise FloatingPointError(f"{desc}: the initial objective is {cur}")
     elbos, rhos, backoffs = [cur], [], 0
@@ -199,14 +227,17 @@ def natural_gradient_ascent(
     try:
         for _ in range(int(num_iters)):
             while True:
-                cand = step(state, jnp.asarray(rho))
-                val = float(objective(cand))
+                cand, val = fused(state, jnp.asarray(rho))
+                val = float(val)
                 if np.isfinite(val) and val >= cur - tol * abs(cur):
                     break
+                if atol > 0 and np.isfinite(val) and cur - val < atol:  # converged to rounding level
+                    return state, NatGradTrace(np.asarray(elbos), np.asarray(rhos), backoffs)
                 backoffs += 1
                 rho *= shrink
                 if rho < min_rho:
                     return state, NatGradTrace(np.asarray(elbos), np.asarray(rhos), backoffs)
+            gain = val - cur
             state, cur = cand, val
             elbos.append(cur)
             rhos.append(rho)
@@ -214,7 +245,143 @@ def natural_gradient_ascent(
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(elbo=f"{cur:.5g}", rho=f"{rho:.3g}")
+            if atol > 0 and gain < atol:
+                break
     finally:
         if bar is not None:
             bar.close()
     return state, NatGradTrace(np.asarray(elbos), np.asarray(rhos), backoffs)
+
+
+# ----------------------------------------------------------------------------------
+# Gauss–Markov chain x potentials (information-form backward pass)
+# ----------------------------------------------------------------------------------
+class GaussMarkovChain(NamedTuple):
+    """A Gaussian chain in forward Markov form with its marginals.
+
+    ``x_0 ~ N(initial_mean, initial_cov)``, ``x_{k+1} | x_k ~ N(F_k x_k + g_k, Q_k)``;
+    marginal means ``mean`` (N, d), covariances ``cov`` (N, d, d), lag-one cross-covariances
+    ``cross_cov[k] = Cov(x_k, x_{k+1})`` (N-1, d, d), ``chol_Q`` (N-1, d, d) lower square roots
+    of ``Q_k``. ``dF = F - Psi``, ``dg = g - c``, ``dQ = Q - V``, ``d_initial_mean``,
+    ``d_initial_cov`` are the differences to the prior chain that was conditioned, computed
+    without cancellation (they feed KL divergences in float32).
+    """
+
+    mean: Float[Array, "N d"]
+    cov: Float[Array, "N d d"]
+    cross_cov: Float[Array, "N1 d d"]
+    F: Float[Array, "N1 d d"]
+    g: Float[Array, "N1 d"]
+    Q: Float[Array, "N1 d d"]
+    chol_Q: Float[Array, "N1 d d"]
+    dF: Float[Array, "N1 d d"]
+    dg: Float[Array, "N1 d"]
+    dQ: Float[Array, "N1 d d"]
+    initial_mean: Float[Array, " d"]
+    initial_cov: Float[Array, "d d"]
+    d_initial_mean: Float[Array, " d"]
+    d_initial_cov: Float[Array, "d d"]
+
+
+def _whitened_gain(V, Lam):
+    """For ``Omega = V^{-1} + Lam`` (Lam may be indefinite): ``chol(Q)`` with ``Q = Omega^{-1}``
+    and ``Einv(x) = Q V^{-1} x = (I + V Lam)^{-1} x``; NaN when ``Omega`` is not PD."""
+    d = V.shape[-1]
+    if d == 1:  # scalar fast path (compiles much faster than 1x1 LAPACK calls)
+        den = 1.0 + V[0, 0] * Lam[0, 0]
+        cholQ = jnp.sqrt(V / den)  # NaN when den <= 0 (not proper)
+        return cholQ, lambda x: x / den
+    SV = jnp.linalg.cholesky(symmetrize(V))
+    Mh = jnp.eye(d, dtype=V.dtype) + SV.T @ Lam @ SV
+    LM = jnp.linalg.cholesky(symmetrize(Mh))
+    cholQ = jax.scipy.linalg.solve_triangular(LM, SV.T, lower=True).T  # SV LM^{-T}
+
+    def Einv(x):
+        z = jax.scipy.linalg.solve_triangular(SV, x, lower=True)
+        z = jax.scipy.linalg.cho_solve((LM, True), z)
+        return SV @ z
+
+    return cholQ, Einv
+
+
+def condition_chain(initial_mean, initial_cov, Psi, c, V, nat1, nat2, pair) -> GaussMarkovChain:
+    r"""Condition a Gauss–Markov chain on Gaussian node and pair potentials.
+
+    Prior ``p(x) = N(x_0 | m_0, P_0) prod_k N(x_{k+1} | Psi_k x_k + c_k, V_k)`` times
+    potentials ``exp(sum_k [nat1_k^T x_k + x_k^T nat2_k x_k] + sum_k x_k^T pair_k x_{k+1})``.
+    The potentials' precisions ``-2 nat2_k`` may be indefinite: only the product has to be a
+    proper Gaussian (joint precision positive definite). A backward information pass
+    (``beta_k(x) = site_k(x) int p(x'|x) pair_k(x, x') beta_{k+1}(x') dx'``, computed in the
+    whitened coordinates of ``V_k``, never forming ``V_k^{-1}``) gives the forward kernels
+    ``q(x_{k+1}|x_k) = N(F_k x_k + g_k, Q_k)`` and ``q(x_0)``; the marginals then come from
+    square-root predictions (:func:`probdyn.inference.kalman.predict`). Cost O(N d^3),
+    sequential in N. When the product is not proper (a non-PD ``I + S^T Lam S`` on the way)
+    the outputs are NaN. For d = 1 the same recursions run in scalar form (the 1x1 LAPACK
+    calls dominate compile time otherwise).
+
+    Args:
+        initial_mean: (d,), initial_cov: (d, d) PD.
+        Psi: (N-1, d, d), c: (N-1, d), V: (N-1, d, d) PD transition noise.
+        nat1: (N, d), nat2: (N, d, d) symmetric node potentials; pair: (N-1, d, d).
+    Returns:
+        :class:`GaussMarkovChain`.
+    """
+    from probdyn.inference import kalman
+
+    def bstep(carry, inp):
+        Lam, eta = carry
+        Ps, cc, Vk, Wk, J, h = inp
+        cholQ, Einv = _whitened_gain(Vk, Lam)
+        Q = cholQ @ cholQ.T
+        EPsi = Einv(Ps)
+        F = EPsi + Einv(Vk @ Wk.T)
+        g = Einv(cc + Vk @ eta)
+        dF = Q @ (Wk.T - Lam @ Ps)
+        dg = Q @ (eta - Lam @ cc)
+        dQ = -symmetrize(Q @ Lam @ Vk)
+        Lm = EPsi.T @ Lam @ Ps - EPsi.T @ Wk.T - Wk @ EPsi - Wk @ Einv(Vk @ Wk.T)
+        em = EPsi.T @ (eta - Lam @ cc) + Wk @ Einv(cc + Vk @ eta)
+        return (J + symmetrize(Lm), h + em), (F, g, Q, cholQ, dF, dg, dQ)
+
+    J = -2.0 * symmetrize(nat2)
+    init = (J[-1], nat1[-1])
+    (Lam0, eta0), (F, g, Q, cholQ, dF, dg, dQ) = jax.lax.scan(
+        bstep, init, (Psi, c, V, pair, J[:-1], nat1[:-1]), reverse=True)
+    chol0, Einv0 = _whitened_gain(initial_cov, Lam0)
+    P0 = chol0 @ chol0.T
+    m0 = Einv0(initial_mean + initial_cov @ eta0)
+    dm0 = P0 @ (eta0 - Lam0 @ initial_mean)
+    dP0 = -symmetrize(P0 @ Lam0 @ initial_cov)
+
+    def fstep(carry, inp):
+        m, S = carry
+        Fk, gk, Lk = inp
+        if m.shape[0] == 1:  # scalar form of the same square-root prediction (no 1x2 QR to compile)
+            return (Fk @ m + gk, jnp.sqrt((Fk @ S) ** 2 + Lk**2)), (Fk @ m + gk, jnp.sqrt((Fk @ S) ** 2 + Lk**2))
+        mn, Sn = kalman.predict(m, S, Fk, Lk, gk)
+        return (mn, Sn), (mn, Sn)
+
+    _, (ms, Ss) = jax.lax.scan(fstep, (m0, chol0), (F, g, cholQ))
+    mean = jnp.concatenate([m0[None], ms])
+    S = jnp.concatenate([chol0[None], Ss])
+    cov = jnp.einsum("nij,nkj->nik", S, S)
+    cross = jnp.einsum("nij,nkj->nik", cov[:-1], F)  # Cov(x_k, x_{k+1}) = C_k F_k^T
+    return GaussMarkovChain(mean, cov, cross, F, g, Q, cholQ, dF, dg, dQ, m0, P0, dm0, dP0)
+
+
+def natural_from_moment_gradients(g_m, g_C, g_X, mean):
+    r"""Chain natural parameters from gradients w.r.t. centred moments.
+
+    For ``G(m, S, M) = G~(m, C = S - m m^T, X = M - m_k m_{k+1}^T)`` the CVI target
+    ``nabla_mu G`` over the expectation parameters ``(E x_k, E x_k x_k^T, E x_k x_{k+1}^T)``
+    is, in terms of the gradients ``g_m (N, d), g_C (N, d, d), g_X (N-1, d, d)`` of ``G~``:
+    ``nat2 = sym(g_C)``, ``pair = g_X``,
+    ``nat1_k = g_m,k - 2 nat2_k m_k - g_X,k m_{k+1} - g_X,k-1^T m_{k-1}``. Differentiating
+    ``G~`` at the centred moments avoids forming ``S - m m^T`` (cancellation in float32).
+    Returns ``(nat1, nat2, pair)``.
+    """
+    nat2 = symmetrize(g_C)
+    n1 = g_m - 2.0 * jnp.einsum("nij,nj->ni", nat2, mean)
+    n1 = n1.at[:-1].add(-jnp.einsum("nij,nj->ni", g_X, mean[1:]))
+    n1 = n1.at[1:].add(-jnp.einsum("nji,nj->ni", g_X, mean[:-1]))
+    return n1, nat2, g_X

@@ -155,24 +155,30 @@ def posterior_idata(model: Callable, guide: Callable, params: dict, key: PRNGKey
 # ----------------------------------------------------------------------------------
 from probdyn.inference.natgrad import (  # noqa: E402
     GaussianSites,
+    GaussMarkovChain,
     NatGradTrace,
     QuadratureRule,
+    condition_chain,
     cubature,
     cvi_site_target,
     damped,
     gauss_hermite,
     gaussian_expectation,
+    natural_from_moment_gradients,
     natural_gradient_ascent,
 )
 
 __all__ += [
     "GaussianSites",
+    "GaussMarkovChain",
     "NatGradTrace",
     "QuadratureRule",
+    "condition_chain",
     "cubature",
     "cvi_site_target",
     "damped",
     "gauss_hermite",
     "gaussian_expectation",
+    "natural_from_moment_gradients",
     "natural_gradient_ascent",
 ]
