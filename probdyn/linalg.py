@@ -19,6 +19,11 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+__all__ = [
+    "tria", "tria_batched", "mgs_lower", "list_dot", "psd_cholesky", "solve_lower", "solve_upper_t",
+    "block_diag", "kron", "symmetrize", "safe_sqrt", "safe_rsqrt", "neg_half_log",
+]
+
 UNROLL_MAX = 24
 
 
@@ -75,6 +80,8 @@ def tria(M: Float[Array, "n k"]) -> Float[Array, "n n"]:
     ``L`` is non-negative. ``M`` may be rank deficient or have k < n.
     """
     n, k = M.shape
+    if n == 1:  # a norm: no QR call (saves a LAPACK kernel and its compile time)
+        return safe_sqrt(jnp.sum(M * M)).reshape(1, 1)
     if k < n:
         M = jnp.concatenate([M, jnp.zeros((n, n - k), M.dtype)], axis=1)
     r = jnp.linalg.qr(M.T, mode="r")
@@ -240,4 +247,5 @@ def kron(a: Float[Array, "... m n"], b: Float[Array, "... p q"]) -> Float[Array,
 
 
 def symmetrize(P):
+    """``(P + P^T) / 2`` over the last two axes."""
     return 0.5 * (P + jnp.swapaxes(P, -1, -2))

@@ -10,7 +10,8 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PUBLIC = ["probdyn.kernels", "probdyn.ssm", "probdyn.gp", "probdyn.inference.kalman", "probdyn.distributions",
+PUBLIC = ["probdyn.kernels", "probdyn.ssm", "probdyn.gp", "probdyn.inference.kalman", "probdyn.inference.fused",
+          "probdyn.linalg", "probdyn.distributions",
           "probdyn.inference.mcmc", "probdyn.inference.variational", "probdyn.inference.optimize",
           "probdyn.sde.base", "probdyn.sde.fractional", "probdyn.sharding", "probdyn.cli",
           "probdyn.inference.gaussian_filters", "probdyn.observations", "probdyn.models.sysid",

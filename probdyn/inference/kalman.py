@@ -206,13 +206,14 @@ def _emis(arr: _Arrays, t):
 # Filtering
 # ----------------------------------------------------------------------------------
 REMAT_MIN_STEPS = 2_000_000
-"""Sequential scans longer than this run as ``sqrt(T)`` chunks whose bodies are
+"""Matrix-form sequential scans longer than this run as ``sqrt(T)`` chunks whose bodies are
 rematerialised under differentiation (``jax.checkpoint``): the reverse pass of the
 log-likelihood gradient then stores O(sqrt(T)) step residuals instead of O(T), at the
 cost of one extra forward pass. Forward-only calls are unaffected. Measured (Matern-5/2,
 T = 1e6, CPU): XLA temporaries of the gradient 1964 MB with chunking vs 2684 MB without,
 but 48 s instead of 16 s, because the per-step inputs (discretised transitions) dominate
-memory; hence the high default threshold."""
+memory; hence the high default threshold. The fused form (small models) needs no chunking:
+its custom reverse-mode rule stores only the packed states (see :mod:`fused`)."""
 
 
 def _scan(body, carry, xs):
@@ -269,7 +270,7 @@ def _fused_inputs(arr: _Arrays, y):
 def _filter_sequential(arr: _Arrays, y, keep: bool = True):
     if _use_fused(arr):
         lay, s0, X = _fused_inputs(arr, y)
-        ms, Ss, lls = fused.unpack_states(lay, fused.filter_states(lay, s0, X))
+        ms, Ss, lls = fused.unpack_states(lay, fused.filter_states(lay, s0, X, fused.finite_guard(y)))
         return (ms, Ss, lls[-1]) if keep else (None, None, lls[-1])
     H0, SR0 = _emis(arr, 0)
     m, S, ll = update(arr.m0, arr.S0, H0, SR0, y[0])
@@ -448,16 +449,16 @@ def backward_kernels(arr: _Arrays, ms, Ss):
     Phi = jnp.concatenate(
         [jnp.concatenate([AS, SQ], axis=2), jnp.concatenate([S, jnp.zeros_like(SQ)], axis=2)], axis=1
     )
-    Psi = tria_batched(Phi) if 2 * d <= 32 else jax.vmap(tria)(Phi)
+    Psi = tria_batched(Phi) if 2 * d <= 32 else jax.vmap(tria)(Phi)  # batched MGS: SIMD over t
     P11, P21, P22 = Psi[:, :d, :d], Psi[:, d:, :d], Psi[:, d:, d:]
     G = jnp.swapaxes(jax.vmap(solve_upper_t)(P11, jnp.swapaxes(P21, 1, 2)), 1, 2)
     g = m - jnp.einsum("tij,tj->ti", G, jnp.einsum("tij,tj->ti", A, m))
     return G, g, P22
 
 
-def _smooth_sequential(G, g, D, mT, ST):
+def _smooth_sequential(G, g, D, mT, ST, guard=None):
     if mT.shape[0] <= fused.FUSED_MAX_DIM:
-        return fused.smooth_scan(G, g, D, mT, ST)
+        return fused.smooth_scan(G, g, D, mT, ST, guard)
 
     def step(carry, k):
         m, S = carry
@@ -476,7 +477,8 @@ def _affine_combine(later, earlier):
     E1, g1, D1 = earlier
     E = E1 @ E2
     g = (E1 @ g2[..., None])[..., 0] + g1
-    D = jax.vmap(lambda a, b: tria(jnp.concatenate([a, b], axis=1)))(E1 @ D2, D1)
+    M = jnp.concatenate([E1 @ D2, D1], axis=-1)
+    D = tria_batched(M) if M.shape[-2] <= 16 else jax.vmap(tria)(M)
     return E, g, D
 
 
@@ -501,8 +503,10 @@ def _smoother_jit(ssm, y, par: bool, Hs=None) -> SmootherResult:
     if y.shape[0] == 1:
         return SmootherResult(f.mean, f.cov, f.log_likelihood, f)
     G, g, D = backward_kernels(arr, f.mean, f.chol)
-    run = _smooth_parallel if par else _smooth_sequential
-    ms, Ss = run(G, g, D, f.mean[-1], f.chol[-1])
+    if par:
+        ms, Ss = _smooth_parallel(G, g, D, f.mean[-1], f.chol[-1])
+    else:
+        ms, Ss = _smooth_sequential(G, g, D, f.mean[-1], f.chol[-1], fused.finite_guard(y))
     return SmootherResult(ms, Ss @ jnp.swapaxes(Ss, -1, -2), f.log_likelihood, f)
 
 
@@ -569,7 +573,7 @@ def _sample_jit(key, ssm, y, num_samples: int, par: bool, Hs=None):
         return jax.vmap(one)(h, xT)
 
     if d <= fused.FUSED_MAX_DIM:
-        return fused.sample_scan(G, h, xT)
+        return fused.sample_scan(G, h, xT, fused.finite_guard(y))
 
     # all samples in one scan: x_t = x_{t+1} G_t^T + h_t with x of shape (S, d)
     def step(x, k):
