@@ -25,6 +25,19 @@ def test_gamma_grid():
         fr.gamma_grid(0, 20.0)
 
 
+def test_gamma_grid_for():
+    g = np.asarray(fr.gamma_grid_for(0.01, 1.0))
+    # [0.005 / T, 5 / Delta], ceil(1.5 * 5 decades) + 1 = 9 speeds, geometric
+    assert g.shape == (9,)
+    np.testing.assert_allclose(g[[0, -1]], [0.005, 500.0], rtol=1e-12)
+    np.testing.assert_allclose(np.diff(np.log(g)), np.log(1e5) / 8, rtol=1e-12)
+    assert fr.gamma_grid_for(0.5, 10.0, per_decade=1.0, slow=0.01, fast=2.0).shape == (5,)  # 3.6 decades
+    with pytest.raises(ValueError):
+        fr.gamma_grid_for(1.0, 0.5)
+    with pytest.raises(ValueError):
+        fr.gamma_grid_for(0.1, 1.0, slow=10.0, fast=0.1)
+
+
 # ----------------------------------------------------- optimal weights vs brute force
 
 
