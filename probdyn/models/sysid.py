@@ -3,7 +3,8 @@ r"""Bayesian system identification: continuous- vs discrete-time models of the s
 Following Cheema & Rasmussen (2022), the same dynamical system can be learnt as
 
 * a **continuous-time** model — an ODE ``dx/dt = f_theta(x, t)`` with unknown initial state
-  (:class:`ODEModel`, adaptive diffrax solve, gradients through the solve, failures rejected)
+  (:class:`ODEModel`, adaptive embedded Runge–Kutta solve with fused forward sensitivities,
+  :func:`ode_solve`; failures rejected)
   or an SDE ``dx = f_theta(x, t) dt + L_theta dW`` (:class:`SDEModel`, marginal likelihood
   by the continuous–discrete Gaussian filters of :mod:`probdyn.inference.gaussian_filters`);
 * a **discrete-time** model ``x_{k+1} = g_theta(x_k) + q_k`` (:class:`DiscreteModel`):
@@ -41,7 +42,7 @@ from probdyn import observations as obs_lib
 from probdyn.inference import gaussian_filters as gf
 from probdyn.inference import kalman
 from probdyn.models.sysid_ode import (REFERENCE_POSTERIOR_LV, SolverFailureCounter, lotka_volterra,  # noqa: F401
-                                      lotka_volterra_drift, ode_solve, solver_failures)
+                                      lotka_volterra_drift, lotka_volterra_log_drift, ode_solve, solver_failures)
 from probdyn.models.sysid_systems import SYSTEMS, System, get_system
 from probdyn.sde import SDE, euler_maruyama, simulate_diffrax
 from probdyn.ssm import check_times
@@ -50,7 +51,8 @@ __all__ = [
     "MechanisticDrift", "NeuralDrift", "SumDrift", "ODEModel", "SDEModel", "DiscreteModel",
     "simulate_observations", "initial_prior", "fit_map", "fitted_params", "FitInfo", "forecast", "compare",
     "CompareResult", "ou_ar1_check",
-    "lotka_volterra", "lotka_volterra_drift", "ode_solve", "solver_failures", "SolverFailureCounter",
+    "lotka_volterra", "lotka_volterra_drift", "lotka_volterra_log_drift", "ode_solve", "solver_failures",
+    "SolverFailureCounter",
     "REFERENCE_POSTERIOR_LV",
     "SYSTEMS", "System", "get_system", "DISCRETE_KINDS",
 ]

@@ -2,68 +2,344 @@ r"""Robust, differentiable ODE solves for inference, and the posteriordb Lotka�
 
 :func:`ode_solve` is the ODE workhorse of :mod:`probdyn.models.sysid`:
 
-* adaptive diffrax solve (Tsit5 by default, PID step control) saved at the observation times;
-* **never raises** during inference: a failed solve (step limit reached, stiff region,
-  non-finite or, optionally, non-positive state) returns ``ok = False`` and finite
+* an **embedded explicit Runge–Kutta pair** (the Butcher tableau of a diffrax solver:
+  ``Tsit5`` by default; ``Dopri5``, ``Dopri8``, ``Bosh3``, ... work too) stepped by a plain
+  ``lax.while_loop`` per observation interval, with PI step-size control on the primal
+  state: the last step of each interval lands on the observation time (no interpolation);
+* **never raises** during inference: a failed solve (step limit reached, step size
+  underflow, non-finite or, optionally, non-positive state) returns ``ok = False`` and finite
   placeholder states, so a numpyro program can turn it into ``log density = -inf`` (the
-  proposal is rejected, not the run aborted); failures are counted in :data:`solver_failures`;
-* gradients by **forward-mode sensitivities** (``sensitivity="forward"``, default): a
-  ``jax.custom_vjp`` whose forward pass propagates the Jacobian of the solution w.r.t. the
-  parameters and initial state alongside the solution (``jax.jacfwd`` through
-  ``diffrax.ForwardMode``) and whose backward pass is one matrix product. For a handful of
-  parameters this is much cheaper than reverse mode through a checkpointed while loop;
-  ``sensitivity="reverse"`` uses diffrax's ``RecursiveCheckpointAdjoint`` instead.
+  proposal is rejected, not the run aborted); failures are counted in :data:`solver_failures`
+  (a host callback that runs only when a solve fails);
+* gradients by **forward sensitivities fused into the solve** (``sensitivity="forward"``,
+  default): a ``jax.custom_jvp`` whose rule integrates the solution together with its
+  Jacobian ``S = dx/d(theta, x0)`` — each stage evaluates the drift once and its
+  directional derivatives along the columns of ``S`` (``dS/dt = f_x S + f_theta``) — on the
+  primal's step sequence. This is the exact derivative of the discrete solution for that
+  step sequence (explicit RK commutes with differentiation), so gradients are as accurate
+  as the solution. Reverse mode (``jax.grad``) transposes the linear map ``S``; forward mode
+  (``jax.jvp``/``jacfwd``) works too. Only inputs that are actually differentiated get
+  sensitivity columns (symbolic zeros), and the observation times are differentiable
+  (``dx(t_i)/dt_i = f(x(t_i))``, ``dx(t_i)/dt_0 = -S_{x0}(t_i) f(x_0)``).
+  For a handful of parameters this is much cheaper than reverse mode through a
+  checkpointed while loop; ``sensitivity="reverse"`` (or a non-explicit solver such as
+  ``Kvaerno5``) uses ``diffrax.diffeqsolve`` with ``RecursiveCheckpointAdjoint`` instead.
+
+Step-size control (Hairer, Nørsett & Wanner, *Solving ODEs I*, II.4; Hairer & Wanner II,
+IV.2 for the PI form): with the embedded error ``e`` of the primal state,
+``err = rms(e / (atol + rtol max(|x_n|, |x_{n+1}|)))``; the step is accepted when
+``err <= 1`` and the next step is ``h * clip(0.9 err^{-a} err_prev^{b}, 0.2, 10)`` with
+``b = 0.04``, ``a = 1/p - 0.75 b`` (``p`` the order of the pair), and no growth right after a
+rejection. The first step follows the same book's starting-step algorithm unless ``dt0``
+is given. Sensitivities are not part of the error control.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+from jax.custom_batching import custom_vmap
+from jax.custom_derivatives import SymbolicZero
 from jax.flatten_util import ravel_pytree
 
 __all__ = ["ode_solve", "solver_failures", "SolverFailureCounter", "lotka_volterra", "lotka_volterra_drift",
-           "REFERENCE_POSTERIOR_LV"]
+           "lotka_volterra_log_drift", "REFERENCE_POSTERIOR_LV"]
 
 
 class SolverFailureCounter:
     """Host-side tally of failed ODE solves seen during inference (``reset()`` before a run).
 
-    ``evaluations`` counts solves, ``failures`` those that failed (each is a rejected
-    proposal / an infinite potential, never an exception).
+    ``failures`` counts failed solves (each is a rejected proposal / an infinite potential,
+    never an exception). Only failing solves call back to the host, so counting costs
+    nothing on the successful path; under ``vmap`` (vectorised chains) one callback reports
+    the whole batch.
     """
 
     def __init__(self):
         self.reset()
 
     def reset(self) -> None:
-        self.evaluations = 0
         self.failures = 0
 
     def _record(self, ok) -> None:
         ok = np.asarray(ok)
-        self.evaluations += int(ok.size)
         self.failures += int(ok.size - ok.sum())
 
     def __repr__(self) -> str:
-        return f"SolverFailureCounter(failures={self.failures}, evaluations={self.evaluations})"
+        return f"SolverFailureCounter(failures={self.failures})"
 
 
 solver_failures = SolverFailureCounter()
 
 
-def _solve_raw(drift, theta, x0, times, solver, rtol, atol, max_steps, adjoint, dt0):
+@custom_vmap
+def _report_failures(ok):
+    """Host callback with the failing ``ok`` flags, only when one is ``False``."""
+    jax.lax.cond(jnp.all(ok), lambda: None, lambda: jax.debug.callback(solver_failures._record, ok))
+    return jnp.zeros((), jnp.int32)
+
+
+@_report_failures.def_vmap
+def _report_failures_batched(axis_size, in_batched, ok):
+    # one real conditional over the whole batch (a batched predicate would turn lax.cond into a
+    # select that calls back on every evaluation); nested vmaps flatten level by level
+    ok = ok if in_batched[0] else jnp.broadcast_to(ok, (axis_size,) + jnp.shape(ok))
+    _report_failures(ok.reshape(-1))
+    return jnp.zeros((axis_size,), jnp.int32), True
+
+
+# ----------------------------------------------------------------------------------
+# embedded explicit Runge-Kutta pairs
+# ----------------------------------------------------------------------------------
+class _Tableau(NamedTuple):
+    """Explicit RK pair: nodes ``c`` (s,), rows of the strictly lower ``a`` (stages 2..s),
+    weights ``b`` (s,), error weights ``e = b - b_hat`` (s,), FSAL flag, order ``p``."""
+
+    c: tuple
+    a: tuple
+    b: tuple
+    e: tuple
+    fsal: bool
+    order: int
+
+
+def _explicit_tableau(solver) -> _Tableau | None:
+    """The embedded explicit pair of a diffrax solver, or ``None`` (implicit, no error estimate)."""
+    import diffrax
+
+    tab = getattr(solver, "tableau", None)
+    if not isinstance(tab, diffrax.ButcherTableau) or tab.implicit or tab.b_error is None:
+        return None
+    if getattr(tab, "c1", 0.0) != 0.0:
+        return None
+    order = int(solver.order(None))
+    fl = lambda v: tuple(float(x) for x in np.asarray(v, dtype=np.float64))  # noqa: E731
+    c, a, b = (0.0,) + fl(tab.c), tuple(fl(r) for r in tab.a_lower), fl(tab.b_sol)
+    # first-same-as-last only where the last stage *is* the new point (b = last row of a, c = 1)
+    fsal = bool(tab.fsal) and c[-1] == 1.0 and a[-1] + (0.0,) == b
+    return _Tableau(c=c, a=a, b=b, e=fl(tab.b_error), fsal=fsal, order=order)
+
+
+def _lincomb(coefs, ks, h):
+    """``h * sum_j coefs[j] ks[j]`` over pytrees, skipping zero coefficients (static)."""
+    out = None
+    for cj, kj in zip(coefs, ks):
+        if cj == 0.0:
+            continue
+        term = jax.tree.map(lambda k: cj * k, kj)
+        out = term if out is None else jax.tree.map(jnp.add, out, term)
+    if out is None:
+        return jax.tree.map(jnp.zeros_like, ks[0])
+    return jax.tree.map(lambda o: h * o, out)
+
+
+def _rk_step(rhs, Y, K0, t, h, tab: _Tableau):
+    """One step: ``(Y_{n+1}, error estimate, rhs(Y_{n+1}))``."""
+    ks, Yi = [K0], Y
+    for i, row in enumerate(tab.a):
+        Yi = jax.tree.map(jnp.add, Y, _lincomb(row, ks, h))
+        ks.append(rhs(Yi, t + tab.c[i + 1] * h))
+    if tab.fsal:  # last stage is the new point: b equals the last row of a
+        Ynew, Knew = Yi, ks[-1]
+    else:
+        Ynew = jax.tree.map(jnp.add, Y, _lincomb(tab.b, ks, h))
+        Knew = rhs(Ynew, t + h)
+    return Ynew, _lincomb(tab.e, ks, h), Knew
+
+
+def _rms(x):
+    return jnp.sqrt(jnp.mean(x**2))
+
+
+def _initial_step(rhs, primal, Y0, K0, t0, span, tab, rtol, atol):
+    """Starting step (Hairer, Nørsett & Wanner I, II.4): one extra drift evaluation."""
+    y0, f0 = primal(Y0), primal(K0)
+    sc = atol + rtol * jnp.abs(y0)
+    d0, d1 = _rms(y0 / sc), _rms(f0 / sc)
+    h0 = jnp.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6 * jnp.maximum(span, 1.0), 0.01 * d0 / jnp.maximum(d1, 1e-300))
+    h0 = jnp.minimum(h0, span)
+    y1 = y0 + h0 * f0
+    f1 = primal(rhs(jax.tree.map(lambda a, k: a + h0 * k, Y0, K0), t0 + h0))
+    d2 = _rms((f1 - f0) / sc) / h0
+    dm = jnp.maximum(d1, d2)
+    h1 = jnp.where(dm <= 1e-15, jnp.maximum(1e-6 * jnp.maximum(span, 1.0), h0 * 1e-3),
+                   (0.01 / jnp.maximum(dm, 1e-300)) ** (1.0 / tab.order))
+    h = jnp.minimum(jnp.minimum(100 * h0, h1), span)
+    return jnp.where(jnp.isfinite(h) & (h > 0) & jnp.all(jnp.isfinite(y1)), h, 1e-6 * jnp.maximum(span, 1.0))
+
+
+_BETA, _SAFETY, _FACMIN, _FACMAX = 0.04, 0.9, 0.2, 10.0
+
+
+def _rk_solve(rhs, primal, Y0, times, tab: _Tableau, rtol, atol, max_steps, dt0):
+    """Integrate ``dY/dt = rhs(Y, t)`` from ``times[0]``; return ``(Y at times, ok, steps, rejected)``.
+
+    One ``lax.while_loop`` per observation interval (a ``lax.scan`` over intervals); the step
+    size carries over between intervals; the last step of an interval ends on its time.
+    """
+    dtype = times.dtype
+    t0 = times[0]
+    span = times[-1] - t0
+    K0 = rhs(Y0, t0)
+    h = (_initial_step(rhs, primal, Y0, K0, t0, span, tab, rtol, atol) if dt0 is None
+         else jnp.asarray(dt0, dtype))
+    alpha, beta = 1.0 / tab.order - 0.75 * _BETA, _BETA
+    tiny = 16 * jnp.finfo(dtype).eps
+
+    def interval(carry, t_end):
+        def cond(c):
+            t, _, _, _, _, n, _, ok = c
+            return ok & (t < t_end) & (n < max_steps)
+
+        def body(c):
+            t, Y, K, h, errp, n, nrej, ok = c
+            rem = t_end - t
+            land = h >= rem
+            hh = jnp.where(land, rem, jnp.where(h * 2 > rem, rem / 2, h))  # no sliver before t_end
+            Yn, Ye, Kn = _rk_step(rhs, Y, K, t, hh, tab)
+            y, yn, ye = primal(Y), primal(Yn), primal(Ye)
+            err = _rms(ye / (atol + rtol * jnp.maximum(jnp.abs(y), jnp.abs(yn))))
+            finite = jnp.all(jnp.isfinite(yn)) & jnp.isfinite(err)
+            acc = finite & (err <= 1.0)
+            err = jnp.maximum(err, 1e-10)
+            fac = jnp.clip(_SAFETY * err ** (-alpha) * errp**beta, _FACMIN, jnp.where(acc, _FACMAX, 1.0))
+            hnew = hh * jnp.where(finite, fac, _FACMIN)
+            hnew = jnp.where(acc & (hh < h), jnp.maximum(hnew, h), hnew)  # a shortened step keeps h
+            keep = lambda a, b: jax.tree.map(lambda u, v: jnp.where(acc, u, v), a, b)  # noqa: E731
+            t_new = jnp.where(acc, jnp.where(land, t_end, t + hh), t)
+            ok = ok & (hnew > tiny * jnp.maximum(jnp.abs(t), jnp.abs(span)))
+            return (t_new, keep(Yn, Y), keep(Kn, K), hnew, jnp.where(acc & (hh == h), err, errp), n + 1,
+                    nrej + (~acc).astype(n.dtype), ok)
+
+        t, Y, K, h, errp, n, nrej, ok = jax.lax.while_loop(cond, body, carry)
+        ok = ok & (t >= t_end)
+        return (t, Y, K, h, errp, n, nrej, ok), Y
+
+    zero = jnp.zeros((), jnp.int32)
+    carry = (t0, Y0, K0, h, jnp.ones((), dtype), zero, zero, jnp.asarray(True))
+    carry, Ys = jax.lax.scan(interval, carry, times[1:])
+    Ys = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), Y0, Ys)
+    return Ys, carry[-1], carry[5], carry[6]
+
+
+def _float0(x):
+    return np.zeros(jnp.shape(x), dtype=jax.dtypes.float0)
+
+
+def _make_rk_solver(drift, tab, rtol, atol, max_steps, dt0):
+    """``solve(theta, x0, times, consts) -> (xs, ok, steps, rejected)`` with the fused-sensitivity JVP."""
+
+    @jax.custom_jvp
+    def solve(theta, x0, times, consts):
+        rhs = lambda y, t: drift(y, t, theta, consts)  # noqa: E731
+        return _rk_solve(rhs, lambda Y: Y, x0, times, tab, rtol, atol, max_steps, dt0)
+
+    def solve_jvp(primals, tangents):
+        theta, x0, times, consts = primals
+        dtheta, dx0, dtimes, dconsts = tangents
+        d = x0.shape[0]
+        # differentiated parameter-like inputs: theta leaves and closed-over float values
+        is_zero = lambda v: isinstance(v, SymbolicZero)  # noqa: E731
+        pt = [(x, dx) for x, dx in zip(jax.tree.leaves(theta), jax.tree.leaves(dtheta, is_leaf=is_zero))
+              if not is_zero(dx)]
+        pc = [(i, x, dx) for i, (x, dx) in enumerate(zip(consts, dconsts)) if not is_zero(dx)]
+        q, unravel_q = ravel_pytree(([x for x, _ in pt], [x for _, x, _ in pc]))
+        dq, _ = ravel_pytree(([dx for _, dx in pt], [dx for _, _, dx in pc]))
+        nq, with_x0 = q.shape[0], not is_zero(dx0)
+        n = nq + (d if with_x0 else 0)
+        if n == 0 and is_zero(dtimes):
+            out = solve(theta, x0, times, consts)
+            return out, (jnp.zeros_like(out[0]),) + tuple(_float0(o) for o in out[1:])
+
+        def fq(y, t, qq):  # drift with the differentiated inputs replaced by qq
+            lt, lc = unravel_q(qq)
+            leaves, it = jax.tree.leaves(theta), iter(lt)
+            th_leaves = [next(it) if not is_zero(dx) else x
+                         for x, dx in zip(leaves, jax.tree.leaves(dtheta, is_leaf=is_zero))]
+            th = jax.tree.unflatten(jax.tree.structure(theta), th_leaves)
+            cs, it = list(consts), iter(lc)
+            for i, _, _ in pc:
+                cs[i] = next(it)
+            return drift(y, t, th, tuple(cs))
+
+        dtype = x0.dtype
+        E = jnp.eye(nq, n, dtype=q.dtype)  # parameter part of each direction
+        S0 = jnp.zeros((d, n), dtype).at[:, nq:].set(jnp.eye(d, dtype=dtype)) if with_x0 else jnp.zeros((d, n), dtype)
+
+        def rhs(Y, t):
+            y, S = Y
+            jv = lambda s, e: jax.jvp(lambda yy, qq: fq(yy, t, qq), (y, q), (s, e))  # noqa: E731
+            return jax.vmap(jv, in_axes=(1, 1), out_axes=(None, 1))(S, E)
+
+        (xs, S), ok, steps, rej = _rk_solve(rhs, lambda Y: Y[0], (x0, S0), times, tab, rtol, atol, max_steps, dt0)
+        S = jnp.where(jnp.isfinite(S), S, 0.0)
+        dxs = jnp.zeros_like(xs)
+        if nq:
+            dxs = dxs + S[..., :nq] @ dq.astype(dtype)
+        if with_x0:
+            dxs = dxs + S[..., nq:] @ dx0
+        if not is_zero(dtimes):
+            fs = jax.vmap(lambda y, t: drift(y, t, theta, consts))(xs, times)
+            fs = jnp.where(jnp.isfinite(fs), fs, 0.0)
+            # x(t_0) = x0 is given: d x(t_i)/d t_i = f(x(t_i)), d x(t_i)/d t_0 = -Phi(t_i, t_0) f(x0)
+            dxs = dxs.at[1:].add(fs[1:] * dtimes[1:, None])
+            if with_x0:
+                dxs = dxs.at[1:].add(-(S[1:, :, nq:] @ fs[0]) * dtimes[0])
+            else:  # Phi(t_i, t_0) needs the x0 columns: one more forward-mode pass
+                phi = jax.jacfwd(lambda z: solve(theta, z, times, consts)[0])(x0)
+                dxs = dxs.at[1:].add(-(phi[1:] @ fs[0]) * dtimes[0])
+        return (xs, ok, steps, rej), (dxs, _float0(ok), _float0(steps), _float0(rej))
+
+    solve.defjvp(solve_jvp, symbolic_zeros=True)
+    return solve
+
+
+def _solve_diffrax(drift, theta, x0, times, solver, rtol, atol, max_steps, adjoint, dt0):
     import diffrax
 
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(lambda t, x, th: drift(x, t, th)), solver, times[0], times[-1], dt0, x0, args=theta,
         saveat=diffrax.SaveAt(ts=times), stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
         max_steps=max_steps, throw=False, adjoint=adjoint)
-    return sol.ys, sol.result == diffrax.RESULTS.successful
+    return sol.ys, sol.result == diffrax.RESULTS.successful, sol.stats["num_steps"], sol.stats["num_rejected_steps"]
+
+
+def _solve_diffrax_forward(drift, theta, x0, times, solver, rtol, atol, max_steps, dt0):
+    """diffrax solve whose reverse-mode gradient is one ``jacfwd`` pass (``diffrax.ForwardMode``)."""
+    import diffrax
+
+    flat, unravel = ravel_pytree(theta)
+    n = flat.shape[0]
+
+    def solve_flat(p):
+        return _solve_diffrax(drift, unravel(p[:n]), p[n:], times, solver, rtol, atol, max_steps,
+                              diffrax.ForwardMode(), dt0)
+
+    @jax.custom_vjp
+    def f(p):
+        return solve_flat(p)
+
+    def f_fwd(p):
+        basis = jnp.eye(p.shape[0], dtype=p.dtype)
+
+        def jvp(v):
+            out, (dys, *_) = jax.jvp(solve_flat, (p,), (v,))
+            return out, dys
+
+        out, jac = jax.vmap(jvp, out_axes=(None, -1))(basis)
+        return out, jnp.where(jnp.isfinite(jac), jac, 0.0)
+
+    def f_bwd(jac, g):
+        gy = jnp.where(jnp.isfinite(g[0]), g[0], 0.0)
+        return (jnp.tensordot(gy, jac, axes=gy.ndim),)
+
+    f.defvjp(f_fwd, f_bwd)
+    return f(jnp.concatenate([flat, x0.astype(flat.dtype) if n else x0]))
 
 
 def ode_solve(
@@ -79,23 +355,37 @@ def ode_solve(
     sensitivity: str = "forward",
     positive: bool = False,
     count_failures: bool = True,
-) -> tuple[jax.Array, jax.Array]:
+    return_stats: bool = False,
+):
     """Solve ``dx/dt = drift(x, t, theta)``, ``x(times[0]) = x0``; return ``(xs (T, d), ok ())``.
 
     Args:
-        drift: ``(x (d,), t (), theta) -> (d,)``.
+        drift: ``(x (d,), t (), theta) -> (d,)``. Pass differentiable parameters through
+            ``theta``; traced values the drift closes over are differentiated correctly too
+            (they become extra sensitivity columns).
         theta: parameter pytree (differentiable).
         x0: (d,) initial state at ``times[0]`` (differentiable).
-        times: (T,) strictly increasing save times (the first is the initial time).
-        solver: a diffrax solver (default ``Tsit5()``); rtol/atol: PID tolerances.
-        max_steps: step limit; reaching it is a *failure* (``ok = False``), not an exception.
-        sensitivity: ``"forward"`` (forward-mode sensitivities, custom VJP) or ``"reverse"``.
+        times: (T,) strictly increasing save times (the first is the initial time;
+            differentiable).
+        solver: a diffrax solver (default ``Tsit5()``). Explicit embedded RK pairs (``Tsit5``,
+            ``Dopri5``, ``Dopri8``, ``Bosh3``, ...) run probdyn's own loop (module docstring);
+            other solvers (implicit ones for stiff problems) run ``diffrax.diffeqsolve`` with
+            a PID controller and ``diffrax.ForwardMode`` sensitivities.
+        rtol, atol: tolerances of the step-size control (on the state, not the sensitivities).
+        max_steps: limit on attempted steps; reaching it is a *failure* (``ok = False``), not
+            an exception.
+        dt0: first step (default: the starting-step heuristic).
+        sensitivity: ``"forward"`` (fused forward sensitivities) or ``"reverse"``
+            (``diffrax.diffeqsolve`` with ``RecursiveCheckpointAdjoint``).
         positive: also treat a non-positive state as a failure (population models).
-        count_failures: tally failures in :data:`solver_failures` (host callback).
+        count_failures: tally failures in :data:`solver_failures` (host callback on failure only).
+        return_stats: also return ``{"num_steps": (), "num_rejected": ()}`` (attempted and
+            rejected steps).
 
     Returns:
         ``xs`` — the solution where ``ok``, else ones (finite placeholders so that downstream
-        densities stay finite; combine with ``ok`` to reject); ``ok`` — bool scalar.
+        densities stay finite; combine with ``ok`` to reject); ``ok`` — bool scalar; and the
+        stats dict when ``return_stats``.
     """
     import diffrax
 
@@ -108,59 +398,40 @@ def ode_solve(
     if tuple(out.shape) != x0.shape:
         raise ValueError(f"drift(x, t, theta) must return shape {x0.shape}, got {tuple(out.shape)}")
     times = jnp.asarray(times)
+    if times.ndim != 1 or times.shape[0] < 1:
+        raise ValueError(f"times must have shape (T,) with T >= 1, got {times.shape}")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
+        raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
+    dtype = jnp.result_type(x0.dtype, times.dtype, float)
+    x0, times = x0.astype(dtype), times.astype(dtype)
     solver = diffrax.Tsit5() if solver is None else solver
+    tab = _explicit_tableau(solver) if sensitivity == "forward" else None
 
-    if sensitivity == "reverse":
-        ys, ok = _solve_raw(drift, theta, x0, times, solver, rtol, atol, max_steps,
-                            diffrax.RecursiveCheckpointAdjoint(), dt0)
-    else:
-        flat, unravel = ravel_pytree(theta)
-        n = flat.shape[0]
+    def run(theta, x0, times):
+        if tab is not None:
+            # closed-over traced values become explicit inputs (so that they are differentiated)
+            conv, consts = jax.closure_convert(lambda x, t, th: drift(x, t, th), x0, jnp.zeros((), dtype), theta)
+            solve = _make_rk_solver(lambda x, t, th, cs: conv(x, t, th, *cs), tab, rtol, atol, int(max_steps), dt0)
+            ys, ok, steps, rej = solve(theta, x0, times, tuple(consts))
+        elif sensitivity == "reverse":
+            ys, ok, steps, rej = _solve_diffrax(drift, theta, x0, times, solver, rtol, atol, int(max_steps),
+                                                diffrax.RecursiveCheckpointAdjoint(), dt0)
+        else:
+            ys, ok, steps, rej = _solve_diffrax_forward(drift, theta, x0, times, solver, rtol, atol,
+                                                        int(max_steps), dt0)
+        good = ok & jnp.all(jnp.isfinite(ys))
+        if positive:
+            good = good & jnp.all(ys > 0)
+        if count_failures:
+            _report_failures(good)
+        ys = jnp.where(good, ys, jnp.ones_like(ys))
+        return ys, good, steps, rej
 
-        def solve_flat(p, times):
-            ys, ok = _solve_raw(drift, unravel(p[:n]), p[n:], times, solver, rtol, atol, max_steps,
-                                diffrax.ForwardMode(), dt0)
-            return ys, ok
-
-        @jax.custom_vjp
-        def f(p, times):
-            return solve_flat(p, times)
-
-        def f_fwd(p, times):
-            def primal(q):
-                ys, ok = solve_flat(q, times)
-                return ys, ok
-
-            ys, jac, ok = _value_and_jacfwd(primal, p)
-            return (ys, ok), (jac, jnp.zeros_like(times))
-
-        def f_bwd(res, g):
-            jac, zt = res
-            gy = jnp.where(jnp.isfinite(g[0]), g[0], 0.0)
-            gp = jnp.tensordot(gy, jnp.where(jnp.isfinite(jac), jac, 0.0), axes=gy.ndim)
-            return gp, zt
-
-        f.defvjp(f_fwd, f_bwd)
-        p = jnp.concatenate([flat, x0.astype(flat.dtype) if n else x0])
-        ys, ok = f(p, times)
-    good = ok & jnp.all(jnp.isfinite(ys))
-    if positive:
-        good = good & jnp.all(ys > 0)
-    if count_failures:
-        jax.debug.callback(solver_failures._record, good)
-    return jnp.where(good, ys, jnp.ones_like(ys)), good
-
-
-def _value_and_jacfwd(fn, p):
-    """``ys, d ys / d p, ok`` in one forward-mode pass (vmapped JVPs share the primal)."""
-    basis = jnp.eye(p.shape[0], dtype=p.dtype)
-
-    def jvp(v):
-        (ys, ok), (dys, _) = jax.jvp(fn, (p,), (v,))
-        return ys, ok, dys
-
-    ys, ok, dys = jax.vmap(jvp, out_axes=(None, None, -1))(basis)
-    return ys, dys, ok
+    # one compiled program also when called eagerly (op-by-op dispatch of the loop set-up is slow)
+    ys, good, steps, rej = jax.jit(run)(theta, x0, times)
+    if return_stats:
+        return ys, good, {"num_steps": steps, "num_rejected": rej}
+    return ys, good
 
 
 # ----------------------------------------------------------------------------------
@@ -171,6 +442,19 @@ def lotka_volterra_drift(z, t, theta):
     a, b, c, d = theta[0], theta[1], theta[2], theta[3]
     u, v = z[0], z[1]
     return jnp.stack([(a - b * v) * u, (-c + d * u) * v])
+
+
+def lotka_volterra_log_drift(w, t, theta):
+    """:func:`lotka_volterra_drift` in log-populations ``w = log z``: ``dw/dt = (a - b e^{w_2}, -c + d e^{w_1})``.
+
+    Args:
+        w: (2,) log-populations [log hare, log lynx]; t: time (unused); theta: (4,) ``(a, b, c, d)``.
+
+    Returns:
+        (2,) ``dw/dt``.
+    """
+    a, b, c, d = theta[0], theta[1], theta[2], theta[3]
+    return jnp.stack([a - b * jnp.exp(w[1]), -c + d * jnp.exp(w[0])])
 
 
 #: posteriordb reference posterior of ``hudson_lynx_hare-lotka_volterra`` (Stan, 10 chains x
@@ -192,7 +476,7 @@ REFERENCE_POSTERIOR_LV["sd"] = [float(np.sqrt(m2 - m**2)) for m, m2 in
 
 
 def lotka_volterra(ts, y_init, y=None, *, solver=None, rtol: float = 1e-6, atol: float = 1e-6,
-                   max_steps: int = 1000, sensitivity: str = "forward"):
+                   max_steps: int = 1000, sensitivity: str = "forward", log_space: bool = True):
     r"""The posteriordb ``lotka_volterra`` program for the Hudson's Bay lynx–hare data (numpyro).
 
     .. math::
@@ -206,10 +490,22 @@ def lotka_volterra(ts, y_init, y=None, *, solver=None, rtol: float = 1e-6, atol:
         ts: (N,) observation times (> 0, increasing; the initial state is at t = 0).
         y_init: (2,) observed [hare, lynx] at t = 0 (``None`` to sample it).
         y: (N, 2) observations (``None`` to sample them, prior/posterior predictive).
-        solver, rtol, atol, max_steps, sensitivity: see :func:`ode_solve`.
+        solver, max_steps, sensitivity: see :func:`ode_solve`.
+        rtol, atol: solver tolerances. With ``log_space=True`` the step error of the
+            log-populations, i.e. the relative error of the populations, is held below
+            ``rtol`` (``atol`` is not used); with ``log_space=False`` the populations are
+            controlled with ``atol + rtol |z|`` as in the Stan program.
+        log_space: integrate the same ODE in the log-populations ``w = log z``,
+            ``dw/dt = (alpha - beta e^{w_2}, -gamma + delta e^{w_1})`` (exactly equivalent), so
+            that the populations keep their *relative* accuracy however small they become.
+            In ``z`` the absolute tolerance swamps a collapsing population, ``log z`` — which
+            the likelihood needs — is then numerical noise, and NUTS chains started by the
+            default initialisation in such regions freeze there with maximal trees (seen on
+            2 of 3 seeds of 4 chains; none in log space). The likelihood uses ``w`` directly.
 
-    Sites ``theta`` (4,), ``z_init`` (2,), ``sigma`` (2,), observed ``y_init``, ``y``; the
-    factor ``ode_ok`` is 0 for a successful solve and ``-inf`` (rejection) otherwise.
+    Sites ``theta`` (4,), ``z_init`` (2,), ``sigma`` (2,), observed ``y_init``, ``y``, the
+    deterministic ``z`` (N, 2); the factor ``ode_ok`` is 0 for a successful solve and
+    ``-inf`` (rejection) otherwise.
     """
     ts = jnp.asarray(ts)
     if ts.ndim != 1:
@@ -224,9 +520,14 @@ def lotka_volterra(ts, y_init, y=None, *, solver=None, rtol: float = 1e-6, atol:
     z_init = numpyro.sample("z_init", dist.LogNormal(jnp.log(jnp.asarray(10.0, dtype)), 1.0).expand([2]))
     sigma = numpyro.sample("sigma", dist.LogNormal(jnp.asarray(-1.0, dtype), 1.0).expand([2]))
     times = jnp.concatenate([jnp.zeros((1,), dtype), ts])
-    z, ok = ode_solve(lotka_volterra_drift, theta, z_init, times, solver=solver, rtol=rtol, atol=atol,
-                      max_steps=max_steps, sensitivity=sensitivity, positive=True)
+    if log_space:
+        logz, ok = ode_solve(lotka_volterra_log_drift, theta, jnp.log(z_init), times, solver=solver, rtol=0.0,
+                             atol=rtol, max_steps=max_steps, sensitivity=sensitivity)
+    else:
+        z, ok = ode_solve(lotka_volterra_drift, theta, z_init, times, solver=solver, rtol=rtol, atol=atol,
+                          max_steps=max_steps, sensitivity=sensitivity, positive=True)
+        logz = jnp.log(z)
     numpyro.factor("ode_ok", jnp.where(ok, 0.0, -jnp.inf))
-    numpyro.deterministic("z", z[1:])
+    numpyro.deterministic("z", jnp.exp(logz[1:]))
     numpyro.sample("y_init", dist.LogNormal(jnp.log(z_init), sigma), obs=y_init)
-    numpyro.sample("y", dist.LogNormal(jnp.log(z[1:]), sigma).to_event(1), obs=y)
+    numpyro.sample("y", dist.LogNormal(logz[1:], sigma).to_event(1), obs=y)
