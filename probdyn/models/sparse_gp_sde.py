@@ -82,8 +82,6 @@ or bimodal); the residual uses Gauss–Hermite with ``gh_order`` points per dime
 
 from __future__ import annotations
 
-import functools
-import time
 from typing import Callable, NamedTuple
 
 import equinox as eqx
@@ -104,9 +102,34 @@ from probdyn.inference.natgrad import (
     natural_from_moment_gradients,
     natural_gradient_ascent,
 )
-from probdyn.linalg import psd_cholesky, symmetrize
+from probdyn.linalg import symmetrize
+from probdyn.models.sde_data import (
+    _chol,
+    _chol_logdet,
+    _inv,
+    _kl_cov_term,
+    _solve,
+    _tsolve,
+    check_observed_sde,
+    expected_log_likelihood,
+    predictive_log_density,
+)
+from probdyn.models.sde_drifts import (  # noqa: F401  (re-exported: the public API of this module)
+    BenesDrift,
+    DoubleWellDrift,
+    LinearDrift,
+    OUDrift,
+    PolynomialDrift,
+    SineDrift,
+    SqrtDrift,
+    VanDerPolDrift,
+    discretise_linear,
+    make_grid,
+    statistical_linearisation,
+)
+from probdyn.models.sde_em import FitTrace, variational_em
+from probdyn.models.sparse_gp_sde_bridges import InducingBridges
 from probdyn.sde.base import SDE
-from probdyn.ssm import LTISDE, check_times
 
 __all__ = [
     "SparseGPSDE",
@@ -124,126 +147,6 @@ __all__ = [
     "make_grid",
     "discretise_linear",
 ]
-
-_LOG2PI = float(np.log(2 * np.pi))
-
-
-# ----------------------------------------------------------------------------------
-# Drifts of the benchmark SDEs (parameters are pytree leaves, so they can be learned)
-# ----------------------------------------------------------------------------------
-class OUDrift(eqx.Module):
-    """Ornstein–Uhlenbeck ``f(x) = -decay * x``."""
-
-    decay: Float[Array, ""]
-
-    def __call__(self, x, t):
-        return -self.decay * x
-
-
-class DoubleWellDrift(eqx.Module):
-    """Double well ``f(x) = scale * x * (c - x^2)`` (Verma et al.: scale 4)."""
-
-    c: Float[Array, ""]
-    scale: float = eqx.field(static=True, default=4.0)
-
-    def __call__(self, x, t):
-        return self.scale * x * (self.c - x**2)
-
-
-class BenesDrift(eqx.Module):
-    """Beneš ``f(x) = tanh(x)``."""
-
-    def __call__(self, x, t):
-        return jnp.tanh(x)
-
-
-class SineDrift(eqx.Module):
-    """``f(x) = sin(x)``."""
-
-    def __call__(self, x, t):
-        return jnp.sin(x)
-
-
-class SqrtDrift(eqx.Module):
-    """``f(x) = sqrt(|x|)``."""
-
-    def __call__(self, x, t):
-        return jnp.sqrt(jnp.abs(x))
-
-
-class VanDerPolDrift(eqx.Module):
-    """Van der Pol oscillator in Liénard form, state (2,):
-    ``f(x) = (a (x_1 - x_1^3 / 3 - x_2),  b x_1)``."""
-
-    a: Float[Array, ""]
-    b: Float[Array, ""]
-
-    def __call__(self, x, t):
-        return jnp.stack([self.a * (x[0] - x[0] ** 3 / 3.0 - x[1]), self.b * x[0]])
-
-
-class PolynomialDrift(eqx.Module):
-    """Scalar polynomial drift ``f(x) = sum_k coef_k x^k`` (coef (K,), learnable)."""
-
-    coef: Float[Array, " K"]
-
-    def __call__(self, x, t):
-        return jnp.polyval(self.coef[::-1], x)
-
-
-class LinearDrift(eqx.Module):
-    """Linear drift ``f(x) = A x + b`` (A (d, d), b (d,), learnable)."""
-
-    A: Float[Array, "d d"]
-    b: Float[Array, " d"]
-
-    def __call__(self, x, t):
-        return self.A @ x + self.b
-
-
-def make_grid(t0: float, t1: float, dt: float, include=()) -> np.ndarray:
-    """Regular grid ``t0, t0 + dt, ..., >= t1`` merged with the times in ``include``
-    (times closer than ``dt * 1e-6`` to a grid point replace it)."""
-    if not (dt > 0 and t1 > t0):
-        raise ValueError(f"need dt > 0 and t1 > t0, got dt={dt}, t0={t0}, t1={t1}")
-    n = int(np.ceil((t1 - t0) / dt - 1e-9)) + 1
-    g = t0 + dt * np.arange(n)
-    inc = np.unique(np.asarray(include, float).reshape(-1))
-    if inc.size:
-        idx = np.clip(np.searchsorted(g, inc), 1, len(g) - 1)
-        near = np.where(np.abs(g[idx - 1] - inc) < np.abs(g[idx] - inc), idx - 1, idx)
-        close = np.abs(g[near] - inc) < dt * 1e-6
-        g = np.delete(g, near[close])
-        g = np.unique(np.concatenate([g, inc]))
-    return g
-
-
-def _phi1(z):
-    """``expm1(z) / z`` (1 at 0), safe for autodiff."""
-    small = jnp.abs(z) < 1e-3
-    zs = jnp.where(small, 1.0, z)
-    return jnp.where(small, 1.0 + z / 2 + z * z / 6 + z**3 / 24, jnp.expm1(zs) / zs)
-
-
-def discretise_linear(A: Float[Array, "d d"], b: Float[Array, " d"], Sigma: Float[Array, "d d"], dt):
-    """Exact discretisation of ``dx = (A x + b) dt + L dW`` (``Sigma = L L^T``) over ``dt >= 0``.
-
-    Returns ``(Psi = e^{A dt} (d, d), c = int_0^dt e^{A s} b ds (d,), V (d, d))``. Closed form
-    for d = 1 (stable as ``A dt -> 0``), matrix exponentials (Van Loan) otherwise.
-    """
-    d = A.shape[-1]
-    if d == 1:
-        z = A[0, 0] * dt
-        Psi = jnp.exp(z).reshape(1, 1)
-        c = b * dt * _phi1(z)
-        V = Sigma * dt * _phi1(2.0 * z)
-        return Psi, c, V
-    aug = jnp.zeros((d + 1, d + 1), A.dtype).at[:d, :d].set(A).at[:d, d].set(b)
-    E = jax.scipy.linalg.expm(aug * dt)
-    eye = jnp.eye(d, dtype=A.dtype)
-    V = LTISDE(A, eye, Sigma, eye).process_cov(dt)
-    return E[:d, :d], E[:d, d], V
-
 
 # ----------------------------------------------------------------------------------
 # State and results
@@ -269,18 +172,6 @@ class Posterior(NamedTuple):
     cross_cov: Float[Array, "N1 d d"]
 
 
-class FitTrace(NamedTuple):
-    """Variational-EM trace: ELBO after each E-step (num_steps + 1,), the learned parameters
-    after each step (a list of pytrees), CVI iterations per E-step, the last step size and
-    the wall time."""
-
-    elbo: np.ndarray
-    params: list
-    cvi_iters: np.ndarray
-    rho: float
-    time_s: float
-
-
 class _Chain(NamedTuple):
     """q(u) in forward form plus the representation's prior transitions (for KL terms)."""
 
@@ -295,47 +186,11 @@ def _jit_call(name, model, *args):
     return getattr(model, name)(*args)
 
 
-def _inv(M):
-    return 1.0 / M if M.shape[-1] == 1 else jnp.linalg.inv(M)
-
-
-def _solve(A, B):
-    """``A^{-1} B`` (scalar fast path for 1x1 ``A``)."""
-    if A.shape[-1] == 1:
-        return B / A[0, 0]
-    return jnp.linalg.solve(A, B)
-
-
-def _chol(M):
-    return jnp.sqrt(M) if M.shape[-1] == 1 else jnp.linalg.cholesky(symmetrize(M))
-
-
-def _tsolve(L, B):
-    """``L^{-1} B`` for lower-triangular ``L``."""
-    if L.shape[-1] == 1:
-        return B / L[0, 0]
-    return jax.scipy.linalg.solve_triangular(L, B, lower=True)
-
-
-def _chol_logdet(P):
-    return 2.0 * jnp.sum(jnp.log(jnp.diag(_chol(P))))
-
-
-def _kl_cov_term(dQ, V):
-    """``tr(V^{-1} Q) - d - log det(V^{-1} Q)`` for ``Q = V + dQ``, via ``e - log1p(e)``."""
-    if V.shape[-1] == 1:
-        e = (dQ / V).reshape(1)
-    else:
-        Lv = _chol(V)
-        Z = _tsolve(Lv, _tsolve(Lv, dQ).T)
-        e = jnp.linalg.eigvalsh(symmetrize(Z))
-    return jnp.sum(e - jnp.log1p(e))
-
 
 # ----------------------------------------------------------------------------------
 # The model
 # ----------------------------------------------------------------------------------
-class SparseGPSDE(eqx.Module):
+class SparseGPSDE(InducingBridges):
     """Gauss–Markov variational posterior for an SDE with additive noise (see module doc).
 
     Args:
@@ -381,44 +236,10 @@ class SparseGPSDE(eqx.Module):
     def __init__(self, sde: SDE, obs_times, y, obs_noise=1.0, obs_matrix=None, log_likelihood=None,
                  dt: float | None = None, t_span=None, grid=None, initial_mean=None, initial_cov=None,
                  inducing_times=None, gh_order: int = 10, quad_order: int = 8, path_sites: bool = True):
-        if not isinstance(sde, SDE):
-            raise TypeError(f"sde must be a probdyn.sde.SDE, got {type(sde).__name__}")
-        if callable(sde.diffusion):
-            raise ValueError("SparseGPSDE needs a constant (additive) diffusion matrix")
-        sde.check()
+        prob = check_observed_sde(sde, obs_times, y, obs_noise, obs_matrix, log_likelihood, dt, t_span, grid,
+                                  initial_mean, initial_cov)
+        grid, idx, y, H, noise, m0, P0, dtype = prob
         d = sde.state_dim
-        Lm = np.asarray(sde.diffusion)
-        if np.linalg.matrix_rank(Lm @ Lm.T) < d:
-            raise ValueError("diffusion L must have L L^T positive definite (every state driven by noise)")
-        t_obs = np.asarray(check_times(obs_times), float)
-        y = np.asarray(y)
-        if y.ndim == 1:
-            y = y[:, None]
-        if y.ndim != 2 or y.shape[0] != t_obs.shape[0]:
-            raise ValueError(f"y must have shape ({t_obs.shape[0]}, p), got {y.shape}")
-        if not np.all(np.isfinite(y)):
-            raise ValueError("y must be finite")
-        p = y.shape[1]
-        dtype = jnp.result_type(jnp.asarray(y).dtype, float)
-        if grid is None:
-            if dt is None:
-                raise ValueError("give dt (grid step) or an explicit grid")
-            t0, t1 = (t_obs[0], t_obs[-1]) if t_span is None else (float(t_span[0]), float(t_span[1]))
-            if t_obs[0] < t0 - 1e-12 or t_obs[-1] > t1 + 1e-12:
-                raise ValueError("observation times must lie inside t_span")
-            grid = make_grid(t0, t1, float(dt), include=t_obs)
-        grid = np.asarray(check_times(grid), float)
-        if grid.size < 2:
-            raise ValueError("the grid needs at least 2 points")
-        idx = np.searchsorted(grid, t_obs)
-        if np.any(idx >= grid.size) or not np.allclose(grid[np.minimum(idx, grid.size - 1)], t_obs, atol=1e-9):
-            raise ValueError("every observation time must be a grid point (use make_grid(include=obs_times))")
-        H = np.eye(d)[:p] if obs_matrix is None else np.asarray(obs_matrix, float)
-        if H.shape != (p, d):
-            raise ValueError(f"obs_matrix must have shape ({p}, {d}), got {H.shape}")
-        noise = np.broadcast_to(np.asarray(obs_noise, float), (p,))
-        if log_likelihood is None and (np.any(noise <= 0) or not np.all(np.isfinite(noise))):
-            raise ValueError("obs_noise (variance) must be positive and finite")
         if int(gh_order) < 1 or int(quad_order) < 1:
             raise ValueError(f"gh_order and quad_order must be >= 1, got {gh_order}, {quad_order}")
         N = grid.size
@@ -440,10 +261,6 @@ class SparseGPSDE(eqx.Module):
         is_ind[Z] = True
         kind = np.where(is_ind, 0, 1)
         kind[-1] = 2
-        m0 = np.zeros(d) if initial_mean is None else np.asarray(initial_mean, float).reshape(d)
-        P0 = np.eye(d) if initial_cov is None else np.asarray(initial_cov, float).reshape(d, d)
-        if not np.all(np.linalg.eigvalsh(0.5 * (P0 + P0.T)) > 0):
-            raise ValueError("initial_cov must be positive definite")
         self.sde = sde
         self.grid = jnp.asarray(grid, dtype)
         self.obs_idx = jnp.asarray(idx, jnp.int32)
@@ -503,13 +320,7 @@ class SparseGPSDE(eqx.Module):
         return jax.vmap(self._disc)(A, b, self._cell_len())
 
     def _slr_one(self, mk, Ck, t):
-        def g(x):
-            f = self.sde.drift_fn(x, t)
-            return f, jnp.outer(f, x - mk)
-
-        Ef, Cfx = gaussian_expectation(g, mk, Ck, self._rule())
-        A = _solve(Ck, Cfx.T).T
-        return A, Ef - A @ mk
+        return statistical_linearisation(self.sde.drift_fn, mk, Ck, t, self._rule())
 
     def _slr_cells(self, m, C):
         """SLR of the drift under ``q(u_j)`` per cell: (A (K, d, d), b (K, d))."""
@@ -525,132 +336,6 @@ class SparseGPSDE(eqx.Module):
         n, p = self.y.shape
         return VariationalState(A.astype(dt), b.astype(dt), GaussianSites.zeros(n, p, dt),
                                 GaussianSites.zeros(M, d, dt), jnp.zeros((K, d, d), dt))
-
-    # ------------------------------------------------------------------ bridges (sparse variant)
-    def _rep(self, A, b, s, h, kind):
-        """``x(z_j + s) | u_j, u_{j+1} ~ N(B1 u_j + B2 u_{j+1} + beta, Vb)`` under the linear SDE
-        (A, b) of the cell (length h); kind 0/1/2 = left end / interior / right end. Also
-        returns ``Psi(h - s), c(h - s), V(h - s)`` (the transition to the cell end)."""
-        d = self.state_dim
-        eye = jnp.eye(d, dtype=self.dtype)
-        zero = jnp.zeros((d, d), self.dtype)
-        inner = kind == 1
-        s_ = jnp.where(inner, s, 0.5 * h)
-        P1, c1, V1 = self._disc(A, b, s_)
-        P2, c2, V2 = self._disc(A, b, h - s_)
-        L1 = _inv(V1)
-        L2 = _inv(V2)
-        Vb = symmetrize(_inv(L1 + P2.T @ L2 @ P2))
-        B2 = Vb @ P2.T @ L2
-        B1 = Vb @ L1 @ P1
-        beta = Vb @ (L1 @ c1 - P2.T @ L2 @ c2)
-        left, right = kind == 0, kind == 2
-        B1 = jnp.where(left, eye, jnp.where(right, zero, B1))
-        B2 = jnp.where(left, zero, jnp.where(right, eye, B2))
-        beta = jnp.where(inner, beta, 0.0)
-        Vb = jnp.where(inner, Vb, zero)
-        return B1, B2, beta, Vb, P2, c2, V2
-
-    def _node_reps(self, A, b):
-        """Bridge representation of every grid node in its cell (see :meth:`_rep`)."""
-        j = self.node_cell
-        s = self.grid - self._zt()[j]
-        h = self._cell_len()[j]
-        return jax.vmap(self._rep)(A[j], b[j], s, h, self.node_kind)
-
-    def _fine(self, m, C, X, A, b):
-        """Grid marginals (N, d), (N, d, d) and cross-covariances (N-1, d, d) of ``q`` from the
-        inducing-state moments and the bridges of (A, b)."""
-        if self.dense:
-            return m, C, X
-        d = self.state_dim
-        B1, B2, beta, Vb, P2, _, V2 = self._node_reps(A, b)
-        j = self.node_cell
-        mU = jnp.concatenate([m[j], m[j + 1]], axis=1)  # (N, 2d)
-        CU = jnp.block([[C[j], X[j]], [jnp.swapaxes(X[j], 1, 2), C[j + 1]]])
-        B = jnp.concatenate([B1, B2], axis=2)  # (N, d, 2d)
-        mean = jnp.einsum("nij,nj->ni", B, mU) + beta
-        cov = symmetrize(jnp.einsum("nij,njk,nlk->nil", B, CU, B) + Vb)
-        # intervals: right node in the left node's cell
-        jk = j[:-1]
-        eye = jnp.eye(d, dtype=self.dtype)
-        zero = jnp.zeros((d, d), self.dtype)
-        rin = self.right_inducing[:, None, None]
-        Br = jnp.where(rin, jnp.concatenate([zero, eye], axis=1)[None], B[1:])
-        CUk = CU[:-1]
-        cross = jnp.einsum("nij,njk,nlk->nil", B[:-1], CUk, Br)
-        # bridge cross-covariance Cov(x_s, x_t | U) = Vb(s) Phi^T, Phi = Vb' V(dt)^{-1} Psi(dt),
-        # Vb' = (V(dt)^{-1} + Psi(h-t)^T V(h-t)^{-1} Psi(h-t))^{-1}; zero if t is the cell end
-        dts = jnp.diff(self.grid)
-
-        def phi(Ak, bk, dtk, P2t, V2t, right_end):
-            Pd, _, Vd = self._disc(Ak, bk, dtk)
-            V2s = jnp.where(right_end, eye, V2t)
-            Ld = _inv(Vd)
-            Vbp = _inv(Ld + P2t.T @ _solve(V2s, P2t))
-            return jnp.where(right_end, zero, Vbp @ Ld @ Pd)
-
-        Phi = jax.vmap(phi)(A[jk], b[jk], dts, P2[1:], V2[1:], self.right_inducing)
-        cross = cross + jnp.einsum("nij,nkj->nik", Vb[:-1], Phi)
-        return mean, cov, cross
-
-    def _obs_reps(self, A, b):
-        """Bridge representations (B1, B2, beta, Vb) and cells of the observation nodes."""
-        k = self.obs_idx
-        j = self.node_cell[k]
-        s = self.grid[k] - self._zt()[j]
-        B1, B2, beta, Vb, _, _, _ = jax.vmap(self._rep)(A[j], b[j], s, self._cell_len()[j], self.node_kind[k])
-        return B1, B2, beta, Vb, j
-
-    def _obs_marginals(self, m, C, X, A, b):
-        """Marginals (n, d), (n, d, d) of ``q`` at the observation times."""
-        if self.dense:
-            return m[self.obs_idx], C[self.obs_idx]
-        B1, B2, beta, Vb, j = self._obs_reps(A, b)
-        B = jnp.concatenate([B1, B2], axis=2)
-        mU = jnp.concatenate([m[j], m[j + 1]], axis=1)
-        CU = jnp.block([[C[j], X[j]], [jnp.swapaxes(X[j], 1, 2), C[j + 1]]])
-        return jnp.einsum("nij,nj->ni", B, mU) + beta, symmetrize(jnp.einsum("nij,njk,nlk->nil", B, CU, B) + Vb)
-
-    def _residual_cells(self, m, C, X, A, b):
-        r"""Sparse variant: ``E_q log dp/dp_L = int E_q[r^T Sigma^{-1} (phi - (f + f_L) / 2)] dt`` with
-        ``phi(x, t) = E_q[dx_t | x_t = x] / dt``, by ``quad_order``-point Gauss–Legendre quadrature
-        on every cell (O(M quad_order), independent of the grid). Inside a cell, given ``x_t``
-        and the cell end ``u_{j+1}``, ``q`` is the linearised-prior bridge, whose drift is
-        ``f_L + Sigma Psi_e^T V_e^{-1} (u_{j+1} - Psi_e x - c_e)`` (transition to the cell end),
-        so the integrand is
-        ``E[r^T Psi_e^T V_e^{-1} (E[u_{j+1} | x_t] - Psi_e x_t - c_e)] - E[r^T Sigma^{-1} r] / 2``."""
-        xg, wg = np.polynomial.legendre.leggauss(self.quad_order)
-        xg, wg = jnp.asarray(xg, self.dtype), jnp.asarray(wg, self.dtype)
-        Si = _inv(self._sigma())
-        rule = self._rule()
-        one_ = jnp.ones((), jnp.int32)
-
-        def cell(Aj, bj, hj, z, m0, m1, C0, C1, Xj):  # vmapped over cells (no gathers)
-            mU = jnp.concatenate([m0, m1])
-            CU = jnp.block([[C0, Xj], [Xj.T, C1]])
-            Cu1 = jnp.concatenate([Xj, C1], axis=0)  # Cov([u_j; u_{j+1}], u_{j+1})
-
-            def point(xi, wi):
-                tau = 0.5 * hj * (1.0 + xi)
-                B1, B2, beta, Vb, Pe, ce, Ve = self._rep(Aj, bj, tau, hj, one_)
-                B = jnp.concatenate([B1, B2], axis=1)
-                mt = B @ mU + beta
-                Ct = symmetrize(B @ CU @ B.T + Vb)
-                Kt = _solve(Ct, B @ Cu1).T  # Cov(u_{j+1}, x_t) C_t^{-1}
-                Ge = _solve(Ve, Pe).T  # Psi_e^T V_e^{-1}
-                t = z + tau
-
-                def g(x):
-                    r = self.sde.drift_fn(x, t) - Aj @ x - bj
-                    return r @ Ge @ (m1 + Kt @ (x - mt) - Pe @ x - ce) - 0.5 * r @ Si @ r
-
-                return 0.5 * hj * wi * gaussian_expectation(g, mt, Ct, rule)
-
-            return jnp.sum(jax.vmap(point)(xg, wg))
-
-        zt = self._zt()
-        return jnp.sum(jax.vmap(cell)(A, b, self._cell_len(), zt[:-1], m[:-1], m[1:], C[:-1], C[1:], X))
 
     # ------------------------------------------------------------------ the chain q(u)
     def _map_data(self, data: GaussianSites, A, b):
@@ -696,17 +381,8 @@ class SparseGPSDE(eqx.Module):
     # ------------------------------------------------------------------ ELBO pieces
     def _expected_log_lik(self, mean, cov):
         """``sum_i E_q[log p(y_i | H x_i)]`` from the marginals (n, d), (n, d, d) at the observations."""
-        H = self.obs_matrix
-        mz = mean @ H.T
-        Cz = jnp.einsum("pd,nde,qe->npq", H, cov, H)
-        if self.log_likelihood_fn is None:
-            v = self.obs_var
-            r = self.y - mz
-            diag = jnp.diagonal(Cz, axis1=1, axis2=2)
-            return jnp.sum(-0.5 * (_LOG2PI + jnp.log(v) + (r**2 + diag) / v))
-        rule = gauss_hermite(H.shape[0], self.gh_order)
-        one = lambda yi, mi, Ci: gaussian_expectation(lambda z: self.log_likelihood_fn(yi, z), mi, Ci, rule)  # noqa: E731
-        return jnp.sum(jax.vmap(one)(self.y, mz, Cz))
+        return expected_log_likelihood(self.y, mean, cov, self.obs_matrix, self.obs_var, self.log_likelihood_fn,
+                                       self.gh_order)
 
     def _residual(self, mean, cov, cross, A, b):
         """Dense variant: Euler/Itô discretisation of ``E_q[log dp/dp_L]`` on the grid (one cell per
@@ -897,54 +573,21 @@ class SparseGPSDE(eqx.Module):
 
         Learned parameters: the drift's inexact-array leaves (``learn_drift``), the diffusion
         matrix (``learn_diffusion``) and the observation log-sd (``learn_noise``). With
-        ``log_space`` every learned leaf whose entries are all positive at the start (e.g. an
-        OU decay, a diagonal diffusion's diagonal) is optimised as its logarithm (off-diagonal
-        zeros of a diagonal diffusion stay zero). ``fit_kwargs`` go to
-        :func:`probdyn.inference.optimize.fit` (clipping, checkpoints, ``optimizer=``).
+        ``log_space`` every learned *scalar* leaf that is positive at the start (e.g. an OU decay)
+        is optimised as its logarithm and a positive diagonal diffusion matrix as the log of its
+        diagonal (off-diagonal zeros stay zero); vector/matrix leaves (network weights,
+        polynomial coefficients, the log-sd) stay unconstrained. ``fit_kwargs`` go to
+        :func:`probdyn.inference.optimize.fit` (clipping, checkpoints). Implemented by
+        :func:`probdyn.models.sde_em.variational_em`.
 
         Returns ``(fitted model, state, FitTrace)``.
         """
-        from probdyn.inference.optimize import fit as _fit
+        return variational_em(self, key, state, num_steps, optimizer, learning_rate, max_step, e_iters, e_atol, rho,
+                              learn_drift, learn_diffusion, learn_noise, log_space, progress_bar, **fit_kwargs)
 
-        t0 = time.perf_counter()
-        spec = jax.tree_util.tree_map(lambda _: False, self)
-        if learn_drift:
-            spec = eqx.tree_at(lambda m: m.sde.drift, spec,
-                               jax.tree_util.tree_map(eqx.is_inexact_array, self.sde.drift))
-        if learn_diffusion:
-            spec = eqx.tree_at(lambda m: m.sde.diffusion, spec, True)
-        if learn_noise:
-            spec = eqx.tree_at(lambda m: m.obs_log_std, spec, True)
-        params, static = eqx.partition(self, spec)
-        leaves, treedef = jax.tree_util.tree_flatten(params)
-        if not leaves:
-            raise ValueError("nothing to learn: the drift has no array parameters and learn_diffusion/"
-                             "learn_noise are off")
-        modes = tuple(_leaf_mode(v, log_space) for v in leaves)
-        raw = [_to_raw(v, mo) for v, mo in zip(leaves, modes)]
-        n = float(self.y.shape[0])
-        e_kw = dict(rho=rho, atol=float(e_atol) * n, grow=2.0)
-        fit_kwargs["optimizer"] = _em_optimizer(optimizer, learning_rate, float(max_step))
-        state, chain, tr = self._fit_aux(state, e_iters, **e_kw)
-        holder = {"state": state, "chain": chain}
-        elbos, iters, ptrace = [float(tr.elbo[-1])], [len(tr.rho)], [jax.tree_util.tree_unflatten(treedef, leaves)]
-
-        def callback(i, p, loss):
-            leaves_ = [_from_raw(v, mo) for v, mo in zip(p, modes)]
-            mdl = eqx.combine(jax.tree_util.tree_unflatten(treedef, leaves_), static)
-            st, ch, t = mdl._fit_aux(holder["state"], e_iters, **e_kw)
-            holder["state"], holder["chain"] = st, ch
-            elbos.append(float(t.elbo[-1]))
-            iters.append(len(t.rho))
-            ptrace.append(jax.tree_util.tree_unflatten(treedef, leaves_))
-
-        res = _fit(_em_loss, raw, key, num_steps,
-                   batches=lambda k, i: (holder["chain"], (treedef, modes), static, n),
-                   callback=callback, progress_bar=progress_bar, desc="variational EM", **fit_kwargs)
-        leaves_ = [_from_raw(v, mo) for v, mo in zip(res.params, modes)]
-        fitted = eqx.combine(jax.tree_util.tree_unflatten(treedef, leaves_), static)
-        return fitted, holder["state"], FitTrace(np.asarray(elbos), ptrace, np.asarray(iters), float(rho),
-                                                 time.perf_counter() - t0)
+    def _elbo_aux(self, chain: _Chain):
+        """ELBO at fixed ``q(u)`` (the chain) as a function of the model's parameters (M-step)."""
+        return self._elbo_chain(chain)
 
     # ------------------------------------------------------------------ queries
     def _check_span(self, times):
@@ -1047,88 +690,4 @@ class SparseGPSDE(eqx.Module):
         return self._predictive(mu, cov, y)
 
     def _predictive(self, mu, cov, y):
-        H = self.obs_matrix
-        mz = mu @ H.T
-        Cz = jnp.einsum("pd,nde,qe->npq", H, cov, H)
-        if self.log_likelihood_fn is None:
-            S = Cz + jnp.diag(self.obs_var)[None]
-
-            def lp(yi, mi, Si):
-                r = yi - mi
-                return -0.5 * (r.shape[0] * _LOG2PI + _chol_logdet(Si) + r @ _solve(Si, r))
-
-            return jax.vmap(lp)(y, mz, S)
-        rule = gauss_hermite(H.shape[0], max(self.gh_order, 20))
-        w = jnp.log(jnp.asarray(rule.weights, self.dtype))
-
-        def lp2(yi, mi, Ci):
-            Lc = psd_cholesky(Ci)
-            zs = mi[None] + jnp.asarray(rule.points, self.dtype) @ Lc.T
-            return jax.scipy.special.logsumexp(w + jax.vmap(lambda z: self.log_likelihood_fn(yi, z))(zs))
-
-        return jax.vmap(lp2)(y, mz, Cz)
-
-
-# ----------------------------------------------------------------------------------
-# Variational-EM helpers (module level so that the compiled M-step is reused across fits)
-# ----------------------------------------------------------------------------------
-def _leaf_mode(v, log_space: bool) -> str:
-    a = np.asarray(v)
-    if not log_space:
-        return "raw"
-    if np.all(a > 0):
-        return "log"
-    if a.ndim == 2 and a.shape[0] == a.shape[1] and np.all(a == np.diag(np.diag(a))) and np.all(np.diag(a) > 0):
-        return "logdiag"
-    return "raw"
-
-
-def _to_raw(v, mode):
-    if mode == "log":
-        return jnp.log(v)
-    if mode == "logdiag":
-        return jnp.log(jnp.diag(v))
-    return v
-
-
-def _from_raw(v, mode):
-    if mode == "log":
-        return jnp.exp(v)
-    if mode == "logdiag":
-        return jnp.diag(jnp.exp(v))
-    return v
-
-
-@functools.lru_cache(maxsize=16)
-def _em_cached(kind: str, lr: float, max_step: float):
-    import optax
-
-    opt = optax.lbfgs(learning_rate=lr, linesearch=None) if kind == "lbfgs" else optax.adam(lr)
-    return optax.chain(opt, optax.clip_by_global_norm(max_step))
-
-
-def _em_optimizer(optimizer, learning_rate, max_step):
-    """The M-step optimiser (cached, so repeated fits reuse the compiled step)."""
-    if isinstance(optimizer, str):
-        kind = optimizer.lower()
-        if kind not in ("lbfgs", "adam"):
-            raise ValueError(f"optimizer must be 'lbfgs', 'adam' or an optax transformation, got {optimizer!r}")
-        lr = (1.0 if kind == "lbfgs" else 0.05) if learning_rate is None else float(learning_rate)
-        return _em_cached(kind, lr, max_step)
-    import optax
-
-    return _em_cached_custom(optimizer, max_step) if isinstance(optimizer, optax.GradientTransformation) else optimizer
-
-
-@functools.lru_cache(maxsize=16)
-def _em_cached_custom(optimizer, max_step):
-    import optax
-
-    return optax.chain(optimizer, optax.clip_by_global_norm(max_step))
-
-
-def _em_loss(raw, key, batch):
-    chain, (treedef, modes), static, n = batch
-    leaves = [_from_raw(v, mo) for v, mo in zip(raw, modes)]
-    model = eqx.combine(jax.tree_util.tree_unflatten(treedef, leaves), static)
-    return -model._elbo_chain(chain) / n
+        return predictive_log_density(y, mu, cov, self.obs_matrix, self.obs_var, self.log_likelihood_fn, self.gh_order)
