@@ -8,16 +8,20 @@
    (b) the same with the drift parameters learned by variational EM from the training data
        (OU decay from 2.5, double-well c from 0.5, Van der Pol (a, b) from (5, 1));
    (c) Markov-GP regression with a Matérn-3/2 kernel per output (lengthscale, variance and
-       noise by maximum marginal likelihood with Adam, through the Kalman engine).
+       noise by maximum marginal likelihood with Adam, through the Kalman engine);
+   (d) the Archambeau et al. (2007) VGPA baseline (:mod:`probdyn.models.vgpa`) with the same
+       SDE, grid, noise and initial prior as (a) (smoothing iterations to convergence).
    Real data (Apple log price, GPS track): (a) is an SDE with a learned drift (Apple: cubic
-   polynomial; GPS: 2-D linear), learned diagonal diffusion and noise, fitted by variational EM.
+   polynomial; GPS: 2-D linear), learned diagonal diffusion and noise, fitted by variational EM;
+   VGPA runs the same variational EM (same model, grid, initial values and number of steps)
+   with its smoothing iterations as E-step.
    Also the ELBO gain of the path (Girsanov) sites over q = linearised prior x data sites.
 2. Cost: seconds per natural-gradient iteration (one compiled CVI step + ELBO) vs the number
    of grid points N (dense variant) and vs the number of inducing times M (sparse, N = 1e5).
    ``--timing-only`` runs just this table (written to ``sparse_gp_sde_results_timing.md``).
 
-Run: ``PYTHONPATH=. nice -n 15 python benchmarks/sparse_gp_sde.py [--quick] [--only NAME]``;
-writes ``benchmarks/sparse_gp_sde_results.md`` (and prints it).
+Run: ``PYTHONPATH=. nice -n 15 python benchmarks/sparse_gp_sde.py [--quick] [--only NAME]
+[--skip-timing] [--no-vgpa]``; writes ``benchmarks/sparse_gp_sde_results.md`` (and prints it).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import numpy as np  # noqa: E402
 from probdyn import MarkovGP, kernels  # noqa: E402
 from probdyn.inference.optimize import fit  # noqa: E402
 from probdyn.models import sparse_gp_sde as sg  # noqa: E402
+from probdyn.models import vgpa  # noqa: E402
 from probdyn.sde.base import SDE  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,21 +76,27 @@ def scores(model, st, tt, yt):
     return float(-np.mean(lp)), float(np.sqrt(np.mean((mz - yt) ** 2)))
 
 
-def run_cvi(f, dt, iters, extra_times=(), learn=False, em_steps=30):
+def _synthetic_setup(f, dt, extra_times):
+    """SDE, training data, test data and model keywords of a vgpdp synthetic split."""
     name = str(f["sde"])
     t, y = f["observation_grid"], f["observations"]
-    tt, yt = f["test_grid"], f["test_observations"]
     d = y.shape[1]
     x0 = np.asarray(f["x0"], float).reshape(d)
     Q = np.asarray(f["Q"], float).reshape(d, d) if np.size(f["Q"]) == d * d else float(f["Q"]) * np.eye(d)
     # one grid per data set (union of all splits' times), so the 5 splits share one compilation
-    inc = np.concatenate([t, tt, np.asarray(extra_times)])
+    inc = np.concatenate([t, f["test_grid"], np.asarray(extra_times)])
     grid = sg.make_grid(0.0, float(inc.max()), dt, include=inc)
+    kw = dict(obs_noise=float(f["sigma"]) ** 2, grid=grid, initial_mean=x0, initial_cov=0.01 * np.eye(d))
+    return name, np.linalg.cholesky(Q), d, t, y, kw
+
+
+def run_cvi(f, dt, iters, extra_times=(), learn=False, em_steps=30):
+    name, L, d, t, y, kw = _synthetic_setup(f, dt, extra_times)
+    tt, yt = f["test_grid"], f["test_observations"]
     drift = drift_for(name, f)
     if learn:
         drift = LEARN_INIT[name](drift)
-    sde = SDE(drift, np.linalg.cholesky(Q), d)
-    kw = dict(obs_noise=float(f["sigma"]) ** 2, grid=grid, initial_mean=x0, initial_cov=0.01 * np.eye(d))
+    sde = SDE(drift, L, d)
     m = sg.SparseGPSDE(sde, t, y, **kw)
     out = {}
     if learn:
@@ -99,6 +110,17 @@ def run_cvi(f, dt, iters, extra_times=(), learn=False, em_steps=30):
             out["path_gain"] = float(tr.elbo[-1] - m.elbo(s0))
     out["nlpd"], out["rmse"] = scores(m, st, tt, yt)
     return out
+
+
+def run_vgpa(f, dt, iters, extra_times=()):
+    """Archambeau et al. VGPA with the known drift: same SDE, grid, noise and prior as ``run_cvi``;
+    damped smoothing iterations (omega from 1/2, doubled after accepted steps, halved on an ELBO
+    decrease) until the ELBO gains less than 1e-8."""
+    name, L, d, t, y, kw = _synthetic_setup(f, dt, extra_times)
+    m = vgpa.VGPA(SDE(drift_for(name, f), L, d), t, y, **kw)
+    st, tr = m.fit_posterior(num_iters=iters, omega=0.5, grow=2.0, atol=1e-8)
+    nlpd, rmse = scores(m, st, f["test_grid"], f["test_observations"])
+    return {"nlpd": nlpd, "rmse": rmse, "elbo": float(tr.elbo[-1]), "iters": len(tr.rho)}
 
 
 class _GPParams(eqx.Module):
@@ -135,11 +157,12 @@ def fmt(a):
     return f"{a.mean():.3f} ± {a.std(ddof=1):.3f}" if a.size > 1 else f"{a.mean():.3f}"
 
 
-def synthetic(splits, dt, iters, only=None):
+def synthetic(splits, dt, iters, only=None, with_vgpa=True, vgpa_iters=300, summary=None):
     lines = [f"## vgpdp synthetic data: test NLPD / RMSE over {splits} splits (mean ± sd), grid dt = {dt}", "",
              "| data | CVI NLPD (known drift) | CVI + VEM NLPD (learned drift) | GP Matérn-3/2 NLPD | "
-             "CVI RMSE | CVI + VEM RMSE | GP RMSE | ELBO gain of path sites | learned drift parameters |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "VGPA NLPD (known drift) | CVI RMSE | CVI + VEM RMSE | GP RMSE | VGPA RMSE | "
+             "ELBO gain of path sites | learned drift parameters | VGPA iterations |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, folder in SYNTH.items():
         if only and only.lower() not in label.lower():
             continue
@@ -147,7 +170,7 @@ def synthetic(splits, dt, iters, only=None):
         fs = [np.load(os.path.join(DATA, folder, f"{s}.npz")) for s in range(splits)]
         allt = np.concatenate([np.concatenate([f["observation_grid"], f["test_grid"]]) for f in fs])
         name = str(fs[0]["sde"])
-        c, vem, g, gain, learned = [], [], [], [], []
+        c, vem, g, vg, gain, learned, vit = [], [], [], [], [], [], []
         for f in fs:
             r = run_cvi(f, dt, iters, allt)
             c.append((r["nlpd"], r["rmse"]))
@@ -157,64 +180,105 @@ def synthetic(splits, dt, iters, only=None):
                 vem.append((r2["nlpd"], r2["rmse"]))
                 learned.append(r2["learned"])
             g.append(run_gp(f["observation_grid"], f["observations"], f["test_grid"], f["test_observations"]))
+            if with_vgpa:
+                r3 = run_vgpa(f, dt, vgpa_iters, allt)
+                vg.append((r3["nlpd"], r3["rmse"]))
+                vit.append(r3["iters"])
         c, g = np.asarray(c), np.asarray(g)
         vem = np.asarray(vem) if vem else np.full_like(c, np.nan)
+        vg = np.asarray(vg) if vg else np.full_like(c, np.nan)
         lp = "" if not learned else "; ".join(fmt(v) for v in np.asarray(learned).T)
         gs = "—" if name == "ou" else fmt(gain)
-        lines.append(f"| {label} | {fmt(c[:, 0])} | {fmt(vem[:, 0]) if learned else '—'} | {fmt(g[:, 0])} | "
-                     f"{fmt(c[:, 1])} | {fmt(vem[:, 1]) if learned else '—'} | {fmt(g[:, 1])} | {gs} | {lp or '—'} |")
+        vs = (lambda j: fmt(vg[:, j])) if with_vgpa else (lambda j: "—")
+        vi = f"{min(vit)}-{max(vit)}" if vit else "—"
+        if summary is not None:
+            summary.append((label, c, g, vg if with_vgpa else None))
+        vem0 = fmt(vem[:, 0]) if learned else "—"
+        lines.append(f"| {label} | {fmt(c[:, 0])} | {vem0} | {fmt(g[:, 0])} | {vs(0)} | "
+                     f"{fmt(c[:, 1])} | {fmt(vem[:, 1]) if learned else '—'} | {fmt(g[:, 1])} | {vs(1)} | {gs} | "
+                     f"{lp or '—'} | {vi} |")
         print(lines[-1], f"({time.perf_counter() - t0:.0f} s)", flush=True)
     return lines
 
 
-def _real_model(t, y, grid, drift, d):
+def _real_model(t, y, grid, drift, d, cls=sg.SparseGPSDE):
     yv = y.reshape(len(t), -1)
     v = np.var(np.diff(yv, axis=0), axis=0) / np.median(np.diff(t))  # increment variance per unit time
     sde = SDE(drift, np.diag(np.sqrt(v)), d)
-    return sg.SparseGPSDE(sde, t, yv, obs_noise=0.01 * np.var(yv, axis=0), grid=grid,
-                          initial_mean=yv[0], initial_cov=np.diag(np.var(yv, axis=0)))
+    return cls(sde, t, yv, obs_noise=0.01 * np.var(yv, axis=0), grid=grid,
+               initial_mean=yv[0], initial_cov=np.diag(np.var(yv, axis=0)))
 
 
-def real(splits, em_steps, only=None):
+def _real_split(label, s):
+    """Sorted train / test times and values of split ``s``, the initial drift and the state dimension."""
+    if label == "Apple stock":
+        f = np.load(os.path.join(DATA, "apple_stock", f"{s}_data.npz"))
+        t, y = f["train_data"][:, 2], f["train_data"][:, 1]
+        tt, yt = f["test_data"][:, 2], f["test_data"][:, 1]
+        drift, d = sg.PolynomialDrift(jnp.zeros(4)), 1
+    else:
+        f = np.load(os.path.join(DATA, "gps", f"{s}_data.npz"))
+        t = f["train_data_t"][:, 0]
+        y = np.stack([f["train_data_x"][:, 0], f["train_data_y"][:, 0]], 1)
+        tt = f["test_data_t"][:, 0]
+        yt = np.stack([f["test_data_x"][:, 0], f["test_data_y"][:, 0]], 1)
+        drift, d = sg.LinearDrift(jnp.zeros((2, 2)), jnp.zeros(2)), 2
+    o, ot = np.argsort(t), np.argsort(tt)
+    return t[o], y[o], tt[ot], yt[ot], drift, d
+
+
+def real(splits, em_steps, only=None, with_vgpa=True, summary=None):
     lines = ["", f"## real data: test NLPD / RMSE over {splits} splits (mean ± sd)", "",
-             "| data | SDE + CVI (learned drift, diffusion, noise) NLPD | GP Matérn-3/2 NLPD | SDE RMSE | GP RMSE | "
-             "N grid | fit time per split (s) |", "|---|---|---|---|---|---|---|"]
+             "| data | SDE + CVI (learned drift, diffusion, noise) NLPD | GP Matérn-3/2 NLPD | "
+             "SDE + VGPA (learned drift, diffusion, noise) NLPD | SDE + CVI RMSE | GP RMSE | SDE + VGPA RMSE | "
+             "N grid | fit time per split (s): CVI / VGPA |", "|---|---|---|---|---|---|---|---|---|"]
     for label in ("Apple stock", "GPS"):
         if only and only.lower() not in label.lower():
             continue
-        c, g, times = [], [], []
+        c, g, vg, times, vtimes = [], [], [], [], []
         for s in range(splits):
-            t0 = time.perf_counter()
-            if label == "Apple stock":
-                f = np.load(os.path.join(DATA, "apple_stock", f"{s}_data.npz"))
-                t, y = f["train_data"][:, 2], f["train_data"][:, 1]
-                tt, yt = f["test_data"][:, 2], f["test_data"][:, 1]
-                o, ot = np.argsort(t), np.argsort(tt)
-                t, y, tt, yt = t[o], y[o], tt[ot], yt[ot]
-                drift, d = sg.PolynomialDrift(jnp.zeros(4)), 1
-            else:
-                f = np.load(os.path.join(DATA, "gps", f"{s}_data.npz"))
-                t = f["train_data_t"][:, 0]
-                y = np.stack([f["train_data_x"][:, 0], f["train_data_y"][:, 0]], 1)
-                tt = f["test_data_t"][:, 0]
-                yt = np.stack([f["test_data_x"][:, 0], f["test_data_y"][:, 0]], 1)
-                o, ot = np.argsort(t), np.argsort(tt)
-                t, y, tt, yt = t[o], y[o], tt[ot], yt[ot]
-                drift, d = sg.LinearDrift(jnp.zeros((2, 2)), jnp.zeros(2)), 2
+            t, y, tt, yt, drift, d = _real_split(label, s)
             step = float(np.median(np.diff(np.sort(np.concatenate([t, tt])))))
             grid = sg.make_grid(min(t[0], tt[0]), max(t[-1], tt[-1]), step, include=np.concatenate([t, tt]))
+            t0 = time.perf_counter()
             m = _real_model(t, y, grid, drift, d)
             m, st, tr = m.fit(jax.random.PRNGKey(0), num_steps=em_steps, learn_diffusion=True, learn_noise=True,
                               progress_bar=False)
             c.append(scores(m, st, tt, yt))
             times.append(time.perf_counter() - t0)
             g.append(run_gp(t, y, tt, yt))
-            print(label, s, c[-1], g[-1], f"{times[-1]:.0f} s", flush=True)
+            if with_vgpa:
+                t0 = time.perf_counter()
+                mv = _real_model(t, y, grid, drift, d, cls=vgpa.VGPA)
+                mv, sv, _ = mv.fit(jax.random.PRNGKey(0), num_steps=em_steps, learn_diffusion=True, learn_noise=True,
+                                   progress_bar=False)
+                vg.append(scores(mv, sv, tt, yt))
+                vtimes.append(time.perf_counter() - t0)
+            print(label, s, c[-1], g[-1], vg[-1] if vg else "", f"{times[-1]:.0f} s", flush=True)
         c, g = np.asarray(c), np.asarray(g)
-        lines.append(f"| {label} | {fmt(c[:, 0])} | {fmt(g[:, 0])} | {fmt(c[:, 1])} | {fmt(g[:, 1])} | {len(grid)} | "
-                     f"{np.mean(times):.0f} |")
+        vg = np.asarray(vg) if vg else np.full_like(c, np.nan)
+        vs = (lambda j: fmt(vg[:, j])) if with_vgpa else (lambda j: "—")
+        vt = f"{np.mean(vtimes):.0f}" if vtimes else "—"
+        if summary is not None:
+            summary.append((label, c, g, vg if with_vgpa else None))
+        lines.append(f"| {label} | {fmt(c[:, 0])} | {fmt(g[:, 0])} | {vs(0)} | {fmt(c[:, 1])} | {fmt(g[:, 1])} | "
+                     f"{vs(1)} | {len(grid)} | {np.mean(times):.0f} / {vt} |")
         print(lines[-1], flush=True)
     return lines
+
+
+def summary_table(rows, splits):
+    """The issue's table: per data set (a) CVI, (b) Matérn GP, (c) VGPA, NLPD and RMSE side by side."""
+    out = [f"## summary: test NLPD / RMSE over {splits} splits (mean ± sd)", "",
+           "(a) Gauss–Markov CVI posterior (synthetic: the data set's SDE, known drift; real: SDE with "
+           "learned drift, diffusion and noise), (b) Matérn-3/2 GP, (c) Archambeau et al. VGPA with the "
+           "same SDE, grid and learning as (a). Details in the tables below.", "",
+           "| data | (a) CVI NLPD | (b) GP NLPD | (c) VGPA NLPD | (a) CVI RMSE | (b) GP RMSE | (c) VGPA RMSE |",
+           "|---|---|---|---|---|---|---|"]
+    for label, c, g, vg in rows:
+        v = (lambda j: "—") if vg is None else (lambda j: fmt(vg[:, j]))
+        out.append(f"| {label} | {fmt(c[:, 0])} | {fmt(g[:, 0])} | {v(0)} | {fmt(c[:, 1])} | {fmt(g[:, 1])} | {v(1)} |")
+    return out
 
 
 def timing(Ns, Ms, reps=5):
@@ -258,7 +322,17 @@ output, hyperparameters and noise by maximum marginal likelihood (Adam, 300 step
 Apple = log price, 5 contiguous test blocks (block cross-validation; blocks 0 and 4 are
 extrapolation), SDE drift cubic polynomial; GPS = 2-D track, splits 0-4 of 10, test = bins of
 30 points, SDE drift 2-D linear; both with learned diagonal diffusion and noise (40 VEM steps).
-The Archambeau et al. (2007) baseline is not implemented.
+
+VGPA: the Archambeau et al. (2007) baseline (`probdyn.models.vgpa`) with the same SDE, grid,
+noise, initial prior N(x0, 0.01 I) and (real data) the same variational EM (L-BFGS, 40 steps,
+learned drift, diagonal diffusion and noise, same initial values) as CVI; its E-step is the
+damped forward-backward smoothing fixed point (omega from 1/2, doubled after an accepted step,
+halved when the ELBO drops; synthetic: at most 300 iterations, stopped at an ELBO gain < 1e-8;
+"VGPA iterations" = accepted iterations, min-max over the splits). VGPA's posterior is an
+Euler–Maruyama chain whose step variance is the prior's `dt Sigma`, so on a grid with
+`dt Sigma` above the posterior variance at the observations (double well, sine, sqrt:
+sigma^2 = 1e-4 vs dt Sigma = 0.01) it cannot shrink to the data there (O(dt) bias); CVI's
+linear part is discretised exactly and has no such floor.
 
 """
 
@@ -269,12 +343,15 @@ def main():
     ap.add_argument("--only", default=None, help="run only the data sets whose name contains this")
     ap.add_argument("--skip-timing", action="store_true")
     ap.add_argument("--timing-only", action="store_true")
+    ap.add_argument("--no-vgpa", action="store_true", help="leave out the Archambeau et al. VGPA baseline")
     a = ap.parse_args()
     splits = 2 if a.quick else 5
     lines = []
     if not a.timing_only:
-        lines += synthetic(splits, 0.01, 60, a.only)
-        lines += real(splits, 15 if a.quick else 40, a.only)
+        summ = []
+        body = synthetic(splits, 0.01, 60, a.only, with_vgpa=not a.no_vgpa, summary=summ)
+        body += real(splits, 15 if a.quick else 40, a.only, with_vgpa=not a.no_vgpa, summary=summ)
+        lines += summary_table(summ, splits) + [""] + body
     if not a.skip_timing:
         Ns = [1000, 10000] if a.quick else [1000, 10000, 100000]
         Ms = [10, 100, 1000] if a.quick else [10, 100, 1000, 10000]
