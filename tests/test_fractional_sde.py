@@ -159,12 +159,12 @@ def _dense_profile_mle(times, ys, g, horizon):
 
 
 def test_hurst_ml_through_kalman_on_exact_fbm():
-    """fou_mle (Kalman likelihood, Newton) on exact fBM: within 0.05 of the truth for a rough and
-    a smooth H (16 paths: standard error ~0.015), and at the maximum of the dense likelihood."""
+    """fou_mle (Kalman likelihood, Newton) on exact fBM: within 0.05 of the truth for the rough
+    H = 0.2 (8 paths: standard error ~0.02), and at the maximum of the dense likelihood."""
     times = jnp.linspace(0.0, 1.0, 101)
     g = fr.gamma_grid_for(0.01, 1.0)
-    for H in (0.2, 0.8):  # all five H values: tutorial + benchmark (test-time budget)
-        ys = fr.sample_fbm(jax.random.PRNGKey(int(100 * H)), times, H, 16)
+    for H in (0.2,):  # the roughest case; all five H values: tutorial + benchmark (test-time budget)
+        ys = fr.sample_fbm(jax.random.PRNGKey(int(100 * H)), times, H, 8)
         r = fs.fou_mle(times, ys, g)
         assert abs(float(r.hurst) - H) < 0.05, (H, r)
         assert 0.005 < float(r.hurst_sd) < 0.03 and r.num_iterations < 50
