@@ -92,7 +92,7 @@ def make_fns(t, y):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=11)
     ap.add_argument("--dense-max", type=int, default=5000)
     ap.add_argument("--par-max", type=int, default=10000,
                     help="largest N for the parallel schedule (its reverse pass at 1e5 exhausts 24 GB here)")

@@ -139,28 +139,42 @@ def _lower_gamma_regs(nmax: int, z):
     """Regularised lower incomplete gammas ``[P(1, z), ..., P(nmax, z)]`` (integer orders),
     accurate for small ``z`` too; all orders share one set of Poisson terms.
 
-    ``P(n, z) = sum_{j>=n} t_j`` with ``t_j = e^{-z} z^j / j!``: for ``z < 1`` the tail
-    series (16 extra terms: remainder below 1/17! relative), else ``1 - sum_{j<n} t_j``
-    (no cancellation beyond ``P(n, 1) >= 1e-4`` for ``n <= 6``).
+    ``P(n, z) = sum_{j>=n} t_j`` with ``t_j = e^{-z} z^j / j!``: for ``z < 1`` the tail of
+    ``P(nmax, z)`` by a 16-term Horner series (remainder below 1/17! relative) and the lower
+    orders by adding ``t_n`` (positive terms only), else ``1 - sum_{j<n} t_j`` (no
+    cancellation beyond ``P(n, 1) >= 1e-4`` for ``n <= 6``). One exponential for both.
     """
-    zs = jnp.minimum(z, 1.0)
-    t = [jnp.exp(-zs)]
-    for j in range(1, nmax + 17):
-        t.append(t[-1] * zs / j)
-    tails = [None] * (nmax + 17)
-    acc = jnp.zeros_like(zs)
-    for j in range(nmax + 16, 0, -1):  # smallest terms first
-        acc = acc + t[j]
-        tails[j] = acc
-    zl = jnp.maximum(z, 1.0)
-    tl = [jnp.exp(-zl)]
+    small = z < 1.0
+    ez = jnp.exp(-z)
+    e1 = math.exp(-1.0)
+    zs, es = jnp.where(small, z, 1.0), jnp.where(small, ez, e1)
+    zl, el = jnp.where(small, 1.0, z), jnp.where(small, e1, ez)
+    t = [es]
+    for j in range(1, nmax + 1):
+        t.append(t[-1] * (zs * (1.0 / j)))
+    h = jnp.ones_like(zs)
+    for j in range(nmax + 16, nmax, -1):
+        h = 1.0 + h * (zs * (1.0 / j))
+    tails = [None] * (nmax + 1)
+    tails[nmax] = t[nmax] * h
+    for n in range(nmax - 1, 0, -1):
+        tails[n] = tails[n + 1] + t[n]
+    tl = [el]
     for j in range(1, nmax):
-        tl.append(tl[-1] * zl / j)
+        tl.append(tl[-1] * (zl * (1.0 / j)))
     out, head = [], jnp.zeros_like(zl)
     for n in range(1, nmax + 1):
         head = head + tl[n - 1]
-        out.append(jnp.where(z < 1.0, tails[n], 1.0 - head))
+        out.append(jnp.where(small, tails[n], 1.0 - head))
     return out
+
+
+def _materialised(v, ref):
+    """``v`` unchanged, ending in a division by one (exact; ``ref`` only keeps the divisor
+    from being folded at compile time): XLA:CPU does not fuse an expensive operation into
+    a consumer that reads its elements repeatedly (a broadcast), so ``v`` is computed once
+    instead of once per use."""
+    return v / jnp.where(ref == ref, 1.0, 2.0).astype(v.dtype)
 
 
 class _Matern(Kernel):
@@ -230,15 +244,17 @@ class _Matern(Kernel):
         d = self.order + 1
         dtype = jnp.result_type(self.lengthscale, dts)
         x = (self.rate * jnp.asarray(dts)).astype(dtype)  # scalar functions on (n,), then assemble
-        xk = [jnp.ones_like(x)]
+        e = jnp.exp(-x)
+        F_A = [e]
         for _ in range(1, d):
-            xk.append(xk[-1] * x)
-        # The scalar functions, stacked as (n, k), are combined by one matrix product each
-        # (an elementwise assembly would re-evaluate them for every matrix entry).
-        F_A = jnp.exp(-x)[:, None] * jnp.stack(xk, axis=1)
-        F_Q = jnp.stack(_lower_gamma_regs(len(Qn), 2.0 * x), axis=1)
-        A = (F_A @ jnp.asarray(np.stack(Ak), dtype).reshape(d, d * d)).reshape(-1, d, d)
-        Q = (F_Q @ jnp.asarray(np.stack(Qn), dtype).reshape(len(Qn), d * d)).reshape(-1, d, d)
+            F_A.append(F_A[-1] * x)
+        F_Q = _lower_gamma_regs(len(Qn), 2.0 * x)
+        # Each entry is a constant combination of the scalar functions. ``_materialised``
+        # makes XLA evaluate each function once: fused into the (n, d, d) outputs, the
+        # series would be re-evaluated for every matrix entry.
+        F_Q = [_materialised(g, x) for g in F_Q]
+        A = sum(f[:, None, None] * jnp.asarray(c, dtype) for f, c in zip(F_A, Ak))
+        Q = sum(f[:, None, None] * jnp.asarray(c, dtype) for f, c in zip(F_Q, Qn))
         return A, self.variance * Q
 
 

@@ -21,7 +21,7 @@ from jaxtyping import Array, Float
 
 __all__ = [
     "tria", "tria_batched", "mgs_lower", "list_dot", "psd_cholesky", "solve_lower", "solve_upper_t",
-    "block_diag", "kron", "symmetrize", "safe_sqrt", "safe_rsqrt", "neg_half_log",
+    "block_diag", "kron", "symmetrize", "safe_sqrt", "safe_rsqrt", "safe_inv", "neg_half_log", "psd_ldl", "ldl_from_cholesky",
 ]
 
 UNROLL_MAX = 24
@@ -43,6 +43,11 @@ def _safe_rsqrt_jvp(primals, tangents):
     (x,), (dx,) = primals, tangents
     r = safe_rsqrt(x)
     return r, -0.5 * r * r * r * dx
+
+
+def safe_inv(x):
+    """``1/x`` for ``x > 0``, else 0 (gradient-safe: the division never sees ``x <= 0``)."""
+    return _safe_div(jnp.ones_like(x), x, x > 0)
 
 
 @jax.custom_jvp
@@ -192,6 +197,42 @@ def psd_cholesky(P: Float[Array, "d d"]) -> Float[Array, "d d"]:
             col = P[i, j] - sum((L[i][k] * L[j][k] for k in range(j)), zero)
             L[i][j] = _safe_div(col, ljj, ok)
     return jnp.stack([jnp.stack(row) for row in L])
+
+
+def psd_ldl(P: Float[Array, "... d d"]) -> tuple[Float[Array, "... d d"], Float[Array, "... d"]]:
+    """``P = L diag(D) L^T`` with ``L`` unit lower triangular, ``D >= 0`` (the square-root
+    free Cholesky factorisation; ``L diag(sqrt D)`` is :func:`psd_cholesky`'s factor).
+
+    Same pivot rule as :func:`psd_cholesky`: a pivot at most ``16 eps`` of its diagonal
+    entry (or negative) is set to zero and its column of ``L`` below the diagonal to zero.
+    Leading axes are a batch; unrolled for small ``d`` (elementwise over the batch).
+    """
+    d = P.shape[-1]
+    if d > UNROLL_MAX:
+        return ldl_from_cholesky(jnp.vectorize(psd_cholesky, signature="(d,d)->(d,d)")(P))
+    P = symmetrize(P)
+    eps16 = 16 * jnp.finfo(P.dtype).eps
+    zero, one = jnp.zeros(P.shape[:-2], P.dtype), jnp.ones(P.shape[:-2], P.dtype)
+    L = [[zero] * d for _ in range(d)]
+    D = []
+    for j in range(d):
+        s = P[..., j, j] - sum((L[j][k] * L[j][k] * D[k] for k in range(j)), zero)
+        ok = s > eps16 * jnp.abs(P[..., j, j])
+        D.append(jnp.where(ok, s, 0.0))
+        L[j][j] = one
+        for i in range(j + 1, d):
+            col = P[..., i, j] - sum((L[i][k] * L[j][k] * D[k] for k in range(j)), zero)
+            L[i][j] = _safe_div(col, s, ok)
+    return jnp.stack([jnp.stack(row, -1) for row in L], -2), jnp.stack(D, -1)
+
+
+def ldl_from_cholesky(S: Float[Array, "... d d"]) -> tuple[Float[Array, "... d d"], Float[Array, "... d"]]:
+    """``(L, D)`` with ``L diag(D) L^T = S S^T`` from a lower Cholesky factor ``S`` (a zero
+    pivot gives a zero column below the unit diagonal)."""
+    dg = jnp.diagonal(S, axis1=-2, axis2=-1)
+    ok = (dg > 0)[..., None, :]
+    L = jnp.tril(_safe_div(S, jnp.broadcast_to(dg[..., None, :], S.shape), ok), -1)
+    return L + jnp.eye(S.shape[-1], dtype=S.dtype), dg * dg
 
 
 def solve_lower(L: Float[Array, "n n"], b: Float[Array, "n ..."]) -> Float[Array, "n ..."]:

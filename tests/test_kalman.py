@@ -556,7 +556,20 @@ def _run_both(mdl, y, fn):
 def test_fused_and_matrix_forms_against_dense(case):
     seed, d, m, T, tvt, tve = case
     mdl = random_model(seed, d, m, T, tvt, tve)
-    y = _with_nans(simulate(mdl, T, seed), seed, rows=True, entries=True)
+    _check_fused_and_matrix(mdl, _with_nans(simulate(mdl, T, seed), seed, rows=True, entries=True))
+
+
+@pytest.mark.parametrize("d,h,tvt", [(2, 1.0, True), (3, -1.7, False)])
+def test_fused_first_state_update_against_dense(d, h, tvt):
+    """The fused step's short route for ``H = [h, 0, ..., 0]`` (static): pivot-only update."""
+    mdl = random_model(100 + d, d, 1, 11, tvt, False)
+    mdl["H"] = np.eye(1, d) * h
+    lay = kalman.fused.Layout(d, 1, kalman._static_emission(to_ssm(mdl)))
+    assert kalman.fused._observes_first_state(lay)
+    _check_fused_and_matrix(mdl, _with_nans(simulate(mdl, 11, 100 + d), 100 + d, rows=True, entries=False))
+
+
+def _check_fused_and_matrix(mdl, y):
     ref = dense_reference(mdl, y)
 
     def smooth(arr, yy):

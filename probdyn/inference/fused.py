@@ -1,28 +1,37 @@
-r"""Fused square-root Kalman step: the sequential schedule's fast path for small models.
+r"""Fused factored (square-root form) Kalman step: the sequential schedule's fast path for small models.
 
 On CPU, XLA runs a ``lax.scan`` body as a sequence of kernels; for the tiny matrices of a
 Kalman step the per-kernel dispatch (about 1 µs per LAPACK QR, tens of ns per small fused
 kernel) costs far more than the arithmetic. Here one predict+update step is written on Python
-lists of scalars (static zeros skipped), the filter state ``(m, lower(S), loglik)`` and the
+lists of scalars (static zeros skipped), the filter state ``(m, L, D, loglik)`` and the
 per-step inputs are packed into one vector each, and XLA compiles the whole step into a
 single kernel (measured: 20.8 ms -> 1.1 ms for 10^4 steps of a 2-state model, float64).
 
-One triangularisation per step does both the prediction and the update (square-root form):
+The filter carries the covariance in square-root-free Cholesky form ``P = L diag(D) L^T``
+(``L`` unit lower triangular; ``L diag(sqrt D)`` is the Cholesky factor the public results
+report). One weighted triangularisation per step does both the prediction and the update:
 
 .. math::
-    \begin{bmatrix} \tilde S_R & \tilde H A S_{t-1} & \tilde H S_Q \\
-                    0 & A S_{t-1} & S_Q \end{bmatrix}
-    \;\xrightarrow{\text{LQ}}\;
-    \begin{bmatrix} S_y & 0 \\ \bar K & S_t \end{bmatrix},
-    \qquad
-    m_t = A m_{t-1} + \bar K S_y^{-1} (y_t - H A m_{t-1}),
+    W = \begin{bmatrix} \tilde L_R & \tilde H A L_{t-1} & \tilde H L_Q \\
+                        0 & A L_{t-1} & L_Q \end{bmatrix},\quad
+    w = (D_R, D_{t-1}, D_Q)
+    \;\xrightarrow{\text{MWGS}}\;
+    W \operatorname{diag}(w) W^T = \begin{bmatrix} L_y & 0 \\ \bar K & L_t \end{bmatrix}
+    \operatorname{diag}(D_y, D_t) \begin{bmatrix} L_y & 0 \\ \bar K & L_t \end{bmatrix}^T,
 
-with the log density ``-|S_y^{-1} e|^2/2 - sum log diag S_y - (n_obs/2) log 2 pi``. Missing
-entries of ``y_t`` (NaN) get a zero row in ``H~`` and a unit, uncorrelated noise row in
-``S_R~`` (as in :func:`probdyn.inference.kalman.update`). The LQ factorisation is row-wise
-modified Gram–Schmidt, which gives the same triangular factor as Householder QR up to
-rounding (Björck & Paige, SIAM J. Matrix Anal. Appl. 1992), so the step keeps the precision
-of a square-root filter in float32.
+``m_t = A m_{t-1} + \bar K \varepsilon`` with ``L_y \varepsilon = y_t - H A m_{t-1}``, and
+the log density ``sum_i (-eps_i^2 / (2 D_y,i) - log(D_y,i)/2) - (n_obs/2) log 2 pi``. The
+triangularisation is Thornton & Bierman's modified weighted Gram–Schmidt (MWGS), the
+square-root-free counterpart of the QR of the square-root filter, with the same numerical
+behaviour (Bierman, *Factorization Methods for Discrete Sequential Estimation*, 1977) and
+divisions where the QR form needs square roots: on CPU the recursion is latency-bound, and
+a square root followed by a division is its slowest link. Missing entries of ``y_t`` (NaN)
+get a zero row in ``H~`` and a unit, uncorrelated noise row (as in
+:func:`probdyn.inference.kalman.update`). A scalar observation of the first state
+(``H = [h, 0, ..., 0]``, every Matérn/SHO/Periodic kernel alone) takes a shorter route:
+the update keeps ``L`` and shrinks the first pivot only (see :func:`_first_state_update`).
+Measured on the float32 stress case of the tests (Matérn-5/2, lengthscale 1e3 x the median
+spacing, 10^4 points): relative log-likelihood error 1.6e-6 (QR square-root form: 2.1e-6).
 
 The RTS smoother and the backward sampling pass are fused the same way. Every fused scan
 goes through :func:`fused_scan`, whose custom reverse-mode rule stores only the packed
@@ -42,12 +51,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from probdyn.linalg import list_dot as _dot
-from probdyn.linalg import mgs_lower, neg_half_log, safe_rsqrt
+from probdyn.linalg import _tree_sum, ldl_from_cholesky, mgs_lower, neg_half_log, safe_inv
 
 __all__ = [
     "Layout", "pack_state", "unpack_states", "pack_inputs", "first_state", "fused_scan",
-    "filter_states", "smooth_scan", "sample_scan", "finite_guard", "FUSED_MAX_DIM",
+    "mwgs_lower", "stack_scalars", "stack_columns", "fused_scan_last", "filter_states", "filter_last", "smooth_scan", "sample_scan", "finite_guard", "FUSED_MAX_DIM",
 ]
 
 FUSED_MAX_DIM = 4
@@ -57,6 +65,11 @@ compile time of its gradient with it (measured, value+grad compile: 1.2 s for d+
 for 4, 12 s for 5, 80 s for 6; the matrix form compiles in about 3 s at any size)."""
 
 _HALF_LOG2PI = 0.5 * math.log(2 * math.pi)
+
+_MAX_STACK = 8
+"""XLA:CPU fuses a concatenate of at most 8 operands into its producers
+(``kMaxConcatenateArguments``); a step whose packed output is one larger stack is split into
+a kernel per output, and its loop no longer compiles into a single kernel."""
 
 
 class _One:
@@ -80,8 +93,9 @@ def _mul(a, b):
 # Packed layouts
 # ----------------------------------------------------------------------------------
 class Layout(NamedTuple):
-    """Sizes of the packed state ``[m (d), lower(S) (d(d+1)/2), loglik]`` and step input
-    ``[A (d*d), lower(SQ), y (p), H (p*d), lower(SR)]``.
+    """Sizes of the packed filter state ``[m (d), strict_lower(L), D (d), loglik]`` (the
+    covariance is ``L diag(D) L^T``, ``L`` unit lower triangular) and step input
+    ``[A (d*d), strict_lower(L_Q), D_Q (d), y (p), H (p*d), strict_lower(L_R), D_R (p)]``.
 
     ``H`` is ``None`` (the emission matrix is part of each step's input) or a constant
     emission matrix as nested tuples of Python floats, compiled into the step (its zeros
@@ -93,66 +107,145 @@ class Layout(NamedTuple):
     H: tuple | None = None
 
     @property
-    def tri(self):
-        return [(i, j) for i in range(self.d) for j in range(i + 1)]
+    def strict(self):
+        return [(i, j) for i in range(self.d) for j in range(i)]
 
     @property
-    def tri_p(self):
-        return [(i, j) for i in range(self.p) for j in range(i + 1)]
+    def strict_p(self):
+        return [(i, j) for i in range(self.p) for j in range(i)]
 
     @property
     def state_size(self) -> int:
-        return self.d + len(self.tri) + 1
+        return 2 * self.d + len(self.strict) + 1
 
     @property
     def input_size(self) -> int:
         nH = 0 if self.H is not None else self.p * self.d
-        return self.d * self.d + len(self.tri) + self.p + nH + len(self.tri_p)
+        return self.d * self.d + len(self.strict) + self.d + self.p + nH + len(self.strict_p) + self.p
 
 
-def pack_state(lay: Layout, m, S, ll):
-    """(d,), (d, d) lower, () -> packed state (state_size,)."""
-    return jnp.concatenate([m, jnp.stack([S[i, j] for i, j in lay.tri]), jnp.reshape(ll, (1,))])
+def _strict(M, idx):
+    """Strictly-lower entries of (n, k, k) as (n, len(idx))."""
+    return jnp.stack([M[:, i, j] for i, j in idx], axis=1) if idx else M[:, :0, 0]
+
+
+def pack_state(lay: Layout, m, L, D, ll):
+    """(d,), (d, d) unit lower, (d,), () -> packed state (state_size,)."""
+    return jnp.concatenate([m, _strict(L[None], lay.strict)[0], D, jnp.reshape(ll, (1,))])
 
 
 def unpack_states(lay: Layout, s):
-    """Packed states (T, state_size) -> means (T, d), lower factors (T, d, d), logliks (T,)."""
-    d = lay.d
+    """Packed states (T, state_size) -> means (T, d), lower Cholesky factors
+    ``L diag(sqrt D)`` (T, d, d), logliks (T,)."""
+    d, ns = lay.d, len(lay.strict)
     T = s.shape[0]
-    S = jnp.zeros((T, d, d), s.dtype)
-    ii = jnp.array([i for i, _ in lay.tri])
-    jj = jnp.array([j for _, j in lay.tri])
-    S = S.at[:, ii, jj].set(s[:, d : d + len(lay.tri)])
-    return s[:, :d], S, s[:, -1]
+    L = jnp.broadcast_to(jnp.eye(d, dtype=s.dtype), (T, d, d))
+    if ns:
+        L = L.at[:, jnp.array([i for i, _ in lay.strict]), jnp.array([j for _, j in lay.strict])].set(s[:, d : d + ns])
+    D = jnp.maximum(s[:, d + ns : 2 * d + ns], 0.0)
+    return s[:, :d], L * jnp.sqrt(D)[:, None, :], s[:, -1]
 
 
-def pack_inputs(lay: Layout, A, SQ, y, H, SR):
-    """Per-step inputs (n, ...) -> (n, input_size). ``SQ``, ``SR`` lower triangular."""
-    n = y.shape[0]
-    low = lambda M, idx: jnp.stack([M[:, i, j] for i, j in idx], axis=1)  # noqa: E731
-    Hs = [] if lay.H is not None else [H.reshape(n, lay.p * lay.d)]
-    return jnp.concatenate([A.reshape(n, lay.d * lay.d), low(SQ, lay.tri), y, *Hs, low(SR, lay.tri_p)], axis=1)
+def pack_inputs(lay: Layout, A, LQ, DQ, y, H, LR, DR):
+    """Per-step inputs (n, ...) -> (n, input_size). ``LQ``, ``LR`` unit lower triangular,
+    ``DQ`` (n, d), ``DR`` (n, p)."""
+    d, p = lay.d, lay.p
+    cols = [A[:, i, j] for i in range(d) for j in range(d)]
+    cols += [LQ[:, i, j] for i, j in lay.strict] + [DQ[:, i] for i in range(d)] + [y[:, i] for i in range(p)]
+    if lay.H is None:
+        cols += [H[:, i, j] for i in range(p) for j in range(d)]
+    cols += [LR[:, i, j] for i, j in lay.strict_p] + [DR[:, i] for i in range(p)]
+    return stack_columns(cols)
+
+
+def stack_columns(cols: list) -> jax.Array:
+    """``jnp.stack(cols, axis=1)`` for equally long vectors, from stacks of at most eight
+    columns and under 64 bytes a row: XLA:CPU does not fuse a larger minor-axis stack with
+    its producers, and materialises every column first (see :func:`stack_scalars`)."""
+    n = len(cols)
+    k = max(1, min(_MAX_STACK, 63 // jnp.dtype(cols[0].dtype).itemsize))
+    if n <= k:
+        return jnp.stack(cols, axis=1)
+    acc = None
+    for a in range(0, n, k):
+        part = jnp.stack(cols[a : a + k], axis=1)
+        part = jnp.pad(part, ((0, 0), (a, n - a - part.shape[1])))
+        acc = part if acc is None else acc + part
+    return acc
 
 
 # ----------------------------------------------------------------------------------
 # The step
 # ----------------------------------------------------------------------------------
+def _num(v):
+    return 1.0 if v is _ONE else v
+
+
+def _dot(a: list, b: list):
+    """Dot product of lists with ``None`` (zero) and ``_ONE`` entries."""
+    return _tree_sum([None if t is None else _num(t) for t in (_mul(x, y) for x, y in zip(a, b))])
+
+
+def _sub(a, b):
+    if b is None:
+        return a
+    return -_num(b) if a is None else _num(a) - _num(b)
+
+
+def _unit_lower(n: int, idx, vals) -> list:
+    M = [[_ONE if i == j else None for j in range(n)] for i in range(n)]
+    for (i, j), v in zip(idx, vals):
+        M[i][j] = v
+    return M
+
+
+def mwgs_lower(rows: list[list], w: list) -> tuple[list[list], list, list]:
+    """Modified weighted Gram–Schmidt (Thornton & Bierman 1977) on lists of scalars.
+
+    ``W diag(w) W^T = Lu diag(Dd) Lu^T`` for the rows ``W`` and non-negative weights
+    ``w``, with ``Lu`` unit lower triangular. The square-root-free counterpart of
+    :func:`probdyn.linalg.mgs_lower` (same numerics as the square-root form, Bierman 1977,
+    with divisions in place of square roots). Returns ``(Lu, Dd, inv)``, ``inv[i] = 1/Dd[i]``
+    (0 where ``Dd[i] = 0``) for ``i < n - 1``.
+    """
+    n = len(rows)
+    rows = [list(r) for r in rows]
+    Lu = [[None] * n for _ in range(n)]
+    Dd, inv = [], []
+    for i in range(n):
+        wi = [_mul(v, c) for v, c in zip(rows[i], w)]
+        s = _dot(rows[i], wi)
+        Dd.append(s)
+        if i == n - 1 or s is None:
+            inv.append(None)
+            continue
+        r = safe_inv(s)
+        inv.append(r)
+        for j in range(i + 1, n):
+            c = _dot(rows[j], wi)
+            if c is None:
+                continue
+            c = c * r
+            Lu[j][i] = c
+            rows[j] = [_sub(vj, _mul(c, vi)) for vi, vj in zip(rows[i], rows[j])]
+    return Lu, Dd, inv
+
+
 def _step_lists(lay: Layout, s: list, x: list, predict: bool = True) -> list:
     """One predict+update step on lists of scalars (see the module docstring)."""
     d, p = lay.d, lay.p
-    nt = len(lay.tri)
+    ns, nsp = len(lay.strict), len(lay.strict_p)
     m = s[:d]
-    S = [[None] * d for _ in range(d)]
-    for k, (i, j) in enumerate(lay.tri):
-        S[i][j] = s[d + k]
-    ll = s[d + nt]
+    L = _unit_lower(d, lay.strict, s[d : d + ns])
+    D = s[d + ns : 2 * d + ns]
+    ll = s[2 * d + ns]
     o = 0
     A = [[x[o + i * d + j] for j in range(d)] for i in range(d)]
     o += d * d
-    SQ = [[None] * d for _ in range(d)]
-    for k, (i, j) in enumerate(lay.tri):
-        SQ[i][j] = x[o + k]
-    o += nt
+    LQ = _unit_lower(d, lay.strict, x[o : o + ns])
+    o += ns
+    DQ = x[o : o + d]
+    o += d
     y = x[o : o + p]
     o += p
     if lay.H is None:
@@ -160,78 +253,127 @@ def _step_lists(lay: Layout, s: list, x: list, predict: bool = True) -> list:
         o += p * d
     else:
         H = [[None if v == 0 else (_ONE if v == 1 else v) for v in row] for row in lay.H]
-    SR = [[None] * p for _ in range(p)]
-    for k, (i, j) in enumerate(lay.tri_p):
-        SR[i][j] = x[o + k]
+    LR = _unit_lower(p, lay.strict_p, x[o : o + nsp])
+    o += nsp
+    DR = x[o : o + p]
 
     obs = [yi == yi for yi in y]  # False where NaN
     of = [jnp.where(b, 1.0, 0.0).astype(yi.dtype) for b, yi in zip(obs, y)]
+    if _observes_first_state(lay):
+        return _first_state_update(lay, m, L, D, ll, A, LQ, DQ, y[0], DR[0], obs[0], of[0], predict)
     if predict:
         mp = [_dot(A[i], m) for i in range(d)]
-        AS = [[_dot(A[i], [S[k][j] for k in range(d)]) for j in range(d)] for i in range(d)]
-        Q = SQ
+        AL = [[_dot(A[i], [L[k][j] for k in range(d)]) for j in range(d)] for i in range(d)]
+        Q, wQ = LQ, list(DQ)
     else:
-        mp, AS, Q = list(m), [list(r) for r in S], [[None] * d for _ in range(d)]
+        mp, AL, Q, wQ = list(m), [list(r) for r in L], [[] for _ in range(d)], []
     Hm = [[_mul(H[i][j], of[i]) for j in range(d)] for i in range(p)]
-    HAS = [[_dot(Hm[i], [AS[k][j] for k in range(d)]) for j in range(d)] for i in range(p)]
-    HQ = [[_dot(Hm[i], [Q[k][j] for k in range(d)]) for j in range(d)] for i in range(p)]
-    if p == 1:  # missing: the noise row becomes a unit row
-        noise = [[jnp.where(obs[0], SR[0][0], 1.0)]]
-        zeros = [None]
+    HAL = [[_dot(Hm[i], [AL[k][j] for k in range(d)]) for j in range(d)] for i in range(p)]
+    HQ = [[_dot(Hm[i], [Q[k][j] for k in range(d)]) for j in range(len(wQ))] for i in range(p)]
+    if p == 1:  # missing: the noise row becomes a unit-variance row
+        noise, wN, zeros = [[_ONE]], [jnp.where(obs[0], DR[0], 1.0)], [None]
     else:
-        noise = [[_mul(SR[i][j], of[i]) for j in range(p)] + [1.0 - of[i] if j == i else None for j in range(p)]
+        noise = [[_mul(LR[i][j], of[i]) for j in range(p)] + [1.0 - of[i] if j == i else None for j in range(p)]
                  for i in range(p)]
-        zeros = [None] * (2 * p)
-    rows = [noise[i] + HAS[i] + HQ[i] for i in range(p)]
-    rows += [zeros + AS[i] + Q[i] for i in range(d)]
-    L, ss = mgs_lower(rows)
+        wN, zeros = list(DR) + [1.0] * p, [None] * (2 * p)
+    rows = [noise[i] + HAL[i] + HQ[i] for i in range(p)]
+    rows += [zeros + AL[i] + Q[i] for i in range(d)]
+    Lu, Dd, inv = mwgs_lower(rows, wN + list(D) + wQ)
 
-    # innovation e = y - H m_p (observed entries), z = Sy^{-1} e by forward substitution
-    z = []
+    # innovation e = y - H m_p = Lu_yy eps, eps_i ~ N(0, Dd_i) (observed entries)
+    eps = []
     lterm = None
     for i in range(p):
         pred = _dot(Hm[i], mp)
-        e = jnp.where(obs[i], y[i], 0.0) - (0.0 if pred is None else pred)
-        acc = e
+        acc = jnp.where(obs[i], y[i], 0.0) - (0.0 if pred is None else pred)
         for j in range(i):
-            if L[i][j] is not None:
-                acc = acc - L[i][j] * z[j]
-        zi = acc * safe_rsqrt(ss[i])
-        z.append(zi)
-        li = -0.5 * zi * zi + jnp.where(obs[i], neg_half_log(jnp.where(obs[i], ss[i], 1.0)) - _HALF_LOG2PI, 0.0)
+            if Lu[i][j] is not None:
+                acc = acc - Lu[i][j] * eps[j]
+        eps.append(acc)
+        li = -0.5 * acc * acc * inv[i] + jnp.where(obs[i], neg_half_log(jnp.where(obs[i], Dd[i], 1.0)) - _HALF_LOG2PI, 0.0)
         lterm = li if lterm is None else lterm + li
     mn = []
     for i in range(d):
         v = mp[i]
         for j in range(p):
-            if L[p + i][j] is not None:
-                v = L[p + i][j] * z[j] if v is None else v + L[p + i][j] * z[j]
+            if Lu[p + i][j] is not None:
+                v = Lu[p + i][j] * eps[j] if v is None else v + Lu[p + i][j] * eps[j]
         mn.append(v)
-    Sn = [L[p + i][p + j] for i, j in lay.tri]
-    out = mn + Sn + [ll + lterm]
+    out = mn + [Lu[p + i][p + j] for i, j in lay.strict] + [Dd[p + i] for i in range(d)] + [ll + lterm]
     ref = y[0]
-    return [jnp.zeros_like(ref) if v is None else v for v in out]
+    return [jnp.zeros_like(ref) if v is None else jnp.asarray(v, ref.dtype) for v in out]
+
+
+def _observes_first_state(lay: Layout) -> bool:
+    """A scalar observation of the first state (``H = [h, 0, ..., 0]``, static): every
+    Matérn, SHO and Periodic kernel alone."""
+    return lay.p == 1 and lay.H is not None and lay.H[0][0] != 0 and all(v == 0 for v in lay.H[0][1:])
+
+
+def _first_state_update(lay, m, L, D, ll, A, LQ, DQ, y, DR, obs, of, predict):
+    """Predict + update for ``y = h x_0 + r``. With ``P = L diag(D) L^T`` (``L`` unit lower),
+    ``P e_0 = D_0 L e_0``, so the update keeps ``L`` and only shrinks the first pivot:
+    ``D_0 <- D_0 R / (h^2 D_0 + R)``, gain ``K = L e_0 h D_0 / (h^2 D_0 + R)`` (no
+    cancellation anywhere; the time update is one weighted Gram–Schmidt of ``[A L, L_Q]``).
+    Only one division per step is on the recursion's critical path of a 2-state model,
+    against two square roots and two divisions of the joint triangularisation."""
+    d = lay.d
+    if predict:
+        mp = [_dot(A[i], m) for i in range(d)]
+        AL = [[_dot(A[i], [L[k][j] for k in range(d)]) for j in range(d)] for i in range(d)]
+        Lp, Dp, _ = mwgs_lower([AL[i] + LQ[i] for i in range(d)], list(D) + list(DQ))
+        Lp = [[_ONE if i == j else Lp[i][j] for j in range(d)] for i in range(d)]
+    else:
+        mp, Lp, Dp = list(m), L, list(D)
+    hm = lay.H[0][0] * of
+    Rw = jnp.where(obs, DR, 1.0)  # missing: no update (hm = 0) and a unit dummy variance
+    sv = hm * hm * Dp[0] + Rw
+    inv = safe_inv(sv)
+    e = jnp.where(obs, y, 0.0) - hm * mp[0]
+    g = Dp[0] * hm * inv * e
+    mn = [mp[i] + (g if Lp[i][0] is _ONE else (0.0 if Lp[i][0] is None else Lp[i][0] * g)) for i in range(d)]
+    Dn = [Dp[0] * Rw * inv] + list(Dp[1:])
+    lterm = -0.5 * e * e * inv + jnp.where(obs, neg_half_log(jnp.where(obs, sv, 1.0)) - _HALF_LOG2PI, 0.0)
+    out = mn + [Lp[i][j] for i, j in lay.strict] + Dn + [ll + lterm]
+    return [jnp.zeros_like(y) if v is None else jnp.asarray(v, y.dtype) for v in out]
 
 
 def _step(lay: Layout, s, x, predict: bool = True):
     """Packed step: state (state_size,), input (input_size,) -> state."""
     out = _step_lists(lay, [s[i] for i in range(s.shape[0])], [x[i] for i in range(x.shape[0])], predict)
-    return jnp.stack(out)
+    return stack_scalars(out)
 
 
 def first_state(lay: Layout, m0, S0, x0):
-    """Filtered state at t = 0 (update only), packed."""
-    s = pack_state(lay, m0, S0, jnp.zeros((), m0.dtype))
+    """Filtered state at t = 0 (update only), packed, from the prior mean (d,) and lower
+    Cholesky factor (d, d)."""
+    L0, D0 = ldl_from_cholesky(S0)
+    s = pack_state(lay, m0, L0, D0, jnp.zeros((), m0.dtype))
     return _step(lay, s, x0, predict=False)
 
 
 # ----------------------------------------------------------------------------------
 # One scan with a custom reverse-mode rule, for every fused recursion
 # ----------------------------------------------------------------------------------
+def stack_scalars(out: list) -> jax.Array:
+    """``jnp.stack(out)`` for a list of scalars, built from stacks of at most eight
+    (zero-padded and added) so that XLA:CPU keeps the producing step in one kernel
+    (measured, 3-state filter, 10^5 steps: 61 ms -> 6.2 ms)."""
+    n = len(out)
+    if n <= _MAX_STACK:
+        return jnp.stack(out)
+    acc = None
+    for a in range(0, n, _MAX_STACK):
+        part = jnp.stack(out[a : a + _MAX_STACK])
+        part = jnp.pad(part, (a, n - a - part.shape[0]))
+        acc = part if acc is None else acc + part
+    return acc
+
+
 def _packed(step):
     def run(c, x):
         out = step([c[i] for i in range(c.shape[0])], [x[i] for i in range(x.shape[0])])
-        return jnp.stack([jnp.zeros_like(c[0]) if v is None else v for v in out])
+        return stack_scalars([jnp.zeros_like(c[0]) if v is None else v for v in out])
 
     return run
 
@@ -278,7 +420,7 @@ def _fused_scan_bwd(step, reverse, res, g):
         _, pull = jax.vjp(lambda a, b: step(a, b), [c[i] for i in range(ns)], [x[i] for i in range(nx)])
         gcs, gxs = pull([gc[i] for i in range(ns)])
         z = jnp.zeros_like(gc[0])
-        return jnp.stack([z if v is None else v for v in gcs + gxs])
+        return stack_scalars([z if v is None else v for v in gcs + gxs])
 
     def nan_step(gc, c, x):
         return jnp.full((ns + nx,), jnp.nan, gc.dtype)
@@ -303,6 +445,32 @@ def _fused_scan_bwd(step, reverse, res, g):
 _fused_scan.defvjp(_fused_scan_fwd, _fused_scan_bwd)
 
 
+def fused_scan_last(step, s0, X, guard=None):
+    """The last state of :func:`fused_scan` (forward direction), (state_size,), with the
+    same reverse pass. Without differentiation the loop stores no states: XLA:CPU then
+    compiles it into one kernel for larger steps too (its small-loop limit counts the
+    bytes each iteration touches; measured, 3-state filter, 10^5 steps: 15 ms -> 6 ms)."""
+    return _fused_last(step, s0, X, guard)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _fused_last(step, s0, X, guard):
+    run = _packed(step)
+    return jax.lax.scan(lambda c, x: (run(c, x), None), s0, X)[0]
+
+
+def _fused_last_fwd(step, s0, X, guard):
+    states, res = _fused_scan_fwd(step, False, s0, X, guard)
+    return states[-1], res
+
+
+def _fused_last_bwd(step, res, g):
+    return _fused_scan_bwd(step, False, res, jnp.zeros_like(res[0]).at[-1].set(g))
+
+
+_fused_last.defvjp(_fused_last_fwd, _fused_last_bwd)
+
+
 def finite_guard(y) -> jax.Array:
     """``guard`` for :func:`fused_scan` from observations: true unless ``y`` holds an inf.
 
@@ -316,6 +484,11 @@ def filter_states(lay: Layout, s0, X, guard=None):
     """Packed filtered states for t = 0..T-1, (T, state_size), from the t = 0 state and the
     packed inputs (T-1, input_size) of t = 1..T-1. The log-likelihood is ``[-1, -1]``."""
     return fused_scan(partial(_step_lists, lay), s0, X, False, guard)
+
+
+def filter_last(lay: Layout, s0, X, guard=None):
+    """The packed filtered state at t = T-1 only (its last entry is the log-likelihood)."""
+    return fused_scan_last(partial(_step_lists, lay), s0, X, guard)
 
 
 # ----------------------------------------------------------------------------------

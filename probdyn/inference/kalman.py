@@ -40,7 +40,7 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from probdyn.inference import fused
-from probdyn.linalg import psd_cholesky, solve_lower, solve_upper_t, symmetrize, tria, tria_batched
+from probdyn.linalg import ldl_from_cholesky, psd_cholesky, psd_ldl, solve_lower, solve_upper_t, symmetrize, tria, tria_batched
 from probdyn.ssm import LinearGaussianSSM
 
 __all__ = [
@@ -154,6 +154,8 @@ class _Arrays(NamedTuple):
     tv_trans: bool
     tv_emis: bool
     H_static: tuple | None = None  # a constant emission matrix, compiled into the fused step
+    Q: Array | None = None  # the covariances themselves (the fused step factorises them as L D L^T)
+    R: Array | None = None
 
 
 def _static_emission(ssm: LinearGaussianSSM):
@@ -186,7 +188,7 @@ def _arrays(ssm: LinearGaussianSSM, T: int, dtype, H_static=None) -> _Arrays:
     else:
         SR = psd_cholesky(R)
     return _Arrays(c(ssm.initial_mean), psd_cholesky(c(ssm.initial_cov)), A, SQ, H, SR, tv_t, tv_e,
-                   None if tv_e else H_static)
+                   None if tv_e else H_static, Q, R)
 
 
 def _trans(arr: _Arrays, t):
@@ -252,26 +254,38 @@ def _use_fused(arr: _Arrays) -> bool:
     return d + p <= fused.FUSED_MAX_DIM and arr.SQ.shape[-1] == d
 
 
+def _ldl(C, S, n):
+    """``(L, D)`` with ``C = L diag(D) L^T`` for (n, k, k) covariances (or one (k, k),
+    broadcast); from the Cholesky factor ``S`` when ``C`` is not kept."""
+    L, D = psd_ldl(C) if C is not None else ldl_from_cholesky(S)
+    if L.ndim == 2:
+        L, D = jnp.broadcast_to(L, (n,) + L.shape), jnp.broadcast_to(D, (n,) + D.shape)
+    return L, D
+
+
 def _fused_inputs(arr: _Arrays, y):
-    """Packed per-step inputs for t = 1..T-1 and the t = 0 input (see :mod:`fused`)."""
+    """Packed per-step inputs for t = 1..T-1 and the t = 0 state (see :mod:`fused`)."""
     T, d = y.shape[0], arr.m0.shape[0]
     p = y.shape[1]
     lay = fused.Layout(d, p, arr.H_static)
     n = T - 1
-    bt = lambda a, k: a if a.ndim == 3 else jnp.broadcast_to(a, (k,) + a.shape)  # noqa: E731
-    A, SQ = bt(arr.A, n), bt(arr.SQ, n)
-    H, SR = bt(arr.H, T), bt(arr.SR, T)
-    X = fused.pack_inputs(lay, A, SQ, y[1:], H[1:], SR[1:])
+    A = arr.A if arr.A.ndim == 3 else jnp.broadcast_to(arr.A, (n,) + arr.A.shape)
+    H = arr.H if arr.H.ndim == 3 else jnp.broadcast_to(arr.H, (T,) + arr.H.shape)
+    LQ, DQ = _ldl(arr.Q, arr.SQ, n)
+    LR, DR = _ldl(arr.R, arr.SR, T)
+    X = fused.pack_inputs(lay, A, LQ, DQ, y[1:], H[1:], LR[1:], DR[1:])
     z = jnp.zeros((1, d, d), y.dtype)
-    x0 = fused.pack_inputs(lay, z, z, y[:1], H[:1], SR[:1])[0]
+    x0 = fused.pack_inputs(lay, z, z, jnp.zeros((1, d), y.dtype), y[:1], H[:1], LR[:1], DR[:1])[0]
     return lay, fused.first_state(lay, arr.m0, arr.S0, x0), X
 
 
 def _filter_sequential(arr: _Arrays, y, keep: bool = True):
     if _use_fused(arr):
         lay, s0, X = _fused_inputs(arr, y)
+        if not keep:
+            return None, None, fused.filter_last(lay, s0, X, fused.finite_guard(y))[-1]
         ms, Ss, lls = fused.unpack_states(lay, fused.filter_states(lay, s0, X, fused.finite_guard(y)))
-        return (ms, Ss, lls[-1]) if keep else (None, None, lls[-1])
+        return ms, Ss, lls[-1]
     H0, SR0 = _emis(arr, 0)
     m, S, ll = update(arr.m0, arr.S0, H0, SR0, y[0])
 
