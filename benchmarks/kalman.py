@@ -1,10 +1,10 @@
-"""Benchmark: Matern-3/2 Markov-GP log-likelihood (and value+gradient) on irregular times.
+"""Benchmark: Matern-3/2 (or -5/2) Markov-GP log-likelihood (and value+gradient) on irregular times.
 
 probdyn (sequential square-root filter; parallel associative scan) vs tinygp's
 quasiseparable GaussianProcess, dynamax's ``lgssm_filter`` and a dense Cholesky GP
 (N <= 5000), float64 on CPU. Prints medians (ms) and ratios from one run.
 
-    python benchmarks/kalman.py [--sizes 1000 10000 100000] [--repeats 7]
+    python benchmarks/kalman.py [--sizes 1000 10000 100000] [--repeats 11] [--kernel Matern52]
 """
 
 from __future__ import annotations
@@ -39,23 +39,23 @@ def median_ms(fn, *args, repeats=7):
     return 1e3 * float(np.median(ts))
 
 
-def make_fns(t, y):
+def make_fns(t, y, kname="Matern32"):
     import tinygp
     from tinygp.kernels import quasisep as qs
 
     def pd(parallel):
         def ll(p):
-            k = kernels.Matern32(jnp.exp(p[0]), jnp.exp(p[1]))
+            k = getattr(kernels, kname)(jnp.exp(p[0]), jnp.exp(p[1]))
             return MarkovGP(k, t, noise=jnp.exp(p[2])).log_likelihood(y, parallel=parallel)
 
         return ll
 
     def tg(p):
-        k = qs.Matern32(scale=jnp.exp(p[0]), sigma=jnp.exp(0.5 * p[1]))
+        k = getattr(qs, kname)(scale=jnp.exp(p[0]), sigma=jnp.exp(0.5 * p[1]))
         return tinygp.GaussianProcess(k, t, diag=jnp.exp(p[2])).log_probability(y)
 
     def dense(p):
-        k = kernels.Matern32(jnp.exp(p[0]), jnp.exp(p[1]))
+        k = getattr(kernels, kname)(jnp.exp(p[0]), jnp.exp(p[1]))
         K = k.covariance(t) + jnp.exp(p[2]) * jnp.eye(t.shape[0])
         L = jnp.linalg.cholesky(K)
         z = jax.scipy.linalg.solve_triangular(L, y, lower=True)
@@ -64,7 +64,7 @@ def make_fns(t, y):
     def dyn(p):
         from dynamax.linear_gaussian_ssm.inference import ParamsLGSSM, lgssm_filter
 
-        k = kernels.Matern32(jnp.exp(p[0]), jnp.exp(p[1]))
+        k = getattr(kernels, kname)(jnp.exp(p[0]), jnp.exp(p[1]))
         A, Q = k.discretise(jnp.diff(t))
         # dynamax's filter predicts z_t from z_{t-1} with dynamics[t]; index 0 is unused.
         A = jnp.concatenate([A[:1], A])
@@ -75,7 +75,7 @@ def make_fns(t, y):
             ParamsLGSSMInitial,
         )
 
-        d = 2
+        d = k.stationary_cov().shape[0]
         params = ParamsLGSSM(
             initial=ParamsLGSSMInitial(mean=jnp.zeros(d), cov=k.stationary_cov()),
             dynamics=ParamsLGSSMDynamics(weights=A, bias=jnp.zeros(d), input_weights=jnp.zeros((d, 0)), cov=Q),
@@ -94,10 +94,11 @@ def main():
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
     ap.add_argument("--repeats", type=int, default=11)
     ap.add_argument("--dense-max", type=int, default=5000)
+    ap.add_argument("--kernel", default="Matern32", choices=["Matern32", "Matern52"])
     ap.add_argument("--par-max", type=int, default=10000,
                     help="largest N for the parallel schedule (its reverse pass at 1e5 exhausts 24 GB here)")
     args = ap.parse_args()
-    print(f"# Matern32 MarkovGP, float64, {jax.default_backend()} ({platform.processor() or platform.machine()}, "
+    print(f"# {args.kernel} MarkovGP, float64, {jax.default_backend()} ({platform.processor() or platform.machine()}, "
           f"{jax.device_count()} device(s), jax {jax.__version__})")
     rng = np.random.default_rng(0)
     p = jnp.array([0.3, 0.0, -2.0])
@@ -105,7 +106,7 @@ def main():
     for N in args.sizes:
         t = jnp.asarray(np.sort(rng.uniform(0, N / 10, N)))
         y = jnp.asarray(np.sin(np.asarray(t)) + 0.1 * rng.normal(size=N))
-        fns = make_fns(t, y)
+        fns = make_fns(t, y, args.kernel)
         ref = float(jax.jit(fns["tinygp quasisep"])(p))
         for name, fn in fns.items():
             if (name == "dense" and N > args.dense_max) or (name == "probdyn (par)" and N > args.par_max):
