@@ -1,8 +1,8 @@
 """Benchmark: Matern-3/2 (or -5/2) Markov-GP log-likelihood (and value+gradient) on irregular times.
 
-probdyn (sequential square-root filter; parallel associative scan) vs tinygp's
+probdyn (sequential factored filter; parallel associative scan) vs tinygp's
 quasiseparable GaussianProcess, dynamax's ``lgssm_filter`` and a dense Cholesky GP
-(N <= 5000), float64 on CPU. Prints medians (ms) and ratios from one run.
+(N <= 5000), float64 on CPU. Prints medians (ms) of interleaved rounds and ratios from one run.
 
     python benchmarks/kalman.py [--sizes 1000 10000 100000] [--repeats 11] [--kernel Matern52]
 """
@@ -29,14 +29,19 @@ import numpy as np  # noqa: E402
 from probdyn import MarkovGP, kernels  # noqa: E402
 
 
-def median_ms(fn, *args, repeats=7):
-    jax.block_until_ready(fn(*args))  # compile + warm up
-    ts = []
+def interleaved_median_ms(fns: dict, *args, repeats=11) -> dict:
+    """Median wall time (ms) of each compiled function, timed in interleaved rounds (each
+    round calls every function once), so that a noisy stretch of a shared machine hits all
+    implementations alike instead of one of them."""
+    for fn in fns.values():
+        jax.block_until_ready(fn(*args))  # compile + warm up
+    ts = {k: [] for k in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        ts.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(ts))
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            ts[k].append(time.perf_counter() - t0)
+    return {k: 1e3 * float(np.median(v)) for k, v in ts.items()}
 
 
 def make_fns(t, y, kname="Matern32"):
@@ -108,14 +113,16 @@ def main():
         y = jnp.asarray(np.sin(np.asarray(t)) + 0.1 * rng.normal(size=N))
         fns = make_fns(t, y, args.kernel)
         ref = float(jax.jit(fns["tinygp quasisep"])(p))
+        fns = {k: f for k, f in fns.items()
+               if not ((k == "dense" and N > args.dense_max) or (k == "probdyn (par)" and N > args.par_max))}
+        lls = interleaved_median_ms({k: jax.jit(f) for k, f in fns.items()}, p, repeats=args.repeats)
+        print(f"  done N={N} log-likelihoods", flush=True)
+        vgs = interleaved_median_ms({k: jax.jit(jax.value_and_grad(f)) for k, f in fns.items()}, p,
+                                    repeats=args.repeats)
+        print(f"  done N={N} values+gradients", flush=True)
         for name, fn in fns.items():
-            if (name == "dense" and N > args.dense_max) or (name == "probdyn (par)" and N > args.par_max):
-                continue
             val = float(jax.jit(fn)(p))
-            ll = median_ms(jax.jit(fn), p, repeats=args.repeats)
-            vg = median_ms(jax.jit(jax.value_and_grad(fn)), p, repeats=args.repeats)
-            rows.append((N, name, ll, vg, abs(val - ref) / abs(ref)))
-            print(f"  done N={N} {name}", flush=True)
+            rows.append((N, name, lls[name], vgs[name], abs(val - ref) / abs(ref)))
     base = {(r[0]): (r[2], r[3]) for r in rows if r[1] == "tinygp quasisep"}
     print("\n| N | implementation | loglik (ms) | ratio vs tinygp | value+grad (ms) | ratio vs tinygp | rel. diff of loglik |")
     print("|---|---|---|---|---|---|---|")
