@@ -55,7 +55,8 @@ from probdyn.linalg import _tree_sum, ldl_from_cholesky, mgs_lower, neg_half_log
 
 __all__ = [
     "Layout", "pack_state", "unpack_states", "pack_inputs", "first_state", "fused_scan",
-    "mwgs_lower", "stack_scalars", "stack_columns", "fused_scan_last", "filter_states", "filter_last", "smooth_scan", "sample_scan", "finite_guard", "FUSED_MAX_DIM",
+    "mwgs_lower", "stack_scalars", "stack_columns", "fused_scan_last", "filter_states", "filter_last",
+    "smooth_scan", "sample_scan", "finite_guard", "FUSED_MAX_DIM",
 ]
 
 FUSED_MAX_DIM = 4
@@ -124,14 +125,9 @@ class Layout(NamedTuple):
         return self.d * self.d + len(self.strict) + self.d + self.p + nH + len(self.strict_p) + self.p
 
 
-def _strict(M, idx):
-    """Strictly-lower entries of (n, k, k) as (n, len(idx))."""
-    return jnp.stack([M[:, i, j] for i, j in idx], axis=1) if idx else M[:, :0, 0]
-
-
 def pack_state(lay: Layout, m, L, D, ll):
     """(d,), (d, d) unit lower, (d,), () -> packed state (state_size,)."""
-    return jnp.concatenate([m, _strict(L[None], lay.strict)[0], D, jnp.reshape(ll, (1,))])
+    return jnp.stack(list(m) + [L[i, j] for i, j in lay.strict] + list(D) + [jnp.asarray(ll, m.dtype)])
 
 
 def unpack_states(lay: Layout, s):
@@ -162,14 +158,21 @@ def stack_columns(cols: list) -> jax.Array:
     """``jnp.stack(cols, axis=1)`` for equally long vectors, from stacks of at most eight
     columns and under 64 bytes a row: XLA:CPU does not fuse a larger minor-axis stack with
     its producers, and materialises every column first (see :func:`stack_scalars`)."""
-    n = len(cols)
-    k = max(1, min(_MAX_STACK, 63 // jnp.dtype(cols[0].dtype).itemsize))
+    return _grouped_stack(cols, 1, max(1, min(_MAX_STACK, 63 // jnp.dtype(cols[0].dtype).itemsize)))
+
+
+def _grouped_stack(items: list, axis: int, k: int) -> jax.Array:
+    """``jnp.stack(items, axis)`` assembled from stacks of at most ``k`` items, each
+    zero-padded to full length along ``axis`` and added."""
+    n = len(items)
     if n <= k:
-        return jnp.stack(cols, axis=1)
+        return jnp.stack(items, axis=axis)
     acc = None
     for a in range(0, n, k):
-        part = jnp.stack(cols[a : a + k], axis=1)
-        part = jnp.pad(part, ((0, 0), (a, n - a - part.shape[1])))
+        part = jnp.stack(items[a : a + k], axis=axis)
+        widths = [(0, 0)] * part.ndim
+        widths[axis] = (a, n - a - part.shape[axis])
+        part = jnp.pad(part, widths)
         acc = part if acc is None else acc + part
     return acc
 
@@ -231,6 +234,12 @@ def mwgs_lower(rows: list[list], w: list) -> tuple[list[list], list, list]:
     return Lu, Dd, inv
 
 
+def _propagate(A: list, m: list, L: list) -> tuple[list, list]:
+    """``A m`` and ``A L`` on lists of scalars (the prediction of mean and factor)."""
+    d = len(m)
+    return [_dot(A[i], m) for i in range(d)], [[_dot(A[i], [L[k][j] for k in range(d)]) for j in range(d)] for i in range(d)]
+
+
 def _step_lists(lay: Layout, s: list, x: list, predict: bool = True) -> list:
     """One predict+update step on lists of scalars (see the module docstring)."""
     d, p = lay.d, lay.p
@@ -262,8 +271,7 @@ def _step_lists(lay: Layout, s: list, x: list, predict: bool = True) -> list:
     if _observes_first_state(lay):
         return _first_state_update(lay, m, L, D, ll, A, LQ, DQ, y[0], DR[0], obs[0], of[0], predict)
     if predict:
-        mp = [_dot(A[i], m) for i in range(d)]
-        AL = [[_dot(A[i], [L[k][j] for k in range(d)]) for j in range(d)] for i in range(d)]
+        mp, AL = _propagate(A, m, L)
         Q, wQ = LQ, list(DQ)
     else:
         mp, AL, Q, wQ = list(m), [list(r) for r in L], [[] for _ in range(d)], []
@@ -319,8 +327,7 @@ def _first_state_update(lay, m, L, D, ll, A, LQ, DQ, y, DR, obs, of, predict):
     against two square roots and two divisions of the joint triangularisation."""
     d = lay.d
     if predict:
-        mp = [_dot(A[i], m) for i in range(d)]
-        AL = [[_dot(A[i], [L[k][j] for k in range(d)]) for j in range(d)] for i in range(d)]
+        mp, AL = _propagate(A, m, L)
         Lp, Dp, _ = mwgs_lower([AL[i] + LQ[i] for i in range(d)], list(D) + list(DQ))
         Lp = [[_ONE if i == j else Lp[i][j] for j in range(d)] for i in range(d)]
     else:
@@ -359,15 +366,7 @@ def stack_scalars(out: list) -> jax.Array:
     """``jnp.stack(out)`` for a list of scalars, built from stacks of at most eight
     (zero-padded and added) so that XLA:CPU keeps the producing step in one kernel
     (measured, 3-state filter, 10^5 steps: 61 ms -> 6.2 ms)."""
-    n = len(out)
-    if n <= _MAX_STACK:
-        return jnp.stack(out)
-    acc = None
-    for a in range(0, n, _MAX_STACK):
-        part = jnp.stack(out[a : a + _MAX_STACK])
-        part = jnp.pad(part, (a, n - a - part.shape[0]))
-        acc = part if acc is None else acc + part
-    return acc
+    return _grouped_stack(out, 0, _MAX_STACK)
 
 
 def _packed(step):

@@ -40,7 +40,7 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from probdyn.inference import fused
-from probdyn.linalg import ldl_from_cholesky, psd_cholesky, psd_ldl, solve_lower, solve_upper_t, symmetrize, tria, tria_batched
+from probdyn.linalg import psd_cholesky, psd_ldl, solve_lower, solve_upper_t, symmetrize, tria, tria_batched
 from probdyn.ssm import LinearGaussianSSM
 
 __all__ = [
@@ -154,7 +154,7 @@ class _Arrays(NamedTuple):
     tv_trans: bool
     tv_emis: bool
     H_static: tuple | None = None  # a constant emission matrix, compiled into the fused step
-    Q: Array | None = None  # the covariances themselves (the fused step factorises them as L D L^T)
+    Q: Array | None = None  # the covariances themselves (the fused filter factorises them as L D L^T)
     R: Array | None = None
 
 
@@ -254,10 +254,10 @@ def _use_fused(arr: _Arrays) -> bool:
     return d + p <= fused.FUSED_MAX_DIM and arr.SQ.shape[-1] == d
 
 
-def _ldl(C, S, n):
+def _ldl(C, n):
     """``(L, D)`` with ``C = L diag(D) L^T`` for (n, k, k) covariances (or one (k, k),
-    broadcast); from the Cholesky factor ``S`` when ``C`` is not kept."""
-    L, D = psd_ldl(C) if C is not None else ldl_from_cholesky(S)
+    broadcast to n)."""
+    L, D = psd_ldl(C)
     if L.ndim == 2:
         L, D = jnp.broadcast_to(L, (n,) + L.shape), jnp.broadcast_to(D, (n,) + D.shape)
     return L, D
@@ -271,8 +271,8 @@ def _fused_inputs(arr: _Arrays, y):
     n = T - 1
     A = arr.A if arr.A.ndim == 3 else jnp.broadcast_to(arr.A, (n,) + arr.A.shape)
     H = arr.H if arr.H.ndim == 3 else jnp.broadcast_to(arr.H, (T,) + arr.H.shape)
-    LQ, DQ = _ldl(arr.Q, arr.SQ, n)
-    LR, DR = _ldl(arr.R, arr.SR, T)
+    LQ, DQ = _ldl(arr.Q, n)
+    LR, DR = _ldl(arr.R, T)
     X = fused.pack_inputs(lay, A, LQ, DQ, y[1:], H[1:], LR[1:], DR[1:])
     z = jnp.zeros((1, d, d), y.dtype)
     x0 = fused.pack_inputs(lay, z, z, jnp.zeros((1, d), y.dtype), y[:1], H[:1], LR[:1], DR[:1])[0]
