@@ -8,8 +8,8 @@ inference engines that fit them, all built on one linear-Gaussian state-space en
 from probdyn import kernels
 from probdyn.gp import MarkovGP
 from probdyn.inference import kalman
-from probdyn.ssm import LinearGaussianSSM, LTISDE, discretise
+from probdyn.ssm import LinearGaussianSSM, LTISDE, TransitionBasis, discretise
 
 __version__ = "0.1.0"
 
-__all__ = ["kernels", "kalman", "MarkovGP", "LinearGaussianSSM", "LTISDE", "discretise"]
+__all__ = ["kernels", "kalman", "MarkovGP", "LinearGaussianSSM", "LTISDE", "TransitionBasis", "discretise"]

@@ -167,7 +167,7 @@ class MarkovGPDistribution(_KalmanDistribution):
         from probdyn.gp import MarkovGP  # local: gp.py imports this module lazily too
 
         nz = noise[0] if noise.shape[-1] == 1 else noise
-        return MarkovGP(kernel, self.times, nz).to_ssm()
+        return MarkovGP(kernel, self.times, nz).to_ssm(transition_basis=True)
 
     def _batched(self, shape):
         k = jax.tree.map(lambda x: jnp.broadcast_to(x, shape) if eqx.is_array(x) else x, self.kernel)

@@ -58,14 +58,15 @@ class MarkovGP(eqx.Module):
             return jnp.broadcast_to(jnp.asarray(self.mean(t)), jnp.shape(t))
         return jnp.broadcast_to(self.mean, jnp.shape(t))
 
-    def _ssm(self, times, noise) -> LinearGaussianSSM:
+    def _ssm(self, times, noise, transition_basis: bool = True) -> LinearGaussianSSM:
         k = self.kernel
         P = k.stationary_cov()
         dtype = jnp.result_type(P, times)
-        A, Q = k.discretise(jnp.diff(times))
+        basis = k.transition_basis(jnp.diff(times)) if transition_basis else None
+        A, Q = k.discretise(jnp.diff(times)) if basis is None else basis.dense()
         R = noise.reshape(-1, 1, 1) if noise.ndim == 1 else noise.reshape(1, 1)
         d = P.shape[0]
-        return LinearGaussianSSM(jnp.zeros(d, dtype), P, A, Q, k.observation(), R.astype(dtype))
+        return LinearGaussianSSM(jnp.zeros(d, dtype), P, A, Q, k.observation(), R.astype(dtype), basis)
 
     def numpyro_dist(self, parallel: bool | None = None):
         """This GP's observation model as a numpyro distribution
@@ -74,9 +75,14 @@ class MarkovGP(eqx.Module):
 
         return MarkovGPDistribution.from_gp(self, parallel=parallel)
 
-    def to_ssm(self) -> LinearGaussianSSM:
-        """The exact state-space model on ``times`` (state dim = ``kernel.state_dim``)."""
-        return self._ssm(self.times, self.noise)
+    def to_ssm(self, transition_basis: bool = False) -> LinearGaussianSSM:
+        """The exact state-space model on ``times`` (state dim = ``kernel.state_dim``).
+
+        ``transition_basis=True`` also attaches the kernel's coefficient form of the
+        transitions (:class:`probdyn.ssm.TransitionBasis`, Matérn kernels), which the
+        sequential filter reads instead of the dense arrays; leave it off for a model whose
+        arrays you will change."""
+        return self._ssm(self.times, self.noise, transition_basis)
 
     def _check_y(self, y):
         y = jnp.asarray(y)
@@ -95,7 +101,7 @@ class MarkovGP(eqx.Module):
 
     @eqx.filter_jit
     def _log_likelihood(self, y, parallel: bool):
-        return kalman.log_likelihood(self.to_ssm(), (y - self.mean_at(self.times))[:, None], parallel=parallel)
+        return kalman.log_likelihood(self._ssm(self.times, self.noise), (y - self.mean_at(self.times))[:, None], parallel=parallel)
 
     def _merged(self, y, test_times):
         """Data and test times on one sorted grid (test points are missing values)."""

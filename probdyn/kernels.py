@@ -28,7 +28,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from probdyn.linalg import block_diag, kron, symmetrize
-from probdyn.ssm import LTISDE
+from probdyn.ssm import LTISDE, TransitionBasis
 
 __all__ = [
     "Kernel",
@@ -103,6 +103,11 @@ class Kernel(eqx.Module):
         """``(A_k, Q_k)`` for each step size in ``dts``."""
         return jax.vmap(self.transition)(dts), jax.vmap(self.process_cov)(dts)
 
+    def transition_basis(self, dts: Float[Array, " n"]) -> TransitionBasis | None:
+        """``(A_k, Q_k)`` in coefficient form (:class:`probdyn.ssm.TransitionBasis`) where
+        the kernel has one (the Matérn family), else ``None``."""
+        return None
+
     def covariance(self, t1: Float[Array, " n"], t2: Float[Array, " m"] | None = None) -> Float[Array, "n m"]:
         """Dense Gram matrix ``K[i, j] = k(|t1[i] - t2[j]|)`` (for checks and small N)."""
         t1 = jnp.asarray(t1)
@@ -135,36 +140,34 @@ def _nilpotent(p: int) -> np.ndarray:
     return Fn + np.eye(d)
 
 
-def _lower_gamma_regs(nmax: int, z):
+def _lower_gamma_regs(nmax: int, z, ez=None):
     """Regularised lower incomplete gammas ``[P(1, z), ..., P(nmax, z)]`` (integer orders),
     accurate for small ``z`` too; all orders share one set of Poisson terms.
 
     ``P(n, z) = sum_{j>=n} t_j`` with ``t_j = e^{-z} z^j / j!``: for ``z < 1`` the tail of
     ``P(nmax, z)`` by a 16-term Horner series (remainder below 1/17! relative) and the lower
     orders by adding ``t_n`` (positive terms only), else ``1 - sum_{j<n} t_j`` (no
-    cancellation beyond ``P(n, 1) >= 1e-4`` for ``n <= 6``). One exponential for both.
+    cancellation beyond ``P(n, 1) >= 1e-4`` for ``n <= 6``). One exponential for both
+    (``ez = exp(-z)`` when the caller has it); the exponential and the series are
+    materialised once (see :func:`_materialised`), so each output costs a few products.
     """
     small = z < 1.0
-    ez = jnp.exp(-z)
-    e1 = math.exp(-1.0)
-    zs, es = jnp.where(small, z, 1.0), jnp.where(small, ez, e1)
-    zl, el = jnp.where(small, 1.0, z), jnp.where(small, e1, ez)
-    t = [es]
-    for j in range(1, nmax + 1):
-        t.append(t[-1] * (zs * (1.0 / j)))
+    ez = _materialised(jnp.exp(-z) if ez is None else ez, z)
+    zs = jnp.where(small, z, 1.0)  # the series only where it is used (no overflow elsewhere)
     h = jnp.ones_like(zs)
     for j in range(nmax + 16, nmax, -1):
         h = 1.0 + h * (zs * (1.0 / j))
+    h = _materialised(h, z)
+    t = [ez]
+    for j in range(1, nmax + 1):
+        t.append(t[-1] * (z * (1.0 / j)))
     tails = [None] * (nmax + 1)
     tails[nmax] = t[nmax] * h
     for n in range(nmax - 1, 0, -1):
         tails[n] = tails[n + 1] + t[n]
-    tl = [el]
-    for j in range(1, nmax):
-        tl.append(tl[-1] * (zl * (1.0 / j)))
-    out, head = [], jnp.zeros_like(zl)
+    out, head = [], jnp.zeros_like(z)
     for n in range(1, nmax + 1):
-        head = head + tl[n - 1]
+        head = head + t[n - 1]
         out.append(jnp.where(small, tails[n], 1.0 - head))
     return out
 
@@ -237,25 +240,25 @@ class _Matern(Kernel):
     def process_cov(self, dt):
         return self.discretise(jnp.reshape(dt, (1,)))[1][0]
 
+    def transition_basis(self, dts: Float[Array, " n"]) -> TransitionBasis:
+        """The closed forms of ``(A_k, Q_k)`` (see :meth:`_coefficients`) as a
+        :class:`probdyn.ssm.TransitionBasis`: coefficients ``x^k e^{-x}`` and
+        ``variance * P(n+1, 2x)`` (``x = lam dt``) of constant matrices."""
+        Ak, Qn = self._coefficients()
+        dtype = jnp.result_type(self.lengthscale, dts)
+        x = (self.rate * jnp.asarray(dts)).astype(dtype)
+        e = _materialised(jnp.exp(-x), x)
+        cA = [e]
+        for _ in range(1, len(Ak)):
+            cA.append(cA[-1] * x)
+        cQ = [self.variance * g for g in _lower_gamma_regs(len(Qn), 2.0 * x, e * e)]
+        static = lambda M: tuple(tuple(float(v) for v in row) for row in M)  # noqa: E731
+        return TransitionBasis(tuple(cA), tuple(cQ), tuple(map(static, Ak)), tuple(map(static, Qn)))
+
     def discretise(self, dts):
         """Closed forms of ``(A_k, Q_k)`` for a vector of steps, elementwise (see
         :meth:`_coefficients`)."""
-        Ak, Qn = self._coefficients()
-        d = self.order + 1
-        dtype = jnp.result_type(self.lengthscale, dts)
-        x = (self.rate * jnp.asarray(dts)).astype(dtype)  # scalar functions on (n,), then assemble
-        e = jnp.exp(-x)
-        F_A = [e]
-        for _ in range(1, d):
-            F_A.append(F_A[-1] * x)
-        F_Q = _lower_gamma_regs(len(Qn), 2.0 * x)
-        # Each entry is a constant combination of the scalar functions. ``_materialised``
-        # makes XLA evaluate each function once: fused into the (n, d, d) outputs, the
-        # series would be re-evaluated for every matrix entry.
-        F_Q = [_materialised(g, x) for g in F_Q]
-        A = sum(f[:, None, None] * jnp.asarray(c, dtype) for f, c in zip(F_A, Ak))
-        Q = sum(f[:, None, None] * jnp.asarray(c, dtype) for f, c in zip(F_Q, Qn))
-        return A, self.variance * Q
+        return self.transition_basis(dts).dense()
 
 
 def _unit(d):

@@ -21,7 +21,7 @@ from jaxtyping import Array, Float
 
 __all__ = [
     "tria", "tria_batched", "mgs_lower", "list_dot", "psd_cholesky", "solve_lower", "solve_upper_t",
-    "block_diag", "kron", "symmetrize", "safe_sqrt", "safe_rsqrt", "safe_inv", "neg_half_log", "psd_ldl", "ldl_from_cholesky",
+    "block_diag", "kron", "symmetrize", "safe_sqrt", "safe_rsqrt", "safe_inv", "neg_half_log", "psd_ldl", "ldl_lists", "ldl_from_cholesky",
 ]
 
 UNROLL_MAX = 24
@@ -101,6 +101,10 @@ def _tree_sum(xs):
     while len(xs) > 1:  # pairwise: halves the dependency chain of a linear sum
         xs = [xs[i] + xs[i + 1] if i + 1 < len(xs) else xs[i] for i in range(0, len(xs), 2)]
     return xs[0]
+
+
+def _minus(a, b):
+    return a if b is None else a - b
 
 
 def _mul(a, b):
@@ -211,19 +215,29 @@ def psd_ldl(P: Float[Array, "... d d"]) -> tuple[Float[Array, "... d d"], Float[
     if d > UNROLL_MAX:
         return ldl_from_cholesky(jnp.vectorize(psd_cholesky, signature="(d,d)->(d,d)")(P))
     P = symmetrize(P)
-    eps16 = 16 * jnp.finfo(P.dtype).eps
+    L, D = ldl_lists([[P[..., i, j] for j in range(i + 1)] for i in range(d)])
     zero, one = jnp.zeros(P.shape[:-2], P.dtype), jnp.ones(P.shape[:-2], P.dtype)
-    L = [[zero] * d for _ in range(d)]
+    rows = [[one if i == j else (L[i][j] if j < i else zero) for j in range(d)] for i in range(d)]
+    return jnp.stack([jnp.stack(row, -1) for row in rows], -2), jnp.stack(D, -1)
+
+
+def ldl_lists(P: list[list]) -> tuple[list[list], list]:
+    """:func:`psd_ldl` on a lower triangle given as lists of equally shaped arrays (or
+    scalars), ``P[i][j]`` for ``j <= i``: returns the strict lower part of ``L`` as
+    ``L[i][j]`` (``j < i``) and ``D`` as a list. Same pivot rule as :func:`psd_ldl` (used by
+    it and by the fused Kalman step, which factorises each step's process noise in-step)."""
+    d = len(P)
+    eps16 = 16 * jnp.finfo(jnp.result_type(P[0][0])).eps
+    L = [[None] * i for i in range(d)]
     D = []
     for j in range(d):
-        s = P[..., j, j] - sum((L[j][k] * L[j][k] * D[k] for k in range(j)), zero)
-        ok = s > eps16 * jnp.abs(P[..., j, j])
+        s = _minus(P[j][j], _tree_sum([L[j][k] * L[j][k] * D[k] for k in range(j)]))
+        ok = s > eps16 * jnp.abs(P[j][j])
         D.append(jnp.where(ok, s, 0.0))
-        L[j][j] = one
         for i in range(j + 1, d):
-            col = P[..., i, j] - sum((L[i][k] * L[j][k] * D[k] for k in range(j)), zero)
+            col = _minus(P[i][j], _tree_sum([L[i][k] * L[j][k] * D[k] for k in range(j)]))
             L[i][j] = _safe_div(col, s, ok)
-    return jnp.stack([jnp.stack(row, -1) for row in L], -2), jnp.stack(D, -1)
+    return L, D
 
 
 def ldl_from_cholesky(S: Float[Array, "... d d"]) -> tuple[Float[Array, "... d d"], Float[Array, "... d"]]:

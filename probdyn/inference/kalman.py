@@ -41,7 +41,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from probdyn.inference import fused
 from probdyn.linalg import psd_cholesky, psd_ldl, solve_lower, solve_upper_t, symmetrize, tria, tria_batched
-from probdyn.ssm import LinearGaussianSSM
+from probdyn.ssm import LinearGaussianSSM, TransitionBasis
 
 __all__ = [
     "FilterResult",
@@ -156,6 +156,7 @@ class _Arrays(NamedTuple):
     H_static: tuple | None = None  # a constant emission matrix, compiled into the fused step
     Q: Array | None = None  # the covariances themselves (the fused filter factorises them as L D L^T)
     R: Array | None = None
+    basis: TransitionBasis | None = None  # (A, Q) in coefficient form, read by the fused filter
 
 
 def _static_emission(ssm: LinearGaussianSSM):
@@ -187,8 +188,11 @@ def _arrays(ssm: LinearGaussianSSM, T: int, dtype, H_static=None) -> _Arrays:
         SR = jax.vmap(psd_cholesky)(R)
     else:
         SR = psd_cholesky(R)
+    basis = ssm.transition_basis
+    if basis is not None:
+        basis = TransitionBasis(tuple(map(c, basis.a)), tuple(map(c, basis.q)), basis.basis_a, basis.basis_q)
     return _Arrays(c(ssm.initial_mean), psd_cholesky(c(ssm.initial_cov)), A, SQ, H, SR, tv_t, tv_e,
-                   None if tv_e else H_static, Q, R)
+                   None if tv_e else H_static, Q, R, basis)
 
 
 def _trans(arr: _Arrays, t):
@@ -267,15 +271,20 @@ def _fused_inputs(arr: _Arrays, y):
     """Packed per-step inputs for t = 1..T-1 and the t = 0 state (see :mod:`fused`)."""
     T, d = y.shape[0], arr.m0.shape[0]
     p = y.shape[1]
-    lay = fused.Layout(d, p, arr.H_static)
+    b = arr.basis
+    lay = fused.Layout(d, p, arr.H_static, None if b is None else (b.basis_a, b.basis_q))
     n = T - 1
-    A = arr.A if arr.A.ndim == 3 else jnp.broadcast_to(arr.A, (n,) + arr.A.shape)
     H = arr.H if arr.H.ndim == 3 else jnp.broadcast_to(arr.H, (T,) + arr.H.shape)
-    LQ, DQ = _ldl(arr.Q, n)
     LR, DR = _ldl(arr.R, T)
-    X = fused.pack_inputs(lay, A, LQ, DQ, y[1:], H[1:], LR[1:], DR[1:])
-    z = jnp.zeros((1, d, d), y.dtype)
-    x0 = fused.pack_inputs(lay, z, z, jnp.zeros((1, d), y.dtype), y[:1], H[:1], LR[:1], DR[:1])[0]
+    if b is None:
+        A = arr.A if arr.A.ndim == 3 else jnp.broadcast_to(arr.A, (n,) + arr.A.shape)
+        trans = fused.transition_columns(lay, A, *_ldl(arr.Q, n))
+    else:
+        trans = list(b.a) + list(b.q)
+    X = fused.pack_inputs(lay, trans, y[1:], H[1:], LR[1:], DR[1:])
+    z = [jnp.zeros((1,), y.dtype)] * lay.transition_size  # t = 0 has no transition
+    x0 = fused.pack_inputs(lay, z, y[:1], H[:1], LR[:1], DR[:1])
+    x0 = [c[0] for c in x0] if isinstance(x0, tuple) else x0[0]
     return lay, fused.first_state(lay, arr.m0, arr.S0, x0), X
 
 

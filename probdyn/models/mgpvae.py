@@ -52,7 +52,7 @@ from probdyn import kernels as _kernels
 from probdyn.inference import kalman
 from probdyn.inference import optimize
 from probdyn.models.mgpvae_nets import CNNDecoder, CNNEncoder, MLPDecoder, MLPEncoder
-from probdyn.ssm import LinearGaussianSSM
+from probdyn.gp import MarkovGP
 
 __all__ = [
     "MarkovGPVAE",
@@ -263,10 +263,7 @@ class MarkovGPVAE(_SiteVAE):
     """GP-VAE with Markov-GP channels: Kalman smoothing/FFBS per channel, O(T) (see module doc)."""
 
     def _ssm(self, kernel, times, site_var):
-        A, Q = kernel.discretise(jnp.diff(times))
-        P0 = kernel.stationary_cov()
-        d = P0.shape[-1]
-        return LinearGaussianSSM(jnp.zeros(d, P0.dtype), P0, A, Q, kernel.observation(), site_var[:, None, None])
+        return MarkovGP(kernel, times, noise=site_var).to_ssm(transition_basis=True)
 
     def posterior_marginals(self, times, site_mean, site_var, mask):
         def one(kernel, m, v):
