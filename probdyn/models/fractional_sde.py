@@ -627,6 +627,14 @@ def fou_log_likelihood(theta, sigma, hurst, times, y, gammas, horizon=None, kind
     return kalman.log_likelihood(ssm, y[:, None])
 
 
+def _fou_paths_log_likelihood(theta, sigma, hurst, times, y, gammas, horizon, kind, x0_std, noise_std):
+    """:func:`fou_log_likelihood` of each path of ``y`` (P, T), (P,): one discretisation for
+    all paths (its gradient costs about ten times one path's filter), then the paths one after
+    another with ``lax.map``, not ``vmap`` (see the note in the module docstring)."""
+    ssm = _fou_ssm(theta, sigma, hurst, times - times[0], gammas, horizon, kind, x0_std, noise_std)
+    return jax.lax.map(lambda yy: kalman.log_likelihood(ssm, yy[:, None]), y)
+
+
 class FOUFit(NamedTuple):
     """Output of :func:`fou_mle` (all scalars).
 
@@ -752,10 +760,7 @@ def _fou_value_grad_hess(u, y, gammas, horizon, noise_std, x0_std, grid, kind, e
 
     def nll(v):
         H, sigma, theta = _fou_unpack(v, delta, estimate_theta)
-        # lax.map, not vmap: see the note in the module docstring (paths one after another)
-        ll = jax.lax.map(lambda yy: fou_log_likelihood(theta, sigma, H, times, yy, gammas, horizon, kind,
-                                                       x0_std, noise_std), y)
-        return -jnp.sum(ll)
+        return -jnp.sum(_fou_paths_log_likelihood(theta, sigma, H, times, y, gammas, horizon, kind, x0_std, noise_std))
 
     p = u.shape[0]
     eps = 1e-3 if u.dtype == jnp.float64 else 3e-2
@@ -825,6 +830,7 @@ def fou_numpyro_model(times, y, gammas, horizon=None, kind: str = "type1", noise
     H = numpyro.sample("H", dist.Uniform(0.05, 0.95))
     sigma = numpyro.sample("sigma", dist.LogNormal(0.0, 1.0))
     theta = numpyro.sample("theta", dist.HalfNormal(2.0)) if estimate_theta else 0.0
-    ll = jax.lax.map(lambda yy: fou_log_likelihood(theta, sigma, H, times, yy, gammas, horizon, kind,
-                                                   x0_std, noise_std), y)  # lax.map: see fou_mle
+    if horizon is None:
+        horizon = float(np.asarray(times[-1] - times[0]))
+    ll = _fou_paths_log_likelihood(theta, sigma, H, times, y, gammas, horizon, kind, x0_std, noise_std)
     numpyro.factor("loglik", jnp.sum(ll))
