@@ -303,7 +303,7 @@ def _dense_ll_jax(k, t, y, noise):
     return -0.5 * z @ z - jnp.sum(jnp.log(jnp.diag(L))) - 0.5 * t.shape[0] * jnp.log(2 * jnp.pi)
 
 
-@pytest.mark.parametrize("kname", ["Matern12", "Matern32", "Matern52"])
+@pytest.mark.parametrize("kname", ["Matern12", "Matern52"])  # Matern32: through every other MarkovGP test
 def test_transition_basis_values_gradients_and_float32(kname):
     from probdyn.inference import kalman
     from probdyn.ssm import TransitionBasis
