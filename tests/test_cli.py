@@ -19,13 +19,37 @@ def cli(*args, cwd):
                           capture_output=True, text=True, timeout=900)
 
 
+class _Run:
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def cli_inproc(capsys, monkeypatch):
+    """``probdyn.cli.main`` in this process (for the quick error and help paths: saves a
+    Python + JAX start-up per call; the end-to-end tests below run the real command)."""
+    from probdyn.cli import main
+
+    def run(*args, cwd):
+        monkeypatch.chdir(cwd)
+        capsys.readouterr()
+        try:
+            rc = main(list(args))
+        except SystemExit as e:  # argparse's --help and usage errors
+            rc = e.code if isinstance(e.code, int) else 1
+        out = capsys.readouterr()
+        return _Run(rc, out.out, out.err)
+
+    return run
+
+
 def write_csv(path, rows, header="t,y"):
     path.write_text(header + "\n" + "\n".join(",".join(str(v) for v in r) for r in rows) + "\n")
     return path
 
 
 @pytest.mark.parametrize("case", ["missing", "column", "nonnumeric", "unsorted", "few", "kernel", "notime"])
-def test_bad_input_one_line_error(tmp_path, case):
+def test_bad_input_one_line_error(tmp_path, case, cli_inproc):
     good = [(i, np.sin(i)) for i in range(20)]
     args = {
         "missing": ["fit", "--csv", "nope.csv"],
@@ -39,7 +63,7 @@ def test_bad_input_one_line_error(tmp_path, case):
     rows = {"nonnumeric": good[:5] + [(5, "abc")] + good[6:], "unsorted": good[:5] + [(3, 0.1)] + good[6:],
             "few": good[:3]}.get(case, good)
     write_csv(tmp_path / "d.csv", rows)
-    r = cli(*args, cwd=tmp_path)
+    r = (cli if case == "missing" else cli_inproc)(*args, cwd=tmp_path)  # one through the real command
     assert r.returncode == 2, r.stderr
     err = r.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("probdyn: error:"), r.stderr
@@ -49,19 +73,19 @@ def test_bad_input_one_line_error(tmp_path, case):
     assert expect in err[0]
 
 
-def test_tutorials_listed_and_unknown_tutorial(tmp_path):
-    r = cli("tutorials", cwd=tmp_path)
+def test_tutorials_listed_and_unknown_tutorial(tmp_path, cli_inproc):
+    r = cli_inproc("tutorials", cwd=tmp_path)
     assert r.returncode == 0
     names = [ln.split()[0] for ln in r.stdout.splitlines() if ln.strip()]
     on_disk = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "tutorials")) if f.endswith(".py"))
     assert names == on_disk
-    r = cli("run", "no_such_tutorial", cwd=tmp_path)
+    r = cli_inproc("run", "no_such_tutorial", cwd=tmp_path)
     assert r.returncode == 2 and "unknown tutorial" in r.stderr
 
 
-def test_help_has_examples(tmp_path):
+def test_help_has_examples(tmp_path, cli_inproc):
     for sub in ("compare", "fit", "run"):
-        r = cli(sub, "--help", cwd=tmp_path)
+        r = cli_inproc(sub, "--help", cwd=tmp_path)
         assert r.returncode == 0 and "example" in r.stdout
 
 
