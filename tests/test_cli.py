@@ -221,11 +221,11 @@ def test_fit_sde_nuts_and_svi_match_dense_ou_posterior(tmp_path):
     ref = _ou_reference_posterior(t, y, obs_sd, (np.log(0.5), np.log(0.5)))
     common = ["fit", "--csv", "ou.csv", "--model", "sde", "--drift", "ornstein_uhlenbeck", "--steps", "150",
               "--no-progress"]
-    r = cli(*common, "--engine", "nuts", "--chains", "2", "--warmup", "200", "--samples", "300", "--out", "nuts",
+    r = cli(*common, "--engine", "nuts", "--chains", "2", "--warmup", "150", "--samples", "250", "--out", "nuts",
             cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     post = az.from_netcdf(str(tmp_path / "nuts" / "posterior.nc")).posterior
-    assert post["lam"].shape == (2, 300)
+    assert post["lam"].shape == (2, 250)
     for name, (m, sd) in ref.items():
         d = post[name].values.ravel()
         ess = float(az.ess(post[name].values))
