@@ -19,11 +19,6 @@ def cli(*args, cwd):
                           capture_output=True, text=True, timeout=900)
 
 
-class _Run:
-    def __init__(self, returncode, stdout, stderr):
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
-
-
 @pytest.fixture
 def cli_inproc(capsys, monkeypatch):
     """``probdyn.cli.main`` in this process (for the quick error and help paths: saves a
@@ -38,7 +33,7 @@ def cli_inproc(capsys, monkeypatch):
         except SystemExit as e:  # argparse's --help and usage errors
             rc = e.code if isinstance(e.code, int) else 1
         out = capsys.readouterr()
-        return _Run(rc, out.out, out.err)
+        return subprocess.CompletedProcess(list(args), rc, out.out, out.err)
 
     return run
 

@@ -62,7 +62,8 @@ import jax.numpy as jnp
 from probdyn.linalg import _tree_sum, ldl_from_cholesky, ldl_lists, mgs_lower, neg_half_log, safe_inv
 
 __all__ = [
-    "Layout", "pack_state", "unpack_states", "transition_columns", "pack_inputs", "first_state", "fused_scan",
+    "Layout", "pack_state", "unpack_states", "transition_columns", "pack_inputs", "dense_inputs", "Staged",
+    "first_state", "fused_scan",
     "mwgs_lower", "stack_scalars", "stack_columns", "fused_scan_last", "filter_states", "filter_last",
     "smooth_scan", "sample_scan", "finite_guard", "FUSED_MAX_DIM",
 ]

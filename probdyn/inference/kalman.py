@@ -188,9 +188,7 @@ def _arrays(ssm: LinearGaussianSSM, T: int, dtype, H_static=None) -> _Arrays:
         SR = jax.vmap(psd_cholesky)(R)
     else:
         SR = psd_cholesky(R)
-    basis = ssm.transition_basis
-    if basis is not None:
-        basis = TransitionBasis(tuple(map(c, basis.a)), tuple(map(c, basis.q)), basis.basis_a, basis.basis_q)
+    basis = None if ssm.transition_basis is None else jax.tree.map(c, ssm.transition_basis)
     return _Arrays(c(ssm.initial_mean), psd_cholesky(c(ssm.initial_cov)), A, SQ, H, SR, tv_t, tv_e,
                    None if tv_e else H_static, Q, R, basis)
 
@@ -283,8 +281,7 @@ def _fused_inputs(arr: _Arrays, y):
         trans = list(b.a) + list(b.q)
     X = fused.pack_inputs(lay, trans, y[1:], H[1:], LR[1:], DR[1:])
     z = [jnp.zeros((1,), y.dtype)] * lay.transition_size  # t = 0 has no transition
-    x0 = fused.pack_inputs(lay, z, y[:1], H[:1], LR[:1], DR[:1])
-    x0 = [c[0] for c in x0] if isinstance(x0, tuple) else x0[0]
+    x0 = [c[0] for c in fused.pack_inputs(lay, z, y[:1], H[:1], LR[:1], DR[:1])]
     return lay, fused.first_state(lay, arr.m0, arr.S0, x0), X
 
 
