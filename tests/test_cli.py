@@ -84,6 +84,7 @@ def test_help_has_examples(tmp_path, cli_inproc):
         assert r.returncode == 0 and "example" in r.stdout
 
 
+@pytest.mark.slow
 def test_fit_csv_end_to_end_and_no_overwrite(tmp_path):
     """MAP fit of a Matern-3/2 GP: the CLI's hyperparameters maximise the same posterior as a
     dense-Cholesky objective optimised independently with scipy."""
@@ -131,6 +132,7 @@ def test_fit_csv_end_to_end_and_no_overwrite(tmp_path):
     assert meta["n_points"] == 60 and meta["engine"] == "map"
 
 
+@pytest.mark.slow
 def test_compare_quick_end_to_end(tmp_path):
     """The main job on --quick settings: report, figures and a table with both model kinds;
     the naive discrete model must be worse than the continuous one at the test spacing."""
@@ -153,6 +155,7 @@ def test_compare_quick_end_to_end(tmp_path):
     assert r2.returncode == 2 and "--force" in r2.stderr
 
 
+@pytest.mark.slow
 def test_fit_sde_lynx_hare_map(tmp_path):
     """`fit --model sde` end to end: the stochastic Lotka–Volterra drift family fitted to the
     bundled lynx–hare data by the continuous–discrete EKF writes its outputs, and a drift
@@ -197,6 +200,7 @@ def _ou_reference_posterior(t, y, obs_sd, prior_loc):
     return out
 
 
+@pytest.mark.slow
 def test_fit_sde_nuts_and_svi_match_dense_ou_posterior(tmp_path):
     """`fit --model sde --engine nuts|svi` on simulated Ornstein–Uhlenbeck data: the posterior
     over (lam, sigma) from NUTS through the continuous–discrete filter agrees with a dense

@@ -22,6 +22,7 @@ def dense_logpdf(y, mean, K):
     return stats.multivariate_normal(np.broadcast_to(mean, y.shape)[obs], K[np.ix_(obs, obs)]).logpdf(y[obs])
 
 
+@pytest.mark.slow
 def test_markov_gp_log_prob_dense_missing_and_grad():
     k = kernels.Matern32(1.3, 0.8) + kernels.SHO(omega=2.0, quality=3.0, variance=0.4)
     noise = RNG.uniform(0.05, 0.2, 15)
@@ -49,6 +50,7 @@ def test_markov_gp_log_prob_dense_missing_and_grad():
     np.testing.assert_allclose(gp.numpyro_dist().log_prob(y), d.log_prob(y), rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_markov_gp_sample_moments():
     k = kernels.Matern52(2.0, 1.5)
     d = MarkovGPDistribution(k, T[:6], 0.1, mean=lambda t: 0.3 * t)
@@ -61,6 +63,7 @@ def test_markov_gp_sample_moments():
     np.testing.assert_allclose(d.mean, 0.3 * T[:6])
 
 
+@pytest.mark.slow
 def test_batched_parameters_plate_and_vmap():
     ells = jnp.array([0.5, 1.0, 2.0])
     d = MarkovGPDistribution(kernels.Matern32(ells, 1.0), T, jnp.array([0.1, 0.2, 0.3]))
@@ -94,6 +97,7 @@ def test_batched_parameters_plate_and_vmap():
     assert draw.shape == (4, 15)
 
 
+@pytest.mark.slow
 def test_lgssm_distribution_dense_reference():
     """Random 2-state, 2-output time-varying SSM: log_prob equals the dense joint Gaussian."""
     n, d, m = 6, 2, 2

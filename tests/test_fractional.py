@@ -321,6 +321,7 @@ def test_grad_wrt_hurst_matches_finite_differences(kind):
     assert np.all(np.isfinite(fr.optimal_weights(0.3, big, 50.0, kind)))
 
 
+@pytest.mark.slow
 def test_float32_inputs_are_finite():
     g64 = fr.gamma_grid(5, 20.0)
     w64 = {k: np.asarray(fr.optimal_weights(0.3, g64, 2.4, k)) for k in ("type1", "type2")}

@@ -90,6 +90,7 @@ def test_fou_log_likelihood_matches_dense_gaussian():
     np.testing.assert_allclose(ll, ref, rtol=1e-8)
 
 
+@pytest.mark.slow
 def test_fou_bridge_variational_posterior_matches_kalman():
     """Variational posterior (affine control, Itô scan) vs the exact conditional of the
     Euler-discretised augmented prior (Kalman smoother), within Monte-Carlo error."""
@@ -121,6 +122,7 @@ def test_fou_bridge_variational_posterior_matches_kalman():
     assert sd[iobs] < 0.6 * sd[0]
 
 
+@pytest.mark.slow
 def test_ito_scan_and_stratonovich_diffrax_match_gbm_mean():
     """Multiplicative noise (K = 0): dX = mu X dt + s X dW (Itô), E X_T = x0 exp(mu T).
     The Stratonovich diffrax option solves the same Itô model (drift corrected)."""
@@ -158,6 +160,7 @@ def _dense_profile_mle(times, ys, g, horizon):
     return minimize_scalar(nll, bounds=(0.05, 0.95), method="bounded", options=dict(xatol=1e-5)).x
 
 
+@pytest.mark.slow
 def test_hurst_ml_through_kalman_on_exact_fbm():
     """fou_mle (Kalman likelihood, Newton) on exact fBM: within 0.05 of the truth for the rough
     H = 0.2 (8 paths: standard error ~0.02), and at the maximum of the dense likelihood."""
@@ -172,6 +175,7 @@ def test_hurst_ml_through_kalman_on_exact_fbm():
         assert abs(float(r.hurst) - _dense_profile_mle(times, ys, g, 1.0)) < 2e-3
 
 
+@pytest.mark.slow
 def test_fou_log_likelihood_smooth_in_hurst():
     """The one-Brownian-motion process noise is numerically singular; the likelihood must still be
     smooth in H (regression: pivots dropped by the square-root filter made it jump by ~1e-4)."""
@@ -184,6 +188,7 @@ def test_fou_log_likelihood_smooth_in_hurst():
     assert np.max(np.abs(d2 - np.median(d2))) < 1e-7, d2
 
 
+@pytest.mark.slow
 def test_sigma_scale_time_per_path_q0_and_shared_gain():
     times = jnp.linspace(0.0, 1.0, 6)
     lik = fs.GaussianLikelihood(jnp.zeros(1))
@@ -206,6 +211,7 @@ def test_sigma_scale_time_per_path_q0_and_shared_gain():
         fs.AffineControl(times, 1, 3, shared_gain=True)
 
 
+@pytest.mark.slow
 def test_elbo_float32_and_bad_input():
     times = jnp.linspace(0.0, 1.0, 6, dtype=jnp.float32)
     lik = fs.GaussianLikelihood(jnp.zeros(1, jnp.float32))
@@ -248,3 +254,33 @@ def test_moving_digits():
     np.testing.assert_array_equal(moving_digits(6, 5, 14, hurst=0.3, seed=1).frames, d.frames)
     with pytest.raises(ValueError):
         moving_digits(2, 5, 8)
+
+
+def test_video_decoder_likelihood_and_encoder_causality():
+    """BernoulliDecoder against scipy's Bernoulli pmf; the backward-GRU context row ``i``
+    depends on frames ``i..T-1`` only; the video ELBO is finite with a finite gradient."""
+    import equinox as eqx
+
+    from probdyn.models import fractional_video as fv
+
+    key = jax.random.PRNGKey(0)
+    model = fv.LatentVideoModel(key, size=4, latent_dim=2, context_dim=3, num_components=2, width=8,
+                                dtype=jnp.float64)
+    rng = np.random.default_rng(0)
+    T = 5
+    frames = (rng.uniform(size=(T, 4, 4)) < 0.3).astype(float)
+    xs = rng.normal(size=(T, 2))
+    dec = model.sde.likelihood
+    lg = np.asarray(dec.logits(jnp.asarray(xs)))
+    ref = stats.bernoulli.logpmf(frames, 1.0 / (1.0 + np.exp(-lg))).sum()
+    np.testing.assert_allclose(float(dec(jnp.asarray(xs), jnp.asarray(frames))), ref, rtol=1e-12)
+    ctx = np.asarray(model.encode(jnp.asarray(frames)))
+    changed = frames.copy()
+    changed[:2] = 1.0 - changed[:2]
+    ctx2 = np.asarray(model.encode(jnp.asarray(changed)))
+    np.testing.assert_array_equal(ctx[2:], ctx2[2:])  # rows 2.. have not seen frames 0, 1
+    assert np.all(np.abs(ctx[:2] - ctx2[:2]).max(axis=1) > 0)
+    times = jnp.linspace(0.0, 1.0, T)
+    val, grad = eqx.filter_value_and_grad(lambda m: fv.video_elbo(m, key, times, jnp.asarray(frames)))(model)
+    assert np.isfinite(float(val))
+    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grad))

@@ -248,6 +248,7 @@ def _pf_stats(model, o, times, y, m0, P0, n, num_runs=8, num_substeps=10, seed=0
     return lls.mean(), lls.std(ddof=1)
 
 
+@pytest.mark.slow
 def test_van_der_pol_filters_agree_with_particle_filter():
     """Partially observed Van der Pol oscillator (position only, one missing row): EKF and
     UKF log-likelihoods agree with a bootstrap PF (2000 particles, 50 Euler-Maruyama substeps
@@ -322,6 +323,7 @@ def test_discrete_distribution_nonlinear_agrees_with_particle_filter():
     assert abs(float(dist.log_prob(y)) - mean) < 2.0 * sd, (float(dist.log_prob(y)), mean, sd)
 
 
+@pytest.mark.slow
 def test_sde_distribution_log_prob_gradient_and_samples():
     """numpyro sees the exact (linear case) marginal likelihood; its gradient in a drift
     parameter matches central differences of the dense reference; samples have the right mean."""

@@ -165,7 +165,11 @@ def _setup(case, seed=0):
     return name, k, gp, t, y, tt, noise, mean_fn
 
 
-@pytest.mark.parametrize("case", GP_CASES, ids=lambda c: "-".join(map(str, c)))
+# one case in the fast tier, the others marked slow
+@pytest.mark.parametrize(
+    "case", [c if c[0] == "matern52" else pytest.param(c, marks=pytest.mark.slow) for c in GP_CASES],
+    ids=lambda c: "-".join(map(str, c)),
+)
 def test_log_likelihood_and_predict_vs_dense(case):
     name, k, gp, t, y, tt, noise, mean_fn = _setup(case)
     ll_d, mu_d, cov_d = dense_gp(_probdyn_dense(k), t, y, noise, mean_fn, tt)
@@ -186,6 +190,7 @@ def test_log_likelihood_and_predict_vs_dense(case):
     np.testing.assert_allclose(var, var_t, rtol=1e-7, atol=1e-9 * scale)
 
 
+@pytest.mark.slow
 def test_parallel_schedule_matches_dense():
     case = GP_CASES[1]
     name, k, gp, t, y, tt, noise, mean_fn = _setup(case, seed=5)
@@ -271,6 +276,7 @@ KERNEL_FACTORIES = {
 }
 
 
+@pytest.mark.slow
 @settings(max_examples=15, deadline=None)
 @given(
     n=st.just(16),  # one size: each new shape recompiles
@@ -303,6 +309,7 @@ def _dense_ll_jax(k, t, y, noise):
     return -0.5 * z @ z - jnp.sum(jnp.log(jnp.diag(L))) - 0.5 * t.shape[0] * jnp.log(2 * jnp.pi)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kname", ["Matern12", "Matern52"])  # Matern32: through every other MarkovGP test
 def test_transition_basis_values_gradients_and_float32(kname):
     from probdyn.inference import kalman

@@ -284,6 +284,7 @@ def test_all_missing_and_single_step(parallel):
 # ----------------------------------------------------------------------------------
 # statsmodels: local level model on the Nile data
 # ----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_nile_local_level_against_statsmodels():
     import statsmodels.api as sm
     from statsmodels.datasets import nile
@@ -333,6 +334,7 @@ def test_parallel_equals_sequential():
     np.testing.assert_allclose(_loglik(ssm, yj, parallel=False), fs.log_likelihood, rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_sampler_parallel_equals_sequential_and_moments():
     """Same key -> same paths in both schedules; moments match the dense posterior."""
     seed, d, m, T = 40, 2, 2, 12
@@ -364,7 +366,7 @@ def test_sampler_parallel_equals_sequential_and_moments():
 # ----------------------------------------------------------------------------------
 # Gradients, jit, vmap
 # ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("parallel", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_gradients_match_finite_differences(parallel):
     seed, d, m, T = 50, 2, 1, 12
     mdl = random_model(seed, d, m, T)
@@ -392,6 +394,7 @@ def test_gradients_match_finite_differences(parallel):
         np.testing.assert_allclose(g[k], fd, rtol=1e-6, atol=1e-6, err_msg=k)
 
 
+@pytest.mark.slow
 def test_jit_and_vmap_match_loop():
     seed, d, m, T = 60, 2, 2, 12
     mdl = random_model(seed, d, m, T, True, True)
@@ -433,7 +436,7 @@ def stress_data():
     return t.astype(np.float32).astype(float), y.astype(np.float32).astype(float), float(np.float32(ell))
 
 
-@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("parallel", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_float32_long_lengthscale_stress(stress_data, parallel):
     t, y, ell = stress_data
 
@@ -499,6 +502,7 @@ def test_bad_inputs_raise():
         kalman.filter("not an ssm", y)
 
 
+@pytest.mark.slow
 def test_checkpointed_chunked_scan_matches_plain(monkeypatch):
     """Long-scan path of the matrix-form schedule (sqrt(T) chunks + jax.checkpoint, padded
     last chunk) gives the plain scan's values and gradients."""
@@ -599,6 +603,7 @@ def _fd_check(f, x, h=1e-6, rtol=1e-6, atol=1e-6):
     np.testing.assert_allclose(g, fd, rtol=rtol, atol=atol)
 
 
+@pytest.mark.slow
 def test_smoother_and_sampler_gradients_match_finite_differences():
     """Reverse-mode rules of the fused smoother and sampler passes (custom VJPs) against
     central differences, through a functional of all smoothed moments / sampled paths."""

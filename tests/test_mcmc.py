@@ -79,6 +79,7 @@ def _check_against(draws, mean, sd, what):
     assert abs(draws.std() - sd) < 0.2 * sd, (what, draws.std(), sd)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["numpyro", "blackjax"])
 def test_gp_posterior_matches_reference(gp_data, backend):
     """Both backends: posterior means/sds of (ell, b) agree with the dense quadrature reference
@@ -108,6 +109,7 @@ def test_gp_posterior_matches_reference(gp_data, backend):
     assert idata.attrs["backend"] == backend and idata.attrs["compile_time_s"] > 0
 
 
+@pytest.mark.slow
 def test_sho_hyperparameters_recovered():
     """Simulated SHO data: the true frequency and noise lie inside the 90% intervals."""
     rng = np.random.default_rng(4)
@@ -128,6 +130,7 @@ def test_sho_hyperparameters_recovered():
         assert lo < val < hi, (name, lo, val, hi)
 
 
+@pytest.mark.slow
 def test_bad_input_and_warnings(gp_data):
     t, y = gp_data
     with pytest.raises(ValueError, match="unknown backend"):
@@ -154,6 +157,7 @@ def test_bad_input_and_warnings(gp_data):
     assert {"r_hat", "ess_bulk", "ess_tail"} <= set(tab.columns)
 
 
+@pytest.mark.slow
 def test_sequential_chains_match_conjugate_posterior_and_vectorized_draws():
     """chain_method='sequential': the conjugate normal posterior N(sum(y)/(n+1), 1/(n+1)) within
     Monte Carlo error, chains independent, and the same draws as the vectorised chains given
@@ -176,6 +180,7 @@ def test_sequential_chains_match_conjugate_posterior_and_vectorized_draws():
         mcmc.sample(model, jax.random.PRNGKey(2), chain_method="parallel", **kw)
 
 
+@pytest.mark.slow
 def test_chains_sharded_over_devices():
     """4 host devices: chains are split across them, both backends (subprocess; XLA_FLAGS first)."""
     code = textwrap.dedent(

@@ -76,6 +76,7 @@ CHANNEL_KERNELS = [  # Matern32 (M32): importance-weighting tests + tutorial
 ]
 
 
+@pytest.mark.slow
 def test_elbo_kalman_equals_dense_and_kl_equals_gaussian_kl():
     times, frames, mask = _data()
     eps = jax.random.normal(KEY, (3, T, L))
@@ -105,6 +106,7 @@ def _grads_both(model, times, frames, mask, eps):
     return g(model), g(model.to(mg.GPVAE))
 
 
+@pytest.mark.slow
 def test_dense_gradient_equals_kalman_gradient():
     """The dense reference's hand-written conditioning gradient (one Cholesky -> one solve) vs
     autodiff through the Kalman smoother: every parameter (encoder, decoder, kernel
@@ -156,6 +158,7 @@ def _exact_loglik(times, frames, mask, W, b, s2, grams):
     return -0.5 * r @ np.linalg.solve(C, r) - 0.5 * np.linalg.slogdet(C)[1] - 0.5 * n * D * math.log(2 * math.pi)
 
 
+@pytest.mark.slow
 def test_iw_loglik_exact_for_linear_gaussian_decoder():
     """With the exact posterior as q every importance weight equals p(y_obs): compare with the
     dense (T*D)-dimensional Gaussian marginal likelihood; then a perturbed encoder: IWAE with many
@@ -197,6 +200,7 @@ def test_joint_paths_and_imputation_match_dense_posterior():
     assert np.max(np.abs(imp - (mus @ W.T + b))) < 5 * np.max(np.abs(W)) * np.sqrt(1.0 / S) * 2
 
 
+@pytest.mark.slow
 def test_float32_matches_float64():
     """float32 Kalman and dense ELBOs agree with float64 (same shapes as the first ELBO test, so
     the float64 compilation is reused)."""
@@ -233,6 +237,7 @@ def _posterior_grads(model, times, site_mean, site_var, mask, w):
                                       b, c), argnums=(0, 1, 2))(lk, site_mean, site_var)
 
 
+@pytest.mark.slow
 def test_float32_gradients_long_lengthscales():
     """Regression: float32 training of the digits tutorial skipped/NaN'd steps once channel
     lengthscales grew to ~300x the frame spacing (non-finite RTS-smoother gradients in
@@ -255,6 +260,7 @@ def test_float32_gradients_long_lengthscales():
                                    atol=2e-3 * float(jnp.max(jnp.abs(b))))
 
 
+@pytest.mark.slow
 def test_fit_on_pendulum_sensors_improves_and_checkpoints(tmp_path):
     """MLP-encoder MGPVAE on the simulated pendulum sensors: the ELBO improves; a resumed run
     from the final checkpoint has nothing left to do and returns the same result."""

@@ -81,6 +81,7 @@ def test_condition_chain_with_indefinite_potentials_matches_dense():
     assert np.allclose(ch.dF, ch.F - Psi, atol=1e-12) and np.allclose(ch.dQ, ch.Q - V, atol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
 def test_ou_one_natural_gradient_step_is_exact_gp_posterior(dtype):
     t, y = _ou_data()
@@ -188,6 +189,7 @@ def _benes_problem():
     return sde, grid, obs_idx, y, 1.0, sig
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["benes", "double_well"])
 def test_nonlinear_marginals_vs_particle_smoother(case):
     if case == "benes":  # mild nonlinearity: near-Gaussian posterior
@@ -240,6 +242,7 @@ def _neural_double_well_drift():
     return nd
 
 
+@pytest.mark.slow
 def test_neural_drift_marginals_vs_particle_smoother():
     # prior: an SDE whose drift is an equinox MLP (fixed weights); the Gauss-Hermite SLR and the
     # residual run through the network. Reference: the particle smoother with the same network.
@@ -310,6 +313,7 @@ def _pf_ou_exact(key, t, y, loglik, num_particles):
     return X, jnp.concatenate([Ws, Wf[-1][None]])
 
 
+@pytest.mark.slow
 def test_poisson_likelihood_by_quadrature_vs_particle_smoother():
     # non-Gaussian observations through `log_likelihood=` (Gauss-Hermite expectations and CVI
     # targets): OU latent, Poisson counts with log link (rate e^{x+1}: counts 0-6). For a linear
@@ -396,6 +400,7 @@ def test_double_well_cvi_fixed_point_is_elbo_stationary_point():
     assert tr.elbo[-1] > tr.elbo[1]
 
 
+@pytest.mark.slow
 def test_double_well_variational_em_recovers_parameter():
     sde, grid, obs_idx, y, q, sig = _dw_problem()
     model = _dw_model(0.5, grid, obs_idx, y, q, sig)
@@ -418,6 +423,7 @@ def test_double_well_variational_em_recovers_parameter():
     assert se < 0.2 and abs(c - 1.0) < 3 * se, (c, se)
 
 
+@pytest.mark.slow
 def test_sparse_ou_matches_dense_svgp_bound():
     t, y = _ou_data(n=40, T=20.0, seed=2)
     ind = np.linspace(0.0, 20.0, 11)
@@ -446,6 +452,7 @@ def test_sparse_ou_matches_dense_svgp_bound():
                        atol=1e-8)
 
 
+@pytest.mark.slow
 def test_sparse_benes_close_to_dense():
     # inducing states at the 41 observation times of the 401-node grid: the sequential pass
     # runs over 41 states, the residual over 8 Gauss-Legendre points per cell; between them q

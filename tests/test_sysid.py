@@ -212,6 +212,7 @@ def test_lotka_volterra_program_density_matches_scipy():
         np.testing.assert_allclose([float(v) for v in ours], [ref, ref], rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_default_init_survives_where_plain_diffrax_dies():
     """numpyro's default init (uniform(-2, 2) unconstrained) puts the ODE in stiff regions."""
     import diffrax
@@ -344,6 +345,7 @@ def test_bad_input_errors():
                     {"theta": jnp.ones(4), "z_init": jnp.ones(2), "sigma": jnp.ones(2)})
 
 
+@pytest.mark.slow
 def test_ode_model_loglik_matches_scipy_and_sum_drift():
     """ODEModel (mechanistic + neural drift, partial observation, NaN-missing) vs scipy."""
     sysm = sysid.get_system("damped_pendulum")

@@ -1,8 +1,10 @@
 """Runs tutorials/fractional_sde.py in smoke mode and checks its metrics and figures."""
 
+import pytest
 from tutorial_runner import run_tutorial
 
 
+@pytest.mark.slow
 def test_tutorial_smoke(tmp_path):
     m, out = run_tutorial("fractional_sde.py", tmp_path)
     assert m["smoke"] is True

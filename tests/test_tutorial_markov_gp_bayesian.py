@@ -1,8 +1,10 @@
 """Runs tutorials/markov_gp_bayesian.py in smoke mode and checks its metrics and figures."""
 
+import pytest
 from tutorial_runner import run_tutorial
 
 
+@pytest.mark.slow
 def test_tutorial_smoke(tmp_path):
     m, out = run_tutorial("markov_gp_bayesian.py", tmp_path)
     assert m["smoke"] is True and m["n_points"] == 80

@@ -1,10 +1,12 @@
 """Runs tutorials/markov_gp_regression.py in smoke mode and checks its metrics and figure."""
 
 import math
+import pytest
 
 from tutorial_runner import run_tutorial
 
 
+@pytest.mark.slow
 def test_tutorial_smoke(tmp_path):
     m, out = run_tutorial("markov_gp_regression.py", tmp_path)
     assert all(math.isfinite(v) for v in m.values())

@@ -2,9 +2,11 @@
 
 import math
 
+import pytest
 from tutorial_runner import run_tutorial
 
 
+@pytest.mark.slow
 def test_tutorial_smoke(tmp_path):
     m, out = run_tutorial("mgpvae_digits.py", tmp_path)
     assert m["smoke"] is True and m["num_frames"] == 10

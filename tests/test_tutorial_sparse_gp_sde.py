@@ -1,8 +1,10 @@
 """Runs tutorials/sparse_gp_sde_double_well.py in smoke mode and checks its metrics and figures."""
 
+import pytest
 from tutorial_runner import run_tutorial
 
 
+@pytest.mark.slow
 def test_tutorial_smoke(tmp_path):
     m, out = run_tutorial("sparse_gp_sde_double_well.py", tmp_path)
     assert m["smoke"] is True

@@ -1,9 +1,11 @@
 """Runs tutorials/sysid_continuous_vs_discrete.py in smoke mode and checks its metrics and figures."""
 
 import numpy as np
+import pytest
 from tutorial_runner import run_tutorial
 
 
+@pytest.mark.slow
 def test_tutorial_smoke(tmp_path):
     m, out = run_tutorial("sysid_continuous_vs_discrete.py", tmp_path)
     assert m["smoke"] is True

@@ -73,6 +73,7 @@ def _gauss_kl(m1, C1, m2, C2):
                   + np.linalg.slogdet(C2)[1] - np.linalg.slogdet(C1)[1])
 
 
+@pytest.mark.slow
 def test_ou_vgpa_vs_dense_euler_model_and_exact_gp_at_order_dt():
     t, y = _ou_data()
     gp = MarkovGP(kernels.Matern12(lengthscale=1 / THETA, variance=Q_OU / (2 * THETA)), t, noise=SIG_OU**2)
@@ -140,6 +141,7 @@ def test_ou_sample_paths_match_dense_q():
     assert np.all(np.abs(xs.mean(0) - mq) < 5 * np.sqrt(np.diag(Cq) / S))
 
 
+@pytest.mark.slow
 def test_ou_variational_em_maximises_collapsed_elbo():
     import equinox as eqx
 
@@ -194,6 +196,7 @@ def dw():
     return dict(model=model, state=st, trace=tr, grid=grid, obs_idx=obs_idx, y=y, x=x)
 
 
+@pytest.mark.slow
 def test_double_well_marginals_vs_particle_smoother(dw):
     model, st, tr = dw["model"], dw["state"], dw["trace"]
     assert np.all(np.diff(tr.elbo) >= -1e-10 * np.abs(tr.elbo[1:])) and len(tr.elbo) < 100  # converged
@@ -235,6 +238,7 @@ def test_fixed_point_is_elbo_stationary_point(dw):
     assert float(model.elbo(s1)) > float(model.elbo(s0))
 
 
+@pytest.mark.slow
 def test_float32_runs_without_nan(dw):
     # nonlinear drift (the double-well problem) in float32 vs the float64 fit
     d = dw
