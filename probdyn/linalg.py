@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 __all__ = [
-    "tria", "tria_batched", "mgs_lower", "list_dot", "psd_cholesky", "solve_lower", "solve_upper_t",
+    "tria", "tria_batched", "mgs_lower", "list_dot", "psd_cholesky", "cholesky_tangent", "solve_lower", "solve_upper_t",
     "block_diag", "kron", "symmetrize", "safe_sqrt", "safe_rsqrt", "safe_inv", "neg_half_log", "psd_ldl", "ldl_lists", "ldl_from_cholesky",
 ]
 
@@ -174,21 +174,63 @@ def tria_batched(M: Float[Array, "... n k"]) -> Float[Array, "... n n"]:
     return L
 
 
-def psd_cholesky(P: Float[Array, "d d"]) -> Float[Array, "d d"]:
+def cholesky_tangent(L: Float[Array, "... n n"], dP: Float[Array, "... n n"], rtol: float | None = None) -> Float[Array, "... n n"]:
+    r"""Tangent ``dL`` of a lower factor ``L L^T = P`` for a symmetric tangent ``dP`` (batched),
+    valid when ``L`` has zero pivots.
+
+    With ``L^+`` the triangular solve that skips zero pivots (``L_jj^2 <= 16 eps |L_j|^2``,
+    the :func:`psd_cholesky` rule; those components are 0): ``Y = dP L^{+T}``,
+    ``G = L^+ Y``, ``dL = L Phi(G) + Z (Y - L G)``, where ``Phi`` takes the lower triangle
+    with the diagonal halved and ``Z`` keeps the rows of zero pivots. For invertible ``L``
+    this is the usual ``L Phi(L^{-1} dP L^{-T})``; the second term is the derivative of a
+    zero-pivot row, ``dP_{ZN} L_{NN}^{-T} - L_{ZN} Phi^T`` (that row is ``P_{ZN}
+    L_{NN}^{-T}``), so ranks that stay fixed under the perturbation (exact observations,
+    singular process noise) get the exact derivative instead of NaN.
+    """
+    mT = lambda x: jnp.swapaxes(x, -1, -2)  # noqa: E731
+    n = L.shape[-1]
+    dg = jnp.diagonal(L, axis1=-2, axis2=-1)
+    rtol = 16 * jnp.finfo(L.dtype).eps if rtol is None else rtol
+    zero = dg * dg <= rtol * jnp.sum(L * L, axis=-1)
+    keep = (~zero).astype(L.dtype)[..., :, None]
+    Lu = jnp.where(zero[..., :, None], jnp.eye(n, dtype=L.dtype), L)
+    solve = lambda b: jax.scipy.linalg.solve_triangular(Lu, b * keep, lower=True)  # noqa: E731
+    Y = mT(solve(dP))
+    G = solve(Y)
+    Phi = jnp.tril(G) - 0.5 * G * jnp.eye(n, dtype=L.dtype)
+    dL = L @ Phi + jnp.tril((1.0 - keep) * (Y - L @ G))
+    # The rule assumes the canonical factor (a zero pivot's column is zero, as psd_cholesky's
+    # and tria_batched's). Householder QR (tria) can leave entries below a zero pivot when a
+    # row depends on the rows above it; for such a factor no tangent of this form exists,
+    # so it is NaN (a visible failure, never a wrong derivative).
+    below = jnp.sum(jnp.tril(L, -1) ** 2, axis=-2)  # column norms below the diagonal
+    bad = jnp.any(zero & (below > rtol * jnp.max(jnp.sum(L * L, axis=-1), axis=-1, keepdims=True)), axis=-1)
+    return dL * jnp.where(bad, jnp.nan, 1.0).astype(L.dtype)[..., None, None]  # NaN in reverse mode too
+
+
+def psd_cholesky(P: Float[Array, "... d d"]) -> Float[Array, "... d d"]:
     """Lower Cholesky factor of a symmetric positive *semi*-definite matrix.
 
     A pivot that is zero, or that round-off has left at most ``16 eps`` of its diagonal
     entry (or negative), gives a zero column instead of a NaN, so singular covariances such
-    as the zero process noise of a periodic kernel or ``dt = 0`` steps are handled. The
+    as the zero process noise of a periodic kernel or ``dt = 0`` steps (an all-zero matrix)
+    and the slightly indefinite ``Pinf - A Pinf A^T`` of very short steps are handled. The
     tolerance is relative to the pivot's own diagonal entry, not to the largest one: badly
     scaled but positive definite matrices (the process noise of a smooth kernel over a short
     step, where ``Q_00 / Q_dd ~ dt^2``) keep their small pivots in float32.
+
+    The same rule for every ``d``: unrolled over scalar entries up to ``UNROLL_MAX``; above,
+    a blocked loop (``lax.fori_loop``; compiles in constant time in ``d``) with a
+    custom derivative (:func:`cholesky_tangent`, exact for zero pivots), which keeps reverse
+    mode at the memory of ``L``. No LAPACK Cholesky: it has no zero-pivot rule and returns
+    NaN for such matrices. Leading axes are a batch.
     """
+    if P.ndim > 2:
+        return jnp.vectorize(psd_cholesky, signature="(d,d)->(d,d)")(P)
     d = P.shape[-1]
-    P = 0.5 * (P + P.T)
+    P = symmetrize(P)
     if d > UNROLL_MAX:
-        tol = jnp.finfo(P.dtype).eps * jnp.max(jnp.abs(jnp.diag(P))) * d
-        return jnp.linalg.cholesky(P + tol * jnp.eye(d, dtype=P.dtype))
+        return _clamped_cholesky_loop(P)
     eps16 = 16 * jnp.finfo(P.dtype).eps
     zero = jnp.zeros((), P.dtype)
     L = [[zero] * d for _ in range(d)]
@@ -203,6 +245,53 @@ def psd_cholesky(P: Float[Array, "d d"]) -> Float[Array, "d d"]:
     return jnp.stack([jnp.stack(row) for row in L])
 
 
+CHOL_BLOCK = 8
+"""Columns per iteration of :func:`psd_cholesky`'s loop above ``UNROLL_MAX``."""
+
+
+@jax.custom_jvp
+def _clamped_cholesky_loop(P):
+    """:func:`psd_cholesky`'s pivot rule for one (d, d) symmetric matrix: a right-looking
+    blocked factorisation in a ``fori_loop`` (per iteration, ``CHOL_BLOCK`` columns by
+    rank-one updates of their panel, then one matrix product for the trailing Schur
+    complement); ``d`` is padded with zero rows (zero columns of the factor)."""
+    d, b = P.shape[-1], CHOL_BLOCK
+    n = -(-d // b) * b
+    S0 = jnp.pad(P, ((0, n - d), (0, n - d)))
+    tol = 16 * jnp.finfo(P.dtype).eps * jnp.abs(jnp.diagonal(S0))
+    idx = jnp.arange(n)
+
+    def body(k, carry):
+        S, L = carry
+        j0 = k * b
+        panel = jax.lax.dynamic_slice_in_dim(S, j0, b, axis=1)  # (n, b)
+        tolb = jax.lax.dynamic_slice_in_dim(tol, j0, b)
+        below, cols = [], []
+        for c in range(b):
+            j = j0 + c
+            col = panel[:, c]
+            s = jax.lax.dynamic_index_in_dim(col, j, keepdims=False)
+            ok = s > tolb[c]
+            ljj = jnp.where(ok, jnp.sqrt(jnp.where(ok, s, 1.0)), 0.0)
+            lc = jnp.where((idx > j) & ok, col / jnp.where(ok, ljj, 1.0), 0.0)
+            below.append(lc)
+            cols.append(jnp.where(idx == j, ljj, lc))
+            if c + 1 < b:
+                panel = panel - lc[:, None] * jax.lax.dynamic_slice_in_dim(lc, j0, b)[None, :]
+        Lb = jnp.stack(below, axis=1)
+        L = jax.lax.dynamic_update_slice_in_dim(L, jnp.stack(cols, axis=1), j0, axis=1)
+        return S - Lb @ Lb.T, L
+
+    return jax.lax.fori_loop(0, n // b, body, (S0, jnp.zeros_like(S0)))[1][:d, :d]
+
+
+@_clamped_cholesky_loop.defjvp
+def _clamped_cholesky_loop_jvp(primals, tangents):
+    (P,), (dP,) = primals, tangents
+    L = _clamped_cholesky_loop(P)
+    return L, cholesky_tangent(L, symmetrize(dP))
+
+
 def psd_ldl(P: Float[Array, "... d d"]) -> tuple[Float[Array, "... d d"], Float[Array, "... d"]]:
     """``P = L diag(D) L^T`` with ``L`` unit lower triangular, ``D >= 0`` (the square-root
     free Cholesky factorisation; ``L diag(sqrt D)`` is :func:`psd_cholesky`'s factor).
@@ -213,7 +302,7 @@ def psd_ldl(P: Float[Array, "... d d"]) -> tuple[Float[Array, "... d d"], Float[
     """
     d = P.shape[-1]
     if d > UNROLL_MAX:
-        return ldl_from_cholesky(jnp.vectorize(psd_cholesky, signature="(d,d)->(d,d)")(P))
+        return ldl_from_cholesky(psd_cholesky(P))
     P = symmetrize(P)
     L, D = ldl_lists([[P[..., i, j] for j in range(i + 1)] for i in range(d)])
     zero, one = jnp.zeros(P.shape[:-2], P.dtype), jnp.ones(P.shape[:-2], P.dtype)
@@ -249,10 +338,22 @@ def ldl_from_cholesky(S: Float[Array, "... d d"]) -> tuple[Float[Array, "... d d
     return L + jnp.eye(S.shape[-1], dtype=S.dtype), dg * dg
 
 
+def _unit_zero_pivots(L, b, rows: bool):
+    """For the LAPACK solves: replace the row (``rows``, for ``L x = b``) or column (for
+    ``L^T x = b``) of each zero pivot of ``L`` by a unit vector and zero that entry of
+    ``b`` (a mask product: linear in ``b``), so that component is 0 and drops out of the
+    others, as in the unrolled solves."""
+    n = L.shape[0]
+    z = jnp.diagonal(L) == 0
+    L = jnp.where(z[:, None] if rows else z[None, :], jnp.eye(n, dtype=L.dtype), L)
+    return L, b * (~z).astype(b.dtype).reshape((n,) + (1,) * (jnp.ndim(b) - 1))
+
+
 def solve_lower(L: Float[Array, "n n"], b: Float[Array, "n ..."]) -> Float[Array, "n ..."]:
     """Solve ``L x = b`` for lower-triangular ``L`` (zero pivots give zero components)."""
     n = L.shape[0]
     if n > UNROLL_MAX:
+        L, b = _unit_zero_pivots(L, b, rows=True)
         return jax.scipy.linalg.solve_triangular(L, b, lower=True)
     rows = []
     for i in range(n):
@@ -268,6 +369,7 @@ def solve_upper_t(L: Float[Array, "n n"], b: Float[Array, "n ..."]) -> Float[Arr
     """Solve ``L^T x = b`` for lower-triangular ``L`` (zero pivots give zero components)."""
     n = L.shape[0]
     if n > UNROLL_MAX:
+        L, b = _unit_zero_pivots(L, b, rows=False)
         return jax.scipy.linalg.solve_triangular(L, b, lower=True, trans=1)
     rows = [None] * n
     for i in reversed(range(n)):

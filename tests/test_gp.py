@@ -374,3 +374,48 @@ def test_transition_basis_validation():
         TransitionBasis(b.a[:1], b.q, b.basis_a, b.basis_q)
     with pytest.raises(ValueError, match="equally long"):
         TransitionBasis((b.a[0], b.a[1][:2]), b.q, b.basis_a, b.basis_q)
+
+
+# ----------------------------------------------------------------------------------
+# Zero-length and very short steps, every state dimension (unrolled and loop branches)
+# ----------------------------------------------------------------------------------
+def _kernel_of_dim(d, dtype):
+    p = lambda v: jnp.asarray(v, dtype)  # noqa: E731
+    m32 = lambda ell, s2: kernels.Matern32(p(ell), p(s2))  # noqa: E731
+    per = lambda order: kernels.Periodic(p(1.3), p(1.0), p(1.0), order=order)  # noqa: E731
+    return {
+        2: m32(0.7, 1.0),
+        24: m32(0.7, 1.0) * per(5) + m32(2.0, 0.5),  # 22 + 2: the largest unrolled size
+        25: per(12),  # Q = 0 at every step (deterministic rotations)
+        39: kernels.Matern52(p(2.0), p(1.0)) * per(6),  # the issue's product kernel
+    }[d]
+
+
+# d = 24 (the unrolled branch's largest size) compiles for ~100 s: slow tier
+@pytest.mark.parametrize("d,dtype", [
+    (2, "float64"), (2, "float32"), (25, "float64"), (39, "float64"), (39, "float32"),
+    pytest.param(25, "float32", marks=pytest.mark.slow),
+    pytest.param(24, "float64", marks=pytest.mark.slow), pytest.param(24, "float32", marks=pytest.mark.slow),
+])
+def test_predict_at_and_next_to_data_times_every_state_dim(d, dtype):
+    """Test times equal to data times and 1e-12 away (zero-length and cancellation-level
+    steps) against dense GP conditioning with the same (truncated) kernel. float32: the
+    dense reference's condition number (~1e4 here, noise 0.01) times eps32 (1.2e-7) sets
+    the tolerance."""
+    dt = jnp.dtype(dtype)
+    k = _kernel_of_dim(d, dt)
+    assert k.state_dim == d
+    rng = np.random.default_rng(d)
+    t = np.sort(rng.uniform(0, 5, 40))
+    y = np.sin(3 * t) + 0.1 * rng.normal(size=40)
+    y[[7, 20]] = np.nan
+    tt = np.concatenate([t[::5], t[1::7] + 1e-12, [t[3] - 1e-12], t[[7, 20]]])  # incl. times of missing values
+    gp = MarkovGP(k, jnp.asarray(t, dt), noise=jnp.asarray(0.01, dt))
+    ll_d, mu_d, cov_d = dense_gp(_probdyn_dense(k), t, y, 0.01, lambda s: 0.0 * s, tt)
+    mu, var = _predict(gp, jnp.asarray(y, dt), jnp.asarray(tt, dt))
+    ll = _ll(gp, jnp.asarray(y, dt))
+    assert mu.dtype == dt and np.all(np.isfinite(mu)) and np.all(np.isfinite(var))
+    tol = dict(rtol=1e-9, atol=1e-10) if dtype == "float64" else dict(rtol=1e-3, atol=2e-3)
+    np.testing.assert_allclose(mu, mu_d, **tol)
+    np.testing.assert_allclose(var, np.diag(cov_d), rtol=tol["rtol"], atol=tol["atol"] / 10)
+    np.testing.assert_allclose(float(ll), ll_d, rtol=1e-9 if dtype == "float64" else 1e-4)

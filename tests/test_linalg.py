@@ -69,3 +69,103 @@ def test_mgs_lower_matches_householder_qr():
     ref = R.T * np.sign(np.diag(R))[None, :]
     np.testing.assert_allclose(Lm, ref, rtol=1e-12, atol=1e-13)
     np.testing.assert_allclose(linalg.tria(jnp.asarray(M)), ref, rtol=1e-12, atol=1e-13)
+
+
+# ----------------------------------------------------------------------------------
+# psd_cholesky above UNROLL_MAX: the same pivot rule as the unrolled branch
+# ----------------------------------------------------------------------------------
+def _rand_psd(rng, d, rank):
+    B = rng.normal(size=(d, rank))
+    return B @ B.T
+
+
+@pytest.mark.parametrize("d", [linalg.UNROLL_MAX, linalg.UNROLL_MAX + 1, 40])
+def test_psd_cholesky_every_branch_semidefinite(d):
+    """Every dimension: positive definite -> LAPACK's factor; rank deficient -> a factor of
+    the same matrix with zero pivots (no NaN); all-zero -> zero; rounding-level indefinite
+    (``Pinf - A Pinf A^T`` of a tiny step) -> finite, ``L L^T`` within the rounding."""
+    rng = np.random.default_rng(d)
+    f = jax.jit(linalg.psd_cholesky)
+    P = _rand_psd(rng, d, d + 3)
+    np.testing.assert_allclose(f(jnp.asarray(P)), np.linalg.cholesky(P), rtol=1e-9, atol=1e-12)
+    for rank in (d - 1, d // 2, 1):
+        P = _rand_psd(rng, d, rank)
+        L = np.asarray(f(jnp.asarray(P)))
+        assert np.all(np.isfinite(L)) and np.all(np.triu(L, 1) == 0) and np.all(np.diag(L) >= 0)
+        assert np.sum(np.diag(L) > 1e-6 * np.sqrt(np.max(np.diag(P)))) == rank
+        np.testing.assert_allclose(L @ L.T, P, atol=1e-10 * np.max(np.abs(P)))
+    np.testing.assert_array_equal(f(jnp.zeros((d, d))), np.zeros((d, d)))
+    # a step of 1e-13 of an SDE with a random stable drift: P - A P A^T, cancellation-level
+    F = rng.normal(size=(d, d)) - 2 * np.sqrt(d) * np.eye(d)
+    import scipy.linalg as sla
+
+    Pinf = sla.solve_continuous_lyapunov(F, -np.eye(d))
+    A = sla.expm(F * 1e-13)
+    Q0 = Pinf - A @ Pinf @ A.T
+    lam, V = np.linalg.eigh(0.5 * (Q0 + Q0.T))
+    shift = lam[0] + 1e-15 * np.max(np.abs(Pinf))  # smallest eigenvalue -> -1e-15 max|Pinf| (~5 eps)
+    for Q in (Q0, Q0 - shift * np.outer(V[:, 0], V[:, 0])):
+        Q = 0.5 * (Q + Q.T)
+        L = np.asarray(f(jnp.asarray(Q)))
+        assert np.all(np.isfinite(L))
+        # Q itself carries errors of ~d eps max|Pinf| (cancellation); a pivot left at that
+        # level (kept when above 16 eps of its own diagonal) amplifies them: measured
+        # max|L L^T - Q| / max|Pinf| = 9e-13 (d = 24, 25), 2e-11 (d = 40) in float64: far below
+        # what a covariance of scale Pinf notices, and finite (the bug was NaN)
+        np.testing.assert_allclose(L @ L.T, Q, atol=1e-10 * np.max(np.abs(Pinf)))
+    assert np.linalg.eigvalsh(Q)[0] < 0
+    # batched, float32
+    Pb = np.stack([_rand_psd(rng, d, d + 2), _rand_psd(rng, d, d // 2), np.zeros((d, d))])
+    Lb = np.asarray(jax.jit(linalg.psd_cholesky)(jnp.asarray(Pb, jnp.float32)))
+    assert Lb.dtype == np.float32 and np.all(np.isfinite(Lb))
+    np.testing.assert_allclose(np.einsum("bij,bkj->bik", Lb, Lb), Pb, atol=2e-5 * np.max(np.abs(Pb)))
+
+
+@pytest.mark.parametrize("rank", [40, 31])
+def test_psd_cholesky_derivative_large_d(rank):
+    """Tangent of the loop branch (custom JVP) along a direction that keeps the rank
+    (``P(s) = B(s) B(s)^T``, ``B`` (40, rank)) against central differences of an independent
+    smooth formula for the canonical factor: the first ``rank`` pivots are nonzero,
+    ``L[:r, :r] = chol(P[:r, :r])``, ``L[r:, :r] = P[r:, :r] L[:r, :r]^{-T}``, zero columns
+    after (finite differences of the factor itself are round-off at zero pivots)."""
+    d = 40
+    rng = np.random.default_rng(rank)
+    B, dB = rng.normal(size=(d, rank)), rng.normal(size=(d, rank))
+    P = lambda s: (B + s * dB) @ (B + s * dB).T  # noqa: E731
+
+    def ref(s):
+        Ps, L = P(s), np.zeros((d, d))
+        L[:rank, :rank] = np.linalg.cholesky(Ps[:rank, :rank])
+        L[rank:, :rank] = np.linalg.solve(L[:rank, :rank], Ps[:rank, rank:]).T
+        return L
+
+    f = jax.jit(linalg.psd_cholesky)
+    dP = jnp.asarray(dB @ B.T + B @ dB.T)
+    L0, dL = jax.jvp(f, (jnp.asarray(P(0.0)),), (dP,))
+    np.testing.assert_allclose(L0, ref(0.0), rtol=1e-8, atol=1e-10)
+    h = 1e-5
+    fd = (ref(h) - ref(-h)) / (2 * h)
+    np.testing.assert_allclose(dL, fd, rtol=1e-6, atol=1e-7 * np.max(np.abs(fd)))
+    # reverse mode agrees with forward mode
+    w = jnp.asarray(rng.normal(size=(d, d)))
+    g = jax.grad(lambda p: jnp.sum(w * f(p)))(jnp.asarray(P(0.0)))
+    np.testing.assert_allclose(jnp.sum(g * dP), jnp.sum(w * dL), rtol=1e-8)
+
+
+def test_large_solves_skip_zero_pivots():
+    """Above UNROLL_MAX the LAPACK solves give zero components at zero pivots, as the
+    unrolled ones (a factor of a singular covariance)."""
+    d = 30
+    rng = np.random.default_rng(3)
+    L = np.tril(rng.normal(size=(d, d))) + 3 * np.eye(d)
+    L[:, [4, 17]] = 0.0  # two zero pivots (zero columns, as psd_cholesky's)
+    b = rng.normal(size=(d, 2))
+    keep = np.ones(d, bool)
+    keep[[4, 17]] = False
+    Lk = L[np.ix_(keep, keep)]
+    x = np.asarray(linalg.solve_lower(jnp.asarray(L), jnp.asarray(b)))
+    np.testing.assert_array_equal(x[~keep], 0.0)
+    np.testing.assert_allclose(x[keep], np.linalg.solve(Lk, b[keep]), rtol=1e-10)
+    x = np.asarray(linalg.solve_upper_t(jnp.asarray(L), jnp.asarray(b)))
+    np.testing.assert_array_equal(x[~keep], 0.0)
+    np.testing.assert_allclose(x[keep], np.linalg.solve(Lk.T, b[keep]), rtol=1e-10)
