@@ -7,6 +7,7 @@ times are obtained by merging them into the grid as missing observations.
 
 from __future__ import annotations
 
+import operator
 from typing import Callable
 
 import equinox as eqx
@@ -22,6 +23,29 @@ from probdyn.ssm import LinearGaussianSSM, check_times
 
 def _as_concrete(x):
     return None if isinstance(x, jax.core.Tracer) else np.asarray(x)
+
+
+def _check_test_times(tt):
+    """``test_times`` must be a scalar or 1-D and, when concrete, finite (any order)."""
+    if jnp.ndim(tt) > 1:
+        raise ValueError(f"test_times must be a scalar or one-dimensional, got shape {jnp.shape(tt)}")
+    tc = _as_concrete(tt)
+    if tc is not None:
+        bad = ~np.isfinite(np.atleast_1d(tc))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"test_times must be finite, got test_times[{i}] = {np.atleast_1d(tc)[i]}")
+    return tt
+
+
+def _positive_int(n, name: str) -> int:
+    try:
+        k = None if isinstance(n, (bool, np.bool_)) else operator.index(n)
+    except TypeError:
+        k = None
+    if k is None or k < 1:
+        raise ValueError(f"{name} must be a positive integer, got {n!r}")
+    return k
 
 
 class MarkovGP(eqx.Module):
@@ -119,8 +143,9 @@ class MarkovGP(eqx.Module):
     def predict(
         self, y: Float[Array, " N"], test_times: Float[Array, " M"], parallel: bool | None = None
     ) -> tuple[Float[Array, " M"], Float[Array, " M"]]:
-        """Posterior mean and variance of the latent ``f + mean`` at ``test_times`` (any order)."""
-        return self._predict(self._check_y(y), test_times, kalman.use_parallel(parallel))
+        """Posterior mean and variance of the latent ``f + mean`` at ``test_times`` (any order,
+        repeats and data times allowed), each (M,). NaN/inf test times: ``ValueError``."""
+        return self._predict(self._check_y(y), _check_test_times(test_times), kalman.use_parallel(parallel))
 
     @eqx.filter_jit
     def _predict(self, y, test_times, parallel: bool):
@@ -141,11 +166,13 @@ class MarkovGP(eqx.Module):
     ) -> Float[Array, "num_samples M"]:
         """Joint samples of the latent ``f + mean``: prior (``y=None``) or posterior.
 
-        Returned at ``test_times`` (default: the data times).
+        Returned at ``test_times`` (default: the data times), shape (num_samples, M);
+        ``num_samples`` a positive integer.
         """
+        k = _positive_int(num_samples, "num_samples")
         y = jnp.full(self.times.shape, jnp.nan, self.times.dtype) if y is None else self._check_y(y)
-        tt = self.times if test_times is None else test_times
-        return self._sample(key, int(num_samples), y, tt, kalman.use_parallel(parallel))
+        tt = self.times if test_times is None else _check_test_times(test_times)
+        return self._sample(key, k, y, tt, kalman.use_parallel(parallel))
 
     @eqx.filter_jit
     def _sample(self, key, num_samples: int, y, tt, parallel: bool):

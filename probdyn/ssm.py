@@ -15,6 +15,8 @@ from Van Loan's block-matrix exponential.
 
 from __future__ import annotations
 
+import math
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -152,6 +154,18 @@ class LinearGaussianSSM(eqx.Module):
     ``(A_t, Q_t)`` in coefficient form, which the sequential fused filter reads instead of
     the dense arrays (faster). It must describe exactly ``transition_matrix`` and
     ``transition_cov``: drop it (``transition_basis=None``) when changing those.
+
+    Construction checks concrete (non-traced) arrays once, with NumPy, and raises a
+    ``ValueError`` naming the field: every array (and basis coefficient) finite;
+    ``initial_cov``, ``transition_cov`` and ``emission_cov`` (each matrix of a stack)
+    symmetric to ``sqrt(eps) max|C|`` and positive semi-definite to a tolerance, smallest
+    eigenvalue ``>= -(sqrt(eps) max|eig(C)| + 64 eps s)`` with ``s`` the scale of the
+    state covariances (largest entry of ``initial_cov`` and of any ``transition_cov``;
+    for ``emission_cov``, of any ``emission_cov`` and ``H initial_cov H^T``), ``eps`` of
+    the array's dtype: singular covariances (zero process noise, exact observations) and
+    rounding-level indefiniteness (e.g. ``Pinf - A Pinf A^T`` of a short step) pass. Traced arrays (inside ``jit``, ``vmap``, ``grad``)
+    are not checked here; see :func:`probdyn.inference.kalman.filter` for what the engine
+    returns then. Models changed with ``eqx.tree_at`` are not re-checked.
     """
 
     initial_mean: Float[Array, " d"]
@@ -183,6 +197,7 @@ class LinearGaussianSSM(eqx.Module):
             raise ValueError(f"emission_matrix must end in shape (m, {d}), got {H}")
         if R[-2:] != (H[-2], H[-2]):
             raise ValueError(f"emission_cov must end in shape ({H[-2]}, {H[-2]}), got {R}")
+        _check_values(self)
 
     @property
     def state_dim(self) -> int:
@@ -212,6 +227,92 @@ class LinearGaussianSSM(eqx.Module):
             expand(self.emission_matrix, T, "emission_matrix"),
             expand(self.emission_cov, T, "emission_cov"),
         )
+
+
+def _concrete(x) -> np.ndarray | None:
+    """``x`` as a NumPy array if it is concrete (not a tracer, fully addressable), else ``None``."""
+    if x is None or isinstance(x, jax.core.Tracer) or not getattr(x, "is_fully_addressable", True):
+        return None
+    return np.asarray(x)
+
+
+def _eps(x: np.ndarray) -> float:
+    return float(np.finfo(x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64).eps)
+
+
+def _check_finite(name: str, x: np.ndarray):
+    bad = ~np.isfinite(x) if np.issubdtype(x.dtype, np.inexact) else None
+    if bad is not None and bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{name} contains NaN or inf ({name}{list(idx)} = {x[idx]})")
+
+
+def _abs_max(C: np.ndarray | None) -> float:
+    return 0.0 if C is None or C.size == 0 else float(np.max(np.abs(C)))
+
+
+def _check_cov(name: str, C: np.ndarray, scale: float):
+    """Symmetry and positive semi-definiteness of each matrix of a (n, k, k) stack (see
+    :class:`LinearGaussianSSM` for the tolerances); ``scale`` is the group's scale ``s``."""
+    if C.size == 0:
+        return
+    C = C.astype(np.float64) if not np.issubdtype(C.dtype, np.floating) else C
+    eps = _eps(C)
+    rtol = math.sqrt(eps)
+    at = (lambda t: f"[{t}]") if C.shape[0] > 1 else (lambda t: "")
+    absmax = np.max(np.abs(C), axis=(-2, -1))
+    asym = np.max(np.abs(C - np.swapaxes(C, -1, -2)), axis=(-2, -1))
+    bad = asym > rtol * absmax
+    if bad.any():
+        t = int(np.argmax(bad))
+        raise ValueError(f"{name}{at(t)} is not symmetric: max |C - C^T| = {asym[t]:.3g} against max |C| = "
+                         f"{absmax[t]:.3g} (relative tolerance {rtol:.1g})")
+    S = 0.5 * (C + np.swapaxes(C, -1, -2))
+    floor = 64 * eps * scale
+    # fast path: a Cholesky factorisation of C + tol I (max|C_ij| <= max|eig|: a stricter
+    # shift) proves semi-definiteness to the tolerance; the eigenvalues decide otherwise
+    shift = (rtol * absmax + floor)[:, None, None] * np.eye(C.shape[-1])
+    try:
+        np.linalg.cholesky(S + shift)
+        return
+    except np.linalg.LinAlgError:
+        pass
+    ev = np.linalg.eigvalsh(S)
+    lo, hi = ev[:, 0], np.max(np.abs(ev), axis=-1)
+    tol = rtol * hi + floor
+    bad = lo < -tol
+    if bad.any():
+        t = int(np.argmax(bad))
+        raise ValueError(f"{name}{at(t)} is not positive semi-definite: smallest eigenvalue {lo[t]:.3g}, "
+                         f"largest |eigenvalue| {hi[t]:.3g} (tolerance {tol[t]:.2g})")
+
+
+def _check_values(ssm: "LinearGaussianSSM"):
+    """Finiteness, symmetry and semi-definiteness of the concrete arrays of ``ssm`` (once per
+    construction; traced arrays are skipped)."""
+    names = ["initial_mean", "initial_cov", "transition_matrix", "transition_cov", "emission_matrix", "emission_cov"]
+    vals = {n: _concrete(getattr(ssm, n)) for n in names}
+    for n, v in vals.items():
+        if v is not None:
+            _check_finite(n, v)
+    b = ssm.transition_basis
+    if b is not None:
+        for kind, cols in (("a", b.a), ("q", b.q)):
+            for k, c in enumerate(cols):
+                v = _concrete(c)
+                if v is not None:
+                    _check_finite(f"transition_basis.{kind}[{k}]", v)
+    stack = lambda C: C.reshape((-1,) + C.shape[-2:])  # noqa: E731
+    P0, Q, H, R = (None if vals[n] is None else stack(vals[n])
+                   for n in ("initial_cov", "transition_cov", "emission_matrix", "emission_cov"))
+    scale_x = max(_abs_max(P0), _abs_max(Q))
+    if P0 is not None:
+        _check_cov("initial_cov", P0, scale_x)
+    if Q is not None:
+        _check_cov("transition_cov", Q, scale_x)
+    if R is not None:
+        HPH = None if H is None or P0 is None else np.einsum("tij,jk,tlk->til", H, P0[0], H)
+        _check_cov("emission_cov", R, max(_abs_max(R), _abs_max(HPH)))
 
 
 def check_times(times, name: str = "times") -> np.ndarray | Array:

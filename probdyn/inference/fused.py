@@ -338,7 +338,7 @@ def _step_lists(lay: Layout, s: list, x: list, predict: bool = True) -> list:
             if Lu[i][j] is not None:
                 acc = acc - Lu[i][j] * eps[j]
         eps.append(acc)
-        li = -0.5 * acc * acc * inv[i] + jnp.where(obs[i], neg_half_log(jnp.where(obs[i], Dd[i], 1.0)) - _HALF_LOG2PI, 0.0)
+        li = _log_density(acc, Dd[i], inv[i], obs[i])
         lterm = li if lterm is None else lterm + li
     mn = []
     for i in range(d):
@@ -350,6 +350,18 @@ def _step_lists(lay: Layout, s: list, x: list, predict: bool = True) -> list:
     out = mn + [Lu[p + i][p + j] for i, j in lay.strict] + [Dd[p + i] for i in range(d)] + [ll + lterm]
     ref = y[0]
     return [jnp.zeros_like(ref) if v is None else jnp.asarray(v, ref.dtype) for v in out]
+
+
+def _log_density(e, v, inv, obs):
+    """``log N(e | 0, v)`` of an observed innovation entry (0 if missing), ``inv = 1/v``
+    (0 where ``v = 0``). A zero variance is a point mass at the prediction: ``0`` if
+    ``e == 0`` exactly and ``-inf`` (an impossible observation) otherwise, never the
+    ``+inf`` of ``-log(0)/2``; a NaN ``e`` stays NaN (gradient-safe: the log never sees
+    ``v <= 0``)."""
+    pos = v > 0
+    ll = -0.5 * e * e * inv + jnp.where(obs, neg_half_log(jnp.where(obs & pos, v, 1.0)) - _HALF_LOG2PI, 0.0)
+    point = jnp.where(e == 0, 0.0, -jnp.inf).astype(ll.dtype) + 0 * e
+    return jnp.where(obs & ~pos, point, ll)
 
 
 def _combination(cs: list, vals: list):
@@ -421,7 +433,7 @@ def _first_state_update(lay, m, L, D, ll, A, LQ, DQ, y, DR, obs, of, predict):
     g = Dp[0] * hm * inv * e
     mn = [mp[i] + (g if Lp[i][0] is _ONE else (0.0 if Lp[i][0] is None else Lp[i][0] * g)) for i in range(d)]
     Dn = [Dp[0] * Rw * inv] + list(Dp[1:])
-    lterm = -0.5 * e * e * inv + jnp.where(obs, neg_half_log(jnp.where(obs, sv, 1.0)) - _HALF_LOG2PI, 0.0)
+    lterm = _log_density(e, sv, inv, obs)
     out = mn + [Lp[i][j] for i, j in lay.strict] + Dn + [ll + lterm]
     return [jnp.zeros_like(y) if v is None else jnp.asarray(v, y.dtype) for v in out]
 

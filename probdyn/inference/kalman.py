@@ -31,6 +31,7 @@ forward-filter backward-sampler are two ways of composing it.
 from __future__ import annotations
 
 import math
+import operator
 from typing import NamedTuple
 
 import equinox as eqx
@@ -96,7 +97,10 @@ def update(m, S, H, SR, y, offset=None):
 
     Shapes: m (d,), S (d, d), H (p, d), SR (p, p) lower square root of R, y (p,), offset
     (p,) added to ``H m``. Returns ``(m_new, S_new, log N(y | H m + offset, H P H^T + R))``
-    where the log density only counts observed entries.
+    where the log density only counts observed entries. An observed entry with a zero
+    pivot of the innovation factor (zero predictive variance) is a point mass at its
+    prediction: it adds 0 if the residual it leaves is exactly 0, else the log density is
+    ``-inf`` (never the ``+inf`` of ``-log 0``).
     """
     p, d = H.shape
     mask = ~jnp.isnan(y)
@@ -108,12 +112,16 @@ def update(m, S, H, SR, y, offset=None):
     bot = jnp.concatenate([S, jnp.zeros((d, 2 * p), m.dtype)], axis=1)
     Psi = tria(jnp.concatenate([top, bot], axis=0))
     Sy, Kb, S_new = Psi[:p, :p], Psi[p:, :p], Psi[p:, p:]
-    z = solve_lower(Sy, y0 - pred)
+    e = y0 - pred
+    z = solve_lower(Sy, e)
     m_new = m + Kb @ z
-    nobs = jnp.sum(maskf)
-    logdet = jnp.sum(jnp.log(jnp.abs(jnp.diag(Sy))))
-    ll = -0.5 * jnp.sum(z * z) - logdet - 0.5 * nobs * _LOG2PI
-    return m_new, S_new, ll
+    dg = jnp.abs(jnp.diag(Sy))
+    point = mask & (dg == 0)  # zero pivots: solve_lower gave z = 0 there
+    r = jnp.where(point, e - Sy @ z, 0.0)  # what the zero pivots leave unexplained
+    logdet = jnp.sum(jnp.log(jnp.where(point, 1.0, dg)))
+    ll = -0.5 * jnp.sum(z * z) - logdet - 0.5 * jnp.sum(jnp.where(point, 0.0, maskf)) * _LOG2PI
+    # -inf for a nonzero remainder; 0 * max|r| keeps a NaN residual NaN
+    return m_new, S_new, jnp.where(jnp.any(r != 0), -jnp.inf, ll) + 0 * jnp.max(jnp.abs(r))
 
 
 # ----------------------------------------------------------------------------------
@@ -141,6 +149,15 @@ def _prepare(ssm: LinearGaussianSSM, y):
     dtype = jnp.result_type(ssm.initial_mean, ssm.transition_matrix, ssm.emission_matrix, y)
     if not jnp.issubdtype(dtype, jnp.floating):
         dtype = jnp.result_type(float)
+    covs = [ssm.initial_cov, ssm.emission_cov] + ([ssm.transition_cov] if ssm.transition_basis is None else [])
+    if any(isinstance(c, jax.core.Tracer) for c in covs):
+        # The NaN contract of traced inputs (see filter): the semi-definite factorisations'
+        # pivot rule would drop a NaN pivot silently, so a non-finite covariance entry makes
+        # the initial mean, hence every mean and log-likelihood, NaN. 0 * max|C| is 0 for a
+        # finite C, NaN otherwise (a max, not a sum: no overflow). Concrete arrays were
+        # checked when the model was built.
+        z = sum(0 * jnp.max(jnp.abs(jnp.asarray(c)), initial=0) for c in covs)
+        ssm = eqx.tree_at(lambda s: s.initial_mean, ssm, jnp.asarray(ssm.initial_mean, dtype) + z.astype(dtype))
     return ssm, y.astype(dtype), dtype
 
 
@@ -407,6 +424,17 @@ def _validated(ssm, y):
     return y
 
 
+def _num_samples(n) -> int:
+    """``n`` as a positive Python int (a concrete integer, not a bool), else ``ValueError``."""
+    try:
+        k = None if isinstance(n, (bool, np.bool_)) else operator.index(n)
+    except TypeError:
+        k = None
+    if k is None or k < 1:
+        raise ValueError(f"num_samples must be a positive integer, got {n!r}")
+    return k
+
+
 @eqx.filter_jit
 def _filter_jit(ssm, y, par: bool, Hs=None) -> FilterResult:
     return _run_filter(ssm, y, par, Hs)[2]
@@ -417,6 +445,21 @@ def filter(ssm: LinearGaussianSSM, y: Float[Array, "T p"], parallel: bool | None
 
     Returns filtered means (T, d), covariances (T, d, d), their Cholesky factors and the
     log marginal likelihood ``log p(y_{0:T-1})``.
+
+    Bad input: concrete model arrays are checked when the :class:`LinearGaussianSSM` is
+    built (finite, covariances symmetric and positive semi-definite: ``ValueError``), ``y``
+    here (shape, no inf). Traced arrays (inside ``jit``/``vmap``/``grad``) cannot raise;
+    instead a NaN or inf in ``initial_cov``, ``transition_cov`` or ``emission_cov`` makes
+    the log-likelihood and every mean NaN (non-finite ``initial_mean``, transition or
+    emission matrices propagate by themselves; the coefficients of a ``transition_basis``
+    are not checked). Traced covariances that are indefinite are not detected: the
+    factorisation drops negative pivots (rounding-level indefiniteness is the intended use).
+
+    Degenerate observations: an observed entry whose predictive variance is zero (``R = 0``
+    and no uncertainty along ``H``) is deterministic given the past. Its density is taken
+    with respect to a point mass at the prediction: it contributes ``0`` to the
+    log-likelihood if it equals the prediction exactly, and ``-inf`` (an impossible
+    observation) otherwise, never ``+inf``.
     """
     return _filter_jit(ssm, _validated(ssm, y), use_parallel(parallel), _static_emission(ssm))
 
@@ -430,7 +473,8 @@ def _log_likelihood_jit(ssm, y, par: bool, Hs=None):
 
 
 def log_likelihood(ssm: LinearGaussianSSM, y: Float[Array, "T p"], parallel: bool | None = None) -> Float[Array, ""]:
-    """Log marginal likelihood ``log p(y_{0:T-1})`` (NaN = missing)."""
+    """Log marginal likelihood ``log p(y_{0:T-1})`` (NaN = missing). Bad input, traced
+    (NaN) inputs and zero predictive variances as in :func:`filter`."""
     return _log_likelihood_jit(ssm, _validated(ssm, y), use_parallel(parallel), _static_emission(ssm))
 
 
@@ -564,8 +608,11 @@ def sample(
     num_samples: int = 1,
     parallel: bool | None = None,
 ) -> Float[Array, "num_samples T d"]:
-    """Joint posterior paths ``x_{0:T-1} ~ p(x | y)`` by forward-filter backward-sampling."""
-    return _sample_jit(key, ssm, _validated(ssm, y), int(num_samples), use_parallel(parallel), _static_emission(ssm))
+    """Joint posterior paths ``x_{0:T-1} ~ p(x | y)`` by forward-filter backward-sampling,
+    shape (num_samples, T, d). ``num_samples`` is a positive integer (static: one
+    compilation per value); else ``ValueError``."""
+    k = _num_samples(num_samples)
+    return _sample_jit(key, ssm, _validated(ssm, y), k, use_parallel(parallel), _static_emission(ssm))
 
 
 @eqx.filter_jit
