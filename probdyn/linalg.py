@@ -151,20 +151,29 @@ def mgs_lower(rows: list[list]) -> tuple[list[list], list]:
     return L, ss
 
 
-def tria_batched(M: Float[Array, "... n k"]) -> Float[Array, "... n n"]:
+def tria_batched(M: Float[Array, "... n k"], rtol: float | Float[Array, " n"] | None = None) -> Float[Array, "... n n"]:
     """:func:`tria` of a batch of matrices (leading axes), vectorised over the batch.
 
     Row-wise modified Gram–Schmidt (as :func:`mgs_lower`) on arrays: each of the ``n``
     stages is a few array operations over the whole batch (one norm, one matrix-vector
     product, one rank-one update), so a long batch of small factorisations costs a few
     SIMD passes instead of one LAPACK call per matrix.
+
+    ``rtol`` (a scalar or one per row): a row whose squared residual is at most ``rtol``
+    times its own squared norm gets a zero pivot and a zero column, and the rows below keep
+    their component along it (the canonical factor of ``M' M'^T``, ``M'`` = ``M`` less
+    that residual). With ``rtol = 16 eps`` this is :func:`psd_cholesky`'s pivot rule for
+    ``M M^T``; 0 for a row leaves it as without ``rtol``.
     """
     n, k = M.shape[-2:]
     rows = jnp.arange(n)
     L = jnp.zeros(M.shape[:-1] + (n,), M.dtype)
+    norm2 = None if rtol is None else rtol * jnp.sum(M * M, axis=-1)  # (..., n)
     for i in range(n):
         r = M[..., i, :]
         ss = jnp.sum(r * r, axis=-1)
+        if norm2 is not None:
+            ss = jnp.where(ss <= norm2[..., i], 0.0, ss)  # NaN stays NaN
         inv = safe_rsqrt(ss)
         q = r * inv[..., None]
         c = jnp.einsum("...jk,...k->...j", M, q) * (rows > i)

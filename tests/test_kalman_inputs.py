@@ -112,7 +112,7 @@ def test_traced_nan_covariance_makes_results_nan(traced_nan):
     assert np.isfinite(float(ok.log_likelihood))
 
 
-@pytest.mark.parametrize("parallel", [False])
+@pytest.mark.parametrize("parallel", [False, True])
 def test_exact_observations_of_deterministic_states(parallel):
     """``Q = 0``, ``R = 0``: after ``y_0`` pins the state, every observation is a
     deterministic function of it. The engine takes each such density with respect to a point

@@ -79,7 +79,7 @@ def _rand_psd(rng, d, rank):
     return B @ B.T
 
 
-@pytest.mark.parametrize("d", [linalg.UNROLL_MAX, linalg.UNROLL_MAX + 1, 40])
+@pytest.mark.parametrize("d", [pytest.param(linalg.UNROLL_MAX, marks=pytest.mark.slow), linalg.UNROLL_MAX + 1, 40])
 def test_psd_cholesky_every_branch_semidefinite(d):
     """Every dimension: positive definite -> LAPACK's factor; rank deficient -> a factor of
     the same matrix with zero pivots (no NaN); all-zero -> zero; rounding-level indefinite
@@ -169,3 +169,26 @@ def test_large_solves_skip_zero_pivots():
     x = np.asarray(linalg.solve_upper_t(jnp.asarray(L), jnp.asarray(b)))
     np.testing.assert_array_equal(x[~keep], 0.0)
     np.testing.assert_allclose(x[keep], np.linalg.solve(Lk.T, b[keep]), rtol=1e-10)
+
+
+def test_tria_batched_pivot_rule_gives_canonical_factor():
+    """``rtol``: a row that depends on the rows above up to a residual below ``sqrt(rtol)``
+    of its norm gets a zero pivot and a zero column, the rows below keep their component
+    along that residual (so ``L L^T`` is the Gram matrix of ``M`` less that residual), and a
+    per-row 0 leaves a row as without the rule. Reference: NumPy Cholesky of the Gram
+    matrix of the remaining rows."""
+    rng = np.random.default_rng(0)
+    r0, r2, noise = rng.normal(size=6), rng.normal(size=6), rng.normal(size=6)
+    M = np.stack([r0, 2 * r0 + 1e-10 * noise, r2])
+    eps16 = 16 * np.finfo(float).eps
+    L = np.asarray(linalg.tria_batched(jnp.asarray(M), rtol=eps16))
+    assert L[1, 1] == 0.0 and L[2, 1] == 0.0
+    Mp = M.copy()
+    Mp[1] = (M[1] @ r0) / (r0 @ r0) * r0  # M less the residual of row 1 (its projection on row 0)
+    np.testing.assert_allclose(L @ L.T, Mp @ Mp.T, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(L[[0, 2]][:, [0, 2]], np.linalg.cholesky(Mp[[0, 2]] @ Mp[[0, 2]].T), rtol=1e-12)
+    # rule off for row 1 (per-row tolerances): the tiny pivot is kept, as without rtol
+    Lk = np.asarray(linalg.tria_batched(jnp.asarray(M), rtol=jnp.array([eps16, 0.0, eps16])))
+    np.testing.assert_allclose(Lk, np.asarray(linalg.tria_batched(jnp.asarray(M))), rtol=1e-12, atol=1e-15)
+    assert Lk[1, 1] > 0
+    np.testing.assert_allclose(Lk @ Lk.T, M @ M.T, rtol=1e-12, atol=1e-12)

@@ -32,7 +32,7 @@ def model(t, y=None):
     numpyro.sample("y", MarkovGPDistribution(kernels.Matern12(2.0, 1.0), t, 0.2, mean=b), obs=y)
 
 
-@pytest.mark.parametrize("guide", ["normal", "mvn", "lowrank"])
+@pytest.mark.parametrize("guide", ["normal", pytest.param("mvn", marks=pytest.mark.slow), "lowrank"])
 def test_autoguides_recover_conjugate_posterior(guide):
     kw = {"rank": 1} if guide == "lowrank" else None
     r = variational.svi(model, jax.random.PRNGKey(0), T, y=Y, guide=guide, guide_kwargs=kw,

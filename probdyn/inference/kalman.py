@@ -12,9 +12,10 @@ Two schedules give the same numbers:
   propagates ``(m, S)`` with ``P = S S^T`` via :func:`predict`/:func:`update`, which only
   ever triangularise stacked square roots (:func:`probdyn.linalg.tria`);
 * **parallel-in-time** (``lax.associative_scan``; Särkkä & García-Fernández, IEEE TAC 2021):
-  the filter uses the covariance-form elements ``(A, b, C, eta, J)`` of the paper, the
-  smoother and sampler compose the *same* square-root backward kernels as the sequential
-  path.
+  the filter composes the paper's elements in square-root form ``(A, b, U, eta, Z)``,
+  ``C = U U^T``, ``J = Z Z^T`` (Yaghoobi, Corenflos, Hassan & Särkkä 2022), so its factors
+  keep the sequential filter's relative precision; the smoother and sampler compose the
+  *same* square-root backward kernels as the sequential path.
 
 ``parallel=None`` picks the parallel schedule on GPU/TPU and the sequential one on CPU.
 
@@ -329,63 +330,97 @@ def _filter_sequential(arr: _Arrays, y, keep: bool = True):
     return ms, Ss, ll
 
 
+def _tria_any(M):
+    """:func:`tria` over leading batch axes: batched MGS for small blocks, LAPACK QR else."""
+    return tria_batched(M) if M.shape[-2] <= 16 else jnp.vectorize(tria, signature="(n,k)->(n,n)")(M)
+
+
 def _filter_elements(arr: _Arrays, y):
-    """Särkkä & García-Fernández (2021) filtering elements (A, b, C, eta, J), Lemma 7."""
+    r"""Square-root filtering elements ``(A, b, U, eta, Z)`` (T, ...), ``C = U U^T``, ``J = Z Z^T``.
+
+    Element t >= 1 is Särkkä & García-Fernández's (2021, Lemma 7) ``p(x_t | x_{t-1}, y_t) =
+    N(A x_{t-1} + b, C)`` and ``p(y_t | x_{t-1}) \propto N_I(x_{t-1}; eta, J)``, in the
+    square-root form of Yaghoobi et al. (2022): from ``tria([[H SQ, SR], [SQ, 0]]) =
+    [[Psi11, 0], [Psi21, Psi22]]`` (``Psi11 Psi11^T = H Q H^T + R``, ``Psi21 = Q H^T
+    Psi11^{-T}``), with ``W = Psi11^{-1} H F`` and ``z = Psi11^{-1} y``:
+    ``A = F - Psi21 W``, ``b = Psi21 z``, ``U = Psi22``, ``Z = W^T``, ``eta = W^T z``.
+    Missing entries get a zero row of ``H`` and a unit innovation factor (as :func:`update`);
+    Element 0 is the filtered ``x_0`` itself: ``(0, m_0, S_0, 0, 0)``. Returns the elements
+    (A, U, Z (T, d, d); b, eta (T, d)) and a flag: some observed entry at t >= 1 has zero
+    variance given ``x_{t-1}`` (a zero pivot of ``Psi11`` up to round-off, e.g. ``R = 0``
+    and no process noise along ``H``). Such an observation is an exact constraint on
+    ``x_{t-1}`` (infinite ``J``), which the elements cannot represent; the caller then
+    runs the sequential filter.
+    """
     T, d = y.shape[0], arr.m0.shape[0]
+    p = y.shape[1]
     dtype = arr.m0.dtype
-    eye = jnp.eye(d, dtype=dtype)
 
     def elem(t):
-        A, SQ = _trans(arr, t - 1)
+        F, SQ = _trans(arr, t - 1)
         H, SR = _emis(arr, t)
         yt = y[t]
         mask = ~jnp.isnan(yt)
         mf = mask.astype(dtype)
-        yt0 = jnp.where(mask, yt, 0.0)
+        y0 = jnp.where(mask, yt, 0.0)
         Hm = H * mf[:, None]
-        R = SR @ SR.T
-        Rm = R * mf[:, None] * mf[None, :] + jnp.diag(1.0 - mf)
-        Q = SQ @ SQ.T
-        Sm = symmetrize(Hm @ Q @ Hm.T + Rm)
-        Kt = jnp.linalg.solve(Sm, Hm @ Q).T  # Q H^T S^-1
-        IKH = eye - Kt @ Hm
-        HA = Hm @ A
-        SinvHA = jnp.linalg.solve(Sm, HA)
-        return (
-            IKH @ A,
-            Kt @ yt0,
-            symmetrize(IKH @ Q),
-            HA.T @ jnp.linalg.solve(Sm, yt0),
-            symmetrize(HA.T @ SinvHA),
-        )
+        top = jnp.concatenate([Hm @ SQ, SR * mf[:, None], jnp.diag(1.0 - mf)], axis=1)
+        bot = jnp.concatenate([SQ, jnp.zeros((d, 2 * p), dtype)], axis=1)
+        Psi = _tria_any(jnp.concatenate([top, bot], axis=0))
+        P11, P21, P22 = Psi[:p, :p], Psi[p:, :p], Psi[p:, p:]
+        W = solve_lower(P11, Hm @ F)  # (p, d)
+        z = solve_lower(P11, y0)
+        Z = W.T if p == d else (jnp.pad(W.T, ((0, 0), (0, d - p))) if p < d else _tria_any(W.T))
+        # an observed entry whose innovation pivot is zero up to the round-off of H SQ
+        scale = jnp.linalg.norm(H, axis=1) * jnp.linalg.norm(SQ) + jnp.linalg.norm(SR, axis=1)
+        exact = mask & (jnp.diagonal(P11) <= 16 * jnp.finfo(dtype).eps * scale)
+        return (F - P21 @ W, P21 @ z, P22, W.T @ z, Z), jnp.any(exact)
 
-    ts = jnp.arange(1, T)
-    els = jax.vmap(elem)(ts)
+    els, exact = jax.vmap(elem)(jnp.arange(1, T))
     H0, SR0 = _emis(arr, 0)
     m0, S0, _ = update(arr.m0, arr.S0, H0, SR0, y[0])
-    first = (jnp.zeros((1, d, d), dtype), m0[None], (S0 @ S0.T)[None], jnp.zeros((1, d), dtype), jnp.zeros((1, d, d), dtype))
-    return tuple(jnp.concatenate([f, e], axis=0) for f, e in zip(first, els))
+    zero = jnp.zeros((1, d, d), dtype)
+    first = (zero, m0[None], S0[None], jnp.zeros((1, d), dtype), zero)
+    return tuple(jnp.concatenate([f, e], axis=0) for f, e in zip(first, els)), jnp.any(exact)
 
 
 def _filter_combine(ei, ej):
-    Ai, bi, Ci, etai, Ji = ei
-    Aj, bj, Cj, etaj, Jj = ej
+    r"""Associative combine of square-root filtering elements (``ei`` earlier, ``ej`` later).
+
+    The covariance-form combine (Särkkä & García-Fernández 2021, Lemma 8) with
+    ``M = I + C_i J_j`` written through one triangularisation, never forming a covariance:
+    ``tria([[Z_j^T U_i, I], [U_i, 0]]) = [[T11, 0], [T21, T22]]`` gives ``T11 T11^T = I +
+    Z_j^T C_i Z_j`` (so ``T11`` is well conditioned), ``M^{-1} = I - T21 X`` with ``X =
+    T11^{-1} Z_j^T``, ``T22 T22^T = M^{-1} C_i``. Then ``A = A_j M^{-1} A_i``,
+    ``b = A_j M^{-1} (b_i + C_i eta_j) + b_j``, ``U = tria([A_j T22, U_j])``,
+    ``eta = A_i^T M^{-T} (eta_j - J_j b_i) + eta_i``, ``Z = tria([A_i^T X^T, Z_i])``
+    (``J_j M^{-1} = X^T X``). Batched over leading axes.
+    """
+    Ai, bi, Ui, etai, Zi = ei
+    Aj, bj, Uj, etaj, Zj = ej
     d = Ai.shape[-1]
-    eye = jnp.eye(d, dtype=Ai.dtype)
     mT = lambda x: jnp.swapaxes(x, -1, -2)  # noqa: E731
-    M = eye + Ci @ Jj
-    AjMinv = mT(jnp.linalg.solve(mT(M), mT(Aj)))  # Aj M^-1
-    Aij = AjMinv @ Ai
-    bij = (AjMinv @ (bi + (Ci @ etaj[..., None])[..., 0])[..., None])[..., 0] + bj
-    Cij = symmetrize(AjMinv @ Ci @ mT(Aj) + Cj)
-    AiTNinv = mT(jnp.linalg.solve(M, Ai))  # Ai^T (I + Jj Ci)^-1 = (M^-1 Ai)^T
-    etaij = (AiTNinv @ (etaj - (Jj @ bi[..., None])[..., 0])[..., None])[..., 0] + etai
-    Jij = symmetrize(AiTNinv @ Jj @ Ai + Ji)
-    return Aij, bij, Cij, etaij, Jij
+    mv = lambda M, v: jnp.einsum("...ij,...j->...i", M, v)  # noqa: E731
+    eye = jnp.broadcast_to(jnp.eye(d, dtype=Ai.dtype), Ai.shape)
+    Phi = jnp.concatenate([jnp.concatenate([mT(Zj) @ Ui, eye], -1),
+                           jnp.concatenate([Ui, jnp.zeros_like(Ui)], -1)], -2)
+    Th = _tria_any(Phi)
+    T11, T21, T22 = Th[..., :d, :d], Th[..., d:, :d], Th[..., d:, d:]
+    X = jnp.vectorize(solve_lower, signature="(n,n),(n,k)->(n,k)")(T11, mT(Zj))  # T11^{-1} Z_j^T
+    AjMinv = Aj - (Aj @ T21) @ X
+    Ci_etaj = mv(Ui, mv(mT(Ui), etaj))
+    bij = mv(AjMinv, bi + Ci_etaj) + bj
+    r = etaj - mv(Zj, mv(mT(Zj), bi))  # eta_j - J_j b_i
+    etaij = mv(mT(Ai), r - mv(mT(X), mv(mT(T21), r))) + etai  # M^{-T} = I - X^T T21^T
+    # U and Z in one batched triangularisation (half the program of two)
+    UZ = _tria_any(jnp.stack([jnp.concatenate([Aj @ T22, Uj], -1), jnp.concatenate([mT(Ai) @ mT(X), Zi], -1)]))
+    return AjMinv @ Ai, bij, UZ[0], etaij, UZ[1]
 
 
 def _predictive_logliks(arr: _Arrays, y, ms, Ss):
-    """One-step predictive log densities ``log p(y_t | y_{0:t-1})`` (T,) from filtered marginals."""
+    """One-step predictive log densities ``log p(y_t | y_{0:t-1})`` (T,) from filtered
+    marginals ``N(ms[t], Ss[t] Ss[t]^T)`` (square-root predict + update, as the sequential
+    filter)."""
     T = y.shape[0]
     H0, SR0 = _emis(arr, 0)
     ll0 = update(arr.m0, arr.S0, H0, SR0, y[0])[2]
@@ -402,10 +437,16 @@ def _predictive_logliks(arr: _Arrays, y, ms, Ss):
 
 
 def _filter_parallel(arr: _Arrays, y):
-    els = _filter_elements(arr, y)
-    _, ms, Ps, _, _ = jax.lax.associative_scan(_filter_combine, els)
-    Ss = jax.vmap(psd_cholesky)(Ps)
-    return ms, Ss, jnp.sum(_predictive_logliks(arr, y, ms, Ss))
+    """Square-root parallel-in-time filter: returns means (T, d), lower Cholesky factors
+    (T, d, d) and the log-likelihood. The scan composes :func:`_filter_elements` with
+    :func:`_filter_combine`; the ``U`` factor of each prefix is the filtered square root, a
+    :func:`tria` output (lower triangular, non-negative diagonal) like the sequential one."""
+    els, exact = _filter_elements(arr, y)
+    _, ms, Ss, _, _ = jax.lax.associative_scan(_filter_combine, els)
+    ll = jnp.sum(_predictive_logliks(arr, y, ms, Ss))
+    # an observation the elements cannot represent (an exact constraint on x_{t-1}, see
+    # _filter_elements): the sequential schedule, which handles it (under vmap both run)
+    return jax.lax.cond(exact, lambda: _filter_sequential(arr, y), lambda: (ms, Ss, ll))
 
 
 def _run_filter(ssm, y, parallel, H_static=None):
@@ -502,6 +543,9 @@ def backward_kernels(arr: _Arrays, ms, Ss):
 
     From ``tria([[A S_f, SQ], [S_f, 0]]) = [[Psi11, 0], [Psi21, Psi22]]``:
     ``G = Psi21 Psi11^{-1}``, ``g = m_f - G A m_f``, ``D = Psi22``. Returns (G, g, D).
+    The triangularisation zeroes pivots of ``Psi11`` at the rounding level of the
+    predicted covariance (``Psi11_ii^2 <= 16 eps (A P_f A^T + Q)_ii``) and skips them in
+    ``G``; their cross-covariance moves into ``D`` (``D D^T + G P_pred G^T = P_f`` holds).
     ``arr`` carries the transitions (see :func:`rts_smooth` for the array interface).
     """
     T, d = ms.shape
@@ -513,7 +557,13 @@ def backward_kernels(arr: _Arrays, ms, Ss):
     Phi = jnp.concatenate(
         [jnp.concatenate([AS, SQ], axis=2), jnp.concatenate([S, jnp.zeros_like(SQ)], axis=2)], axis=1
     )
-    Psi = tria_batched(Phi) if 2 * d <= 32 else jax.vmap(tria)(Phi)  # batched MGS: SIMD over t
+    # psd_cholesky's pivot rule for the predicted covariance A P_f A^T + Q:
+    # a direction whose predicted variance is within 16 eps of its row's is rounding
+    # noise, and dividing by it makes G an O(1) gain on rounding errors that the backward
+    # pass compounds (exact observations of an invertible ARMA: 1e-3 errors after ~30 steps)
+    # (the rows of S_f are left alone: D is what it is, and the rule there loses precision)
+    rule = jnp.concatenate([jnp.full(d, 16 * jnp.finfo(Phi.dtype).eps, Phi.dtype), jnp.zeros(d, Phi.dtype)])
+    Psi = tria_batched(Phi, rtol=rule)  # batched MGS: SIMD over t
     P11, P21, P22 = Psi[:, :d, :d], Psi[:, d:, :d], Psi[:, d:, d:]
     G = jnp.swapaxes(jax.vmap(solve_upper_t)(P11, jnp.swapaxes(P21, 1, 2)), 1, 2)
     g = m - jnp.einsum("tij,tj->ti", G, jnp.einsum("tij,tj->ti", A, m))
