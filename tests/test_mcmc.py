@@ -70,6 +70,36 @@ def reference_posterior(t, y):
                 b=(m_b, np.sqrt(np.sum(w * (bv + (bm - m_b) ** 2)))))
 
 
+def reference_quantiles(t, y, ps=(0.05, 0.95)):
+    """Exact posterior quantiles of ``ell`` (grid CDF) and ``b`` (CDF of the Gaussian
+    mixture over the grid), from the same dense quadrature as :func:`reference_posterior`."""
+    from scipy import stats
+
+    obs = ~np.isnan(y)
+    to, yo = jnp.asarray(t[obs]), jnp.asarray(y[obs])
+    one = jnp.ones(to.shape[0])
+    u = jnp.linspace(-2.5, 2.5, 4001)
+
+    def at(uu):
+        r = jnp.abs(to[:, None] - to[None]) * jnp.sqrt(3.0) / jnp.exp(uu)
+        Sig = (1 + r) * jnp.exp(-r) + 0.1 * jnp.eye(to.shape[0])
+        marg = jax.scipy.stats.multivariate_normal.logpdf(yo, jnp.zeros_like(yo), Sig + S0**2)
+        prec = 1 / S0**2 + one @ jnp.linalg.solve(Sig, one)
+        return marg - 0.5 * (uu / 0.5) ** 2, (one @ jnp.linalg.solve(Sig, yo)) / prec, 1 / prec
+
+    logp, bm, bv = (np.asarray(a) for a in jax.vmap(at)(u))
+    w = np.exp(logp - logp.max())
+    w /= w.sum()
+    ell_q = np.exp(np.interp(ps, np.cumsum(w), np.asarray(u)))
+    bs = np.linspace(bm.min() - 6 * np.sqrt(bv.max()), bm.max() + 6 * np.sqrt(bv.max()), 4001)
+    cdf = stats.norm.cdf((bs[:, None] - bm[None]) / np.sqrt(bv[None])) @ w
+    return dict(ell=ell_q, b=np.interp(ps, cdf, bs))
+
+
+def stats_norm_pdf_at(z):
+    return float(np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi))
+
+
 def _check_against(draws, mean, sd, what):
     draws = np.asarray(draws)
     ess = float(az.ess(draws))
@@ -82,10 +112,14 @@ def _check_against(draws, mean, sd, what):
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["numpyro", "blackjax"])
 def test_gp_posterior_matches_reference(gp_data, backend):
-    """Both backends: posterior means/sds of (ell, b) agree with the dense quadrature reference
-    within Monte Carlo error, the truth is inside the 90% intervals, and the ArviZ groups are right."""
+    """Both backends: posterior means/sds and 5%/95% quantiles of (ell, b) agree with the
+    dense quadrature reference within Monte Carlo error, the truth is inside the exact 90%
+    intervals, and the ArviZ groups are right. (The truth is checked against the exact
+    posterior, not the draws: for this data set it sits at the exact posterior's 94.6%
+    quantile of ell, where a sample quantile falls on either side of it by chance.)"""
     t, y = gp_data
     ref = reference_posterior(t, y)
+    qref = reference_quantiles(t, y)
     idata = mcmc.sample(gp_model, jax.random.PRNGKey(1), t, y=y, backend=backend, **SIZES)
     assert isinstance(idata, az.InferenceData)
     for g in ("posterior", "sample_stats", "observed_data", "log_likelihood"):
@@ -96,8 +130,14 @@ def test_gp_posterior_matches_reference(gp_data, backend):
     for name, truth in (("ell", ELL), ("b", B)):
         draws = idata.posterior[name].values.ravel()
         _check_against(draws, *ref[name], f"{backend}:{name}")
-        lo, hi = np.quantile(draws, [0.05, 0.95])
+        lo, hi = qref[name]
         assert lo < truth < hi, (name, lo, truth, hi)
+        # sample quantiles vs exact: sd of a p-quantile ~ sqrt(p (1-p) / ESS) / density, the
+        # density at the tails bounded below by that of a normal with the reference sd
+        ess = float(az.ess(draws))
+        dens = stats_norm_pdf_at(1.645) / ref[name][1]
+        tol = 4.0 * np.sqrt(0.05 * 0.95 / ess) / dens
+        np.testing.assert_allclose(np.quantile(draws, [0.05, 0.95]), qref[name], atol=tol, err_msg=f"{backend}:{name}")
     # pointwise log-likelihood: one per time point (0 where missing), sums to the Kalman total
     ll = idata.log_likelihood["y"]
     assert ll.shape == (2, 400, t.shape[0])
