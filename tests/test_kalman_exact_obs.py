@@ -88,7 +88,7 @@ def test_exact_observations_match_dense_conditioning():
 
 
 @pytest.mark.parametrize("T,dtype", [
-    (300, "float64"), (300, "float32"),
+    (300, "float64"), pytest.param(300, "float32", marks=pytest.mark.slow),
     pytest.param(3000, "float64", marks=pytest.mark.slow), pytest.param(3000, "float32", marks=pytest.mark.slow),
 ])
 def test_exact_observations_parallel_sequential_statsmodels(T, dtype):
