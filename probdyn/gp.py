@@ -7,7 +7,6 @@ times are obtained by merging them into the grid as missing observations.
 
 from __future__ import annotations
 
-import operator
 from typing import Callable
 
 import equinox as eqx
@@ -18,7 +17,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from probdyn.inference import kalman
 from probdyn.kernels import Kernel
-from probdyn.ssm import LinearGaussianSSM, check_times
+from probdyn.ssm import LinearGaussianSSM, check_positive_int, check_times
 
 
 def _as_concrete(x):
@@ -36,16 +35,6 @@ def _check_test_times(tt):
             i = int(np.argmax(bad))
             raise ValueError(f"test_times must be finite, got test_times[{i}] = {np.atleast_1d(tc)[i]}")
     return tt
-
-
-def _positive_int(n, name: str) -> int:
-    try:
-        k = None if isinstance(n, (bool, np.bool_)) else operator.index(n)
-    except TypeError:
-        k = None
-    if k is None or k < 1:
-        raise ValueError(f"{name} must be a positive integer, got {n!r}")
-    return k
 
 
 class MarkovGP(eqx.Module):
@@ -169,7 +158,7 @@ class MarkovGP(eqx.Module):
         Returned at ``test_times`` (default: the data times), shape (num_samples, M);
         ``num_samples`` a positive integer.
         """
-        k = _positive_int(num_samples, "num_samples")
+        k = check_positive_int(num_samples, "num_samples")
         y = jnp.full(self.times.shape, jnp.nan, self.times.dtype) if y is None else self._check_y(y)
         tt = self.times if test_times is None else _check_test_times(test_times)
         return self._sample(key, k, y, tt, kalman.use_parallel(parallel))

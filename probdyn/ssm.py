@@ -16,6 +16,7 @@ from Van Loan's block-matrix exponential.
 from __future__ import annotations
 
 import math
+import operator
 
 import equinox as eqx
 import jax
@@ -313,6 +314,17 @@ def _check_values(ssm: "LinearGaussianSSM"):
     if R is not None:
         HPH = None if H is None or P0 is None else np.einsum("tij,jk,tlk->til", H, P0[0], H)
         _check_cov("emission_cov", R, max(_abs_max(R), _abs_max(HPH)))
+
+
+def check_positive_int(n, name: str = "num_samples") -> int:
+    """``n`` as a positive Python int (a concrete integer, not a bool), else ``ValueError``."""
+    try:
+        k = None if isinstance(n, (bool, np.bool_)) else operator.index(n)
+    except TypeError:
+        k = None
+    if k is None or k < 1:
+        raise ValueError(f"{name} must be a positive integer, got {n!r}")
+    return k
 
 
 def check_times(times, name: str = "times") -> np.ndarray | Array:

@@ -32,7 +32,6 @@ forward-filter backward-sampler are two ways of composing it.
 from __future__ import annotations
 
 import math
-import operator
 from typing import NamedTuple
 
 import equinox as eqx
@@ -43,7 +42,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from probdyn.inference import fused
 from probdyn.linalg import psd_cholesky, psd_ldl, solve_lower, solve_upper_t, symmetrize, tria, tria_batched
-from probdyn.ssm import LinearGaussianSSM, TransitionBasis
+from probdyn.ssm import LinearGaussianSSM, TransitionBasis, check_positive_int
 
 __all__ = [
     "FilterResult",
@@ -465,17 +464,6 @@ def _validated(ssm, y):
     return y
 
 
-def _num_samples(n) -> int:
-    """``n`` as a positive Python int (a concrete integer, not a bool), else ``ValueError``."""
-    try:
-        k = None if isinstance(n, (bool, np.bool_)) else operator.index(n)
-    except TypeError:
-        k = None
-    if k is None or k < 1:
-        raise ValueError(f"num_samples must be a positive integer, got {n!r}")
-    return k
-
-
 @eqx.filter_jit
 def _filter_jit(ssm, y, par: bool, Hs=None) -> FilterResult:
     return _run_filter(ssm, y, par, Hs)[2]
@@ -661,7 +649,7 @@ def sample(
     """Joint posterior paths ``x_{0:T-1} ~ p(x | y)`` by forward-filter backward-sampling,
     shape (num_samples, T, d). ``num_samples`` is a positive integer (static: one
     compilation per value); else ``ValueError``."""
-    k = _num_samples(num_samples)
+    k = check_positive_int(num_samples)
     return _sample_jit(key, ssm, _validated(ssm, y), k, use_parallel(parallel), _static_emission(ssm))
 
 
