@@ -44,13 +44,14 @@ def gp_model(t, y=None):
     numpyro.sample("y", MarkovGPDistribution(kernels.Matern32(ell, 1.0), t, 0.1, mean=b), obs=y)
 
 
-def reference_posterior(t, y):
-    """Independent dense reference: quadrature over u = log ell (1-D grid); the offset b is
-    conjugate given ell (Gaussian), so its posterior is a Gaussian mixture over the grid."""
+def _quadrature(t, y, n):
+    """Dense quadrature over ``u = log ell`` (n-point grid on [-2.5, 2.5]): normalised
+    weights, and the Gaussian posterior mean and variance of the conjugate offset ``b``
+    given each ``ell``."""
     obs = ~np.isnan(y)
     to, yo = jnp.asarray(t[obs]), jnp.asarray(y[obs])
     one = jnp.ones(to.shape[0])
-    u = jnp.linspace(-2.5, 2.5, 801)
+    u = jnp.linspace(-2.5, 2.5, n)
 
     def at(uu):
         ell = jnp.exp(uu)
@@ -62,8 +63,14 @@ def reference_posterior(t, y):
 
     logp, bm, bv = (np.asarray(a) for a in jax.vmap(at)(u))
     w = np.exp(logp - logp.max())
-    w /= w.sum()
-    ell = np.exp(np.asarray(u))
+    return np.asarray(u), w / w.sum(), bm, bv
+
+
+def reference_posterior(t, y):
+    """Independent dense reference: quadrature over u = log ell (1-D grid); the offset b is
+    conjugate given ell (Gaussian), so its posterior is a Gaussian mixture over the grid."""
+    u, w, bm, bv = _quadrature(t, y, 801)
+    ell = np.exp(u)
     m_ell = np.sum(w * ell)
     m_b = np.sum(w * bm)
     return dict(ell=(m_ell, np.sqrt(np.sum(w * (ell - m_ell) ** 2))),
@@ -72,28 +79,13 @@ def reference_posterior(t, y):
 
 def reference_quantiles(t, y, ps=(0.05, 0.95)):
     """Exact posterior quantiles of ``ell`` (grid CDF) and ``b`` (CDF of the Gaussian
-    mixture over the grid), from the same dense quadrature as :func:`reference_posterior`."""
+    mixture over the grid), from the same quadrature as :func:`reference_posterior`."""
     from scipy import stats
 
-    obs = ~np.isnan(y)
-    to, yo = jnp.asarray(t[obs]), jnp.asarray(y[obs])
-    one = jnp.ones(to.shape[0])
-    u = jnp.linspace(-2.5, 2.5, 4001)
-
-    def at(uu):
-        r = jnp.abs(to[:, None] - to[None]) * jnp.sqrt(3.0) / jnp.exp(uu)
-        Sig = (1 + r) * jnp.exp(-r) + 0.1 * jnp.eye(to.shape[0])
-        marg = jax.scipy.stats.multivariate_normal.logpdf(yo, jnp.zeros_like(yo), Sig + S0**2)
-        prec = 1 / S0**2 + one @ jnp.linalg.solve(Sig, one)
-        return marg - 0.5 * (uu / 0.5) ** 2, (one @ jnp.linalg.solve(Sig, yo)) / prec, 1 / prec
-
-    logp, bm, bv = (np.asarray(a) for a in jax.vmap(at)(u))
-    w = np.exp(logp - logp.max())
-    w /= w.sum()
-    ell_q = np.exp(np.interp(ps, np.cumsum(w), np.asarray(u)))
+    u, w, bm, bv = _quadrature(t, y, 4001)
     bs = np.linspace(bm.min() - 6 * np.sqrt(bv.max()), bm.max() + 6 * np.sqrt(bv.max()), 4001)
     cdf = stats.norm.cdf((bs[:, None] - bm[None]) / np.sqrt(bv[None])) @ w
-    return dict(ell=ell_q, b=np.interp(ps, cdf, bs))
+    return dict(ell=np.exp(np.interp(ps, np.cumsum(w), u)), b=np.interp(ps, cdf, bs))
 
 
 def stats_norm_pdf_at(z):

@@ -580,7 +580,7 @@ def _affine_combine(later, earlier):
     E = E1 @ E2
     g = (E1 @ g2[..., None])[..., 0] + g1
     M = jnp.concatenate([E1 @ D2, D1], axis=-1)
-    D = tria_batched(M) if M.shape[-2] <= 16 else jax.vmap(tria)(M)
+    D = _tria_any(M)
     return E, g, D
 
 
