@@ -8,7 +8,8 @@ stretches the filtered covariance of the second state shrinks like ``theta^(2k)`
 zero, the predicted covariance becomes singular to working precision, and an RTS gain
 computed from it would amplify rounding by ``1/theta`` per step (the defect this guards:
 smoothed means off by 1e-3 to 3e-2, covariances by O(1), before the pivot rule of
-``backward_kernels`` and the square-root parallel filter).
+``backward_kernels``, the square-root parallel filter and the parallel smoother's adjoint
+form, whose maps contract where products of RTS gains grow by ``1/theta`` per step).
 """
 
 import jax
@@ -92,33 +93,77 @@ def test_exact_observations_match_dense_conditioning():
     pytest.param(3000, "float64", marks=pytest.mark.slow), pytest.param(3000, "float32", marks=pytest.mark.slow),
 ])
 def test_exact_observations_parallel_sequential_statsmodels(T, dtype):
-    """Log-likelihood, filtered means and covariances of both schedules and smoothed
-    moments of the sequential schedule against statsmodels (the parallel smoother: the
-    dense test above at T = 300, and the open case below). float64: statsmodels' own precision (~3e-10 against dense algebra) and
-    the smoother's (2e-8 on means of scale ~1.5, T = 3000). float32 (eps32 = 1.2e-7,
-    measured worst of T = 300, 3000): log-likelihood (~ -T) 3e-4 absolute over T = 3000
-    steps (2e-5 relative), filtered moments 6e-7, smoothed means 6e-4 (the smoothing
-    gain amplifies rounding), covariances 1.3e-6."""
+    """Log-likelihood, filtered and smoothed moments of both schedules against statsmodels.
+
+    float64: statsmodels' own precision (~3e-10 against dense algebra) and the sequential
+    smoother's (2e-8 on means of scale ~1.5 at T = 3000: its RTS gains grow by 1/theta =
+    2.5 per step over observed stretches and amplify rounding; the parallel smoother's
+    adjoint form does not, 9e-10). float32 (eps32 = 1.2e-7, measured worst of T = 300,
+    3000): log-likelihood (~ -T) 3e-4 absolute over T = 3000 steps (2e-5 relative),
+    filtered moments 6e-7, smoothed means 6e-4 sequential (the same amplification) and
+    6e-7 parallel, smoothed covariances 1.1e-6 sequential and 3.4e-7 parallel.
+    """
     ssm, y, ref = _arma_case(T, seed=T)
     seq, par = (_run(ssm, y, jnp.dtype(dtype), p) for p in (False, True))
     if dtype == "float64":
-        tol = dict(ll=1e-9, f=2e-9, sm=1e-7, c=1e-9)
+        tol = dict(ll=1e-9, f=2e-9, c=1e-9, sequential=1e-7, parallel=1e-8)
     else:
-        tol = dict(ll=2e-5, f=2e-6, sm=2e-3, c=1e-5)
+        tol = dict(ll=2e-5, f=2e-6, c=5e-6, sequential=2e-3, parallel=3e-6)
     for name, out in (("sequential", seq), ("parallel", par)):
         np.testing.assert_allclose(out["ll"], ref["ll"], rtol=tol["ll"], err_msg=name)
-        for k in ("fm", "fc"):
-            np.testing.assert_allclose(out[k], ref[k], atol=tol["f"], err_msg=f"{name} {k}")
-    np.testing.assert_allclose(seq["sm"], ref["sm"], atol=tol["sm"], err_msg="sequential sm")
-    np.testing.assert_allclose(seq["sc"], ref["sc"], atol=tol["c"], err_msg="sequential sc")
+        for k in ("fm", "fc", "sc"):
+            np.testing.assert_allclose(out[k], ref[k], atol=tol["f" if k[0] == "f" else "c"], err_msg=f"{name} {k}")
+        np.testing.assert_allclose(out["sm"], ref["sm"], atol=tol[name], err_msg=f"{name} sm")
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="open (issue 30, item 3): the parallel smoother's affine composition of "
-                   "backward gains amplifies rounding in the smoothed moments over long exact-observation runs "
-                   "(measured at T = 3000 in float64: means 1.1e-3, covariances 1.1e-7; T = 300: 4e-9, 3e-10)")
-def test_exact_observations_parallel_smoother_long_run():
-    ssm, y, ref = _arma_case(3000, seed=3000)
-    par = _run(ssm, y, jnp.float64, True)
-    np.testing.assert_allclose(par["sc"], ref["sc"], atol=1e-9)
-    np.testing.assert_allclose(par["sm"], ref["sm"], atol=1e-7)
+def _dense_general(A, Q, H, R, m0, P0, y):
+    """Smoothed means and marginal covariances of a time-invariant model with NaN-missing
+    entries of a multivariate ``y`` (T, p), by dense joint-Gaussian conditioning."""
+    T, p = y.shape
+    d = A.shape[0]
+    P = [P0]
+    for _ in range(T - 1):
+        P.append(A @ P[-1] @ A.T + Q)
+    S = np.zeros((T * d, T * d))
+    for t in range(T):
+        M = P[t]
+        for u in range(t, T):
+            S[u * d:(u + 1) * d, t * d:(t + 1) * d] = M
+            S[t * d:(t + 1) * d, u * d:(u + 1) * d] = M.T
+            M = A @ M
+    Hb, Rb = np.kron(np.eye(T), H), np.kron(np.eye(T), R)
+    obs = np.flatnonzero(~np.isnan(y.ravel()))
+    G = Hb[obs]
+    mu = np.tile(m0, T)
+    C = G @ S @ G.T + Rb[np.ix_(obs, obs)]
+    K = np.linalg.solve(C, G @ S).T
+    m, V = mu + K @ (y.ravel()[obs] - G @ mu), S - K @ G @ S
+    return m.reshape(T, d), np.stack([V[t * d:(t + 1) * d, t * d:(t + 1) * d] for t in range(T)])
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_partly_exact_multivariate_observations_match_dense(dtype):
+    """Three states, rank-two process noise, two observed coordinates of which one is exact
+    (``R = diag(0, 0.3)``), missing entries one coordinate at a time: both schedules'
+    smoothed moments against dense conditioning. Measured worst (means of scale ~2.4,
+    covariances ~0.8): float64 7e-15; float32 1.2e-6 (sequential) and 6e-7 (parallel)."""
+    rng = np.random.default_rng(7)
+    T, d = 150, 3
+    A = np.array([[0.9, 0.3, 0.0], [-0.2, 0.7, 0.1], [0.0, 0.2, 0.5]])
+    L = rng.normal(size=(d, 2)) * 0.5
+    Q, H, R = L @ L.T, rng.normal(size=(2, d)), np.diag([0.0, 0.3])
+    m0, P0 = np.zeros(d), np.eye(d)
+    x, y = rng.multivariate_normal(m0, P0), np.zeros((T, 2))
+    for t in range(T):
+        y[t] = H @ x + np.sqrt(np.diag(R)) * rng.normal(size=2)
+        x = A @ x + L @ rng.normal(size=2)
+    y[rng.uniform(size=(T, 2)) < 0.2] = np.nan
+    dm, dc = _dense_general(A, Q, H, R, m0, P0, y)
+    c = lambda v: jnp.asarray(v, dtype)  # noqa: E731
+    ssm = LinearGaussianSSM(initial_mean=c(m0), initial_cov=c(P0), transition_matrix=c(A), transition_cov=c(Q),
+                            emission_matrix=c(H), emission_cov=c(R))
+    tol = 1e-12 if dtype == "float64" else 5e-6
+    for parallel in (False, True):
+        s = kalman.smoother(ssm, c(y), parallel=parallel)
+        np.testing.assert_allclose(np.asarray(s.mean, float), dm, atol=tol, err_msg=f"parallel={parallel}")
+        np.testing.assert_allclose(np.asarray(s.cov, float), dc, atol=tol, err_msg=f"parallel={parallel}")

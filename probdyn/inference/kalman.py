@@ -14,8 +14,10 @@ Two schedules give the same numbers:
 * **parallel-in-time** (``lax.associative_scan``; Särkkä & García-Fernández, IEEE TAC 2021):
   the filter composes the paper's elements in square-root form ``(A, b, U, eta, Z)``,
   ``C = U U^T``, ``J = Z Z^T`` (Yaghoobi, Corenflos, Hassan & Särkkä 2022), so its factors
-  keep the sequential filter's relative precision; the smoother and sampler compose the
-  *same* square-root backward kernels as the sequential path.
+  keep the sequential filter's relative precision; the smoother composes the
+  Bryson–Frazier adjoint recursion (:func:`_adjoint_elements`: products of closed-loop
+  filter transitions, which contract, where products of RTS gains can grow geometrically),
+  and the sampler the same square-root backward kernels as the sequential path.
 
 ``parallel=None`` picks the parallel schedule on GPU/TPU and the sequential one on CPU.
 
@@ -92,6 +94,24 @@ def predict(m, S, A, SQ, b=None):
     return mp, tria(jnp.concatenate([A @ S, SQ], axis=1))
 
 
+def _update_stack(S, H, SR, y):
+    """The stacked square roots an update triangularises, and the masked observation.
+
+    ``[[Hm S, SR_m, I_miss], [S, 0, 0]]`` (p + d, d + 2p), where NaN entries of ``y`` get a
+    zero row ``Hm`` of ``H``, a zero row of ``SR`` and a unit innovation factor. Its
+    triangularisation ``[[Sy, 0], [Kb, S_new]]`` gives the innovation factor ``Sy``
+    (``Sy Sy^T = H P H^T + R``), ``Kb = P H^T Sy^{-T}`` and the updated factor. Returns
+    (Phi, Hm (p, d), y0 (p,) with zeros at NaNs, mask (p,)).
+    """
+    p, d = H.shape
+    mask = ~jnp.isnan(y)
+    mf = mask.astype(S.dtype)
+    Hm = H * mf[:, None]
+    top = jnp.concatenate([Hm @ S, SR * mf[:, None], jnp.diag(1.0 - mf)], axis=1)
+    bot = jnp.concatenate([S, jnp.zeros((d, 2 * p), S.dtype)], axis=1)
+    return jnp.concatenate([top, bot], axis=0), Hm, jnp.where(mask, y, 0.0), mask
+
+
 def update(m, S, H, SR, y, offset=None):
     """Square-root measurement update with NaN-missing entries.
 
@@ -102,15 +122,11 @@ def update(m, S, H, SR, y, offset=None):
     prediction: it adds 0 if the residual it leaves is exactly 0, else the log density is
     ``-inf`` (never the ``+inf`` of ``-log 0``).
     """
-    p, d = H.shape
-    mask = ~jnp.isnan(y)
+    p = H.shape[0]
+    Phi, Hm, y0, mask = _update_stack(S, H, SR, y)
     maskf = mask.astype(m.dtype)
-    y0 = jnp.where(mask, y, 0.0)
-    Hm = H * maskf[:, None]
     pred = Hm @ m if offset is None else Hm @ m + jnp.where(mask, offset, 0.0)
-    top = jnp.concatenate([Hm @ S, SR * maskf[:, None], jnp.diag(1.0 - maskf)], axis=1)
-    bot = jnp.concatenate([S, jnp.zeros((d, 2 * p), m.dtype)], axis=1)
-    Psi = tria(jnp.concatenate([top, bot], axis=0))
+    Psi = tria(Phi)
     Sy, Kb, S_new = Psi[:p, :p], Psi[p:, :p], Psi[p:, p:]
     e = y0 - pred
     z = solve_lower(Sy, e)
@@ -334,6 +350,12 @@ def _tria_any(M):
     return tria_batched(M) if M.shape[-2] <= 16 else jnp.vectorize(tria, signature="(n,k)->(n,n)")(M)
 
 
+def _square_factor(M):
+    """A (d, d) factor with the product ``M M^T`` of a (d, k) factor ``M``."""
+    d, k = M.shape
+    return M if k == d else (jnp.pad(M, ((0, 0), (0, d - k))) if k < d else _tria_any(M))
+
+
 def _filter_elements(arr: _Arrays, y):
     r"""Square-root filtering elements ``(A, b, U, eta, Z)`` (T, ...), ``C = U U^T``, ``J = Z Z^T``.
 
@@ -358,18 +380,12 @@ def _filter_elements(arr: _Arrays, y):
     def elem(t):
         F, SQ = _trans(arr, t - 1)
         H, SR = _emis(arr, t)
-        yt = y[t]
-        mask = ~jnp.isnan(yt)
-        mf = mask.astype(dtype)
-        y0 = jnp.where(mask, yt, 0.0)
-        Hm = H * mf[:, None]
-        top = jnp.concatenate([Hm @ SQ, SR * mf[:, None], jnp.diag(1.0 - mf)], axis=1)
-        bot = jnp.concatenate([SQ, jnp.zeros((d, 2 * p), dtype)], axis=1)
-        Psi = _tria_any(jnp.concatenate([top, bot], axis=0))
+        Phi, Hm, y0, mask = _update_stack(SQ, H, SR, y[t])
+        Psi = _tria_any(Phi)
         P11, P21, P22 = Psi[:p, :p], Psi[p:, :p], Psi[p:, p:]
         W = solve_lower(P11, Hm @ F)  # (p, d)
         z = solve_lower(P11, y0)
-        Z = W.T if p == d else (jnp.pad(W.T, ((0, 0), (0, d - p))) if p < d else _tria_any(W.T))
+        Z = _square_factor(W.T)
         # an observed entry whose innovation pivot is zero up to the round-off of H SQ
         scale = jnp.linalg.norm(H, axis=1) * jnp.linalg.norm(SQ) + jnp.linalg.norm(SR, axis=1)
         exact = mask & (jnp.diagonal(P11) <= 16 * jnp.finfo(dtype).eps * scale)
@@ -584,6 +600,54 @@ def _affine_combine(later, earlier):
     return E, g, D
 
 
+def _adjoint_elements(arr: _Arrays, y, ms, Ss):
+    r"""Backward elements ``(Gamma, u, Z)`` (T-1, ...) of the adjoint ``lambda_t``.
+
+    The smoothed moments in Bryson–Frazier form (de Jong 1989; Durbin & Koopman 2012,
+    §4.4): ``m^s_t = m_t + P_t A_t^T lambda_t``, ``P^s_t = P_t - P_t A_t^T N_t A_t P_t`` with
+    ``lambda_t = u_t + Gamma_t lambda_{t+1}``, ``N_t = Z_t Z_t^T + Gamma_t N_{t+1}
+    Gamma_t^T``, ``lambda_{T-1} = 0``, ``N_{T-1} = 0``. From the update at t+1 (the
+    triangularisation of :func:`update`: innovation factor ``Sy``, ``Kb = P^p H^T Sy^{-T}``,
+    ``W = Sy^{-1} H``, ``z = Sy^{-1} (y - H m^p)``): ``u_t = W^T z``, ``Z_t = W^T`` and
+    ``Gamma_t = (I - Kb W)^T A_{t+1}^T`` (the closed-loop filter transition, transposed).
+    Products of ``Gamma`` contract as the filter forgets, where products of RTS gains may
+    grow geometrically (exact observations of an invertible ARMA: by ``1/theta`` per step)
+    and their composition loses precision in proportion. Shapes: Gamma, Z (T-1, d, d), u
+    (T-1, d); ``ms`` (T, d), ``Ss`` (T, d, d) are the filtered marginals.
+    """
+    T, d = ms.shape
+    p = y.shape[1]
+
+    def one(t):
+        A, SQ = _trans(arr, t)
+        H, SR = _emis(arr, t + 1)
+        mp, Sp = predict(ms[t], Ss[t], A, SQ)
+        Phi, Hm, y0, _ = _update_stack(Sp, H, SR, y[t + 1])
+        Psi = _tria_any(Phi)
+        Sy, Kb = Psi[:p, :p], Psi[p:, :p]
+        W = solve_lower(Sy, Hm)
+        z = solve_lower(Sy, y0 - Hm @ mp)
+        A_next = _trans(arr, jnp.minimum(t + 1, T - 2))[0]
+        Gamma = (jnp.eye(d, dtype=ms.dtype) - Kb @ W).T @ A_next.T
+        return jnp.where(t == T - 2, 0.0, Gamma), W.T @ z, _square_factor(W.T)
+
+    return jax.vmap(one)(jnp.arange(T - 1))
+
+
+def _smooth_adjoint(arr: _Arrays, y, ms, Ss):
+    """Parallel-in-time smoothed means (T, d) and covariances (T, d, d) from the filtered
+    marginals: :func:`_adjoint_elements` composed by an associative scan."""
+    T, d = ms.shape
+    _, lam, N = jax.lax.associative_scan(_affine_combine, _adjoint_elements(arr, y, ms, Ss), reverse=True)
+    A = arr.A if arr.tv_trans else jnp.broadcast_to(arr.A, (T - 1, d, d))
+    S = Ss[:-1]
+    ST, AT = jnp.swapaxes(S, 1, 2), jnp.swapaxes(A, 1, 2)
+    mean = ms[:-1] + jnp.einsum("tij,tj->ti", S @ (ST @ AT), lam)
+    B = ST @ AT @ N  # P^s = S (I - B B^T) S^T
+    cov = symmetrize(S @ (jnp.eye(d, dtype=ms.dtype) - B @ jnp.swapaxes(B, 1, 2)) @ ST)
+    return jnp.concatenate([mean, ms[-1:]]), jnp.concatenate([cov, (Ss[-1] @ Ss[-1].T)[None]])
+
+
 def _smooth_parallel(G, g, D, mT, ST):
     d = mT.shape[0]
     E = jnp.concatenate([G, jnp.zeros((1, d, d), G.dtype)])
@@ -604,11 +668,10 @@ def _smoother_jit(ssm, y, par: bool, Hs=None) -> SmootherResult:
     arr, y, f = _run_filter(ssm, y, par, Hs)
     if y.shape[0] == 1:
         return SmootherResult(f.mean, f.cov, f.log_likelihood, f)
-    G, g, D = backward_kernels(arr, f.mean, f.chol)
     if par:
-        ms, Ss = _smooth_parallel(G, g, D, f.mean[-1], f.chol[-1])
-    else:
-        ms, Ss = _smooth_sequential(G, g, D, f.mean[-1], f.chol[-1], fused.finite_guard(y))
+        return SmootherResult(*_smooth_adjoint(arr, y, f.mean, f.chol), f.log_likelihood, f)
+    G, g, D = backward_kernels(arr, f.mean, f.chol)
+    ms, Ss = _smooth_sequential(G, g, D, f.mean[-1], f.chol[-1], fused.finite_guard(y))
     return SmootherResult(ms, Ss @ jnp.swapaxes(Ss, -1, -2), f.log_likelihood, f)
 
 
