@@ -193,7 +193,10 @@ def test_bad_input_and_warnings(gp_data):
 def test_sequential_chains_match_conjugate_posterior_and_vectorized_draws():
     """chain_method='sequential': the conjugate normal posterior N(sum(y)/(n+1), 1/(n+1)) within
     Monte Carlo error, chains independent, and the same draws as the vectorised chains given
-    the same keys (the two layouts differ only in scheduling)."""
+    the same keys (the two layouts differ only in scheduling, so up to rounding: XLA may
+    order a vmapped reduction differently, and a 1e-16 difference in an adapted step size
+    carries through the chain; jax 0.12.1 gives 4 of 900 draws that differ by <= 9.3e-11,
+    jax 0.10.2 gave none above 1e-12; another random stream would differ by O(0.5))."""
     def model(y=None):
         m = numpyro.sample("m", dist.Normal(0, 1))
         numpyro.sample("y", dist.Normal(m, 1.0), obs=y)
@@ -207,7 +210,7 @@ def test_sequential_chains_match_conjugate_posterior_and_vectorized_draws():
     assert abs(draws.mean() - 0.75) < 4 * 0.5 / np.sqrt(ess) and abs(draws.std() - 0.5) < 0.1, (draws.mean(), ess)
     assert not np.allclose(draws[0], draws[1])
     vec = mcmc.sample(model, jax.random.PRNGKey(2), **kw)
-    np.testing.assert_allclose(vec.posterior["m"].values, draws, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(vec.posterior["m"].values, draws, rtol=0, atol=1e-8)
     with pytest.raises(ValueError, match="chain_method"):
         mcmc.sample(model, jax.random.PRNGKey(2), chain_method="parallel", **kw)
 
