@@ -246,8 +246,9 @@ def _cmd_fit(a) -> int:
 def _write_fit_outputs(out: Path, idata, extra: dict, point_estimate: bool = False) -> None:
     import warnings
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with warnings.catch_warnings():  # arviz 0.x's FutureWarning on import, shape notes on one draw
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", UserWarning)
         import arviz as az
 
         idata.to_netcdf(str(out / "posterior.nc"))
@@ -395,8 +396,9 @@ def _fit_sde(a, t, y, names) -> int:
     if a.engine == "map":
         import warnings
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings():  # as in _write_fit_outputs
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", UserWarning)
             import arviz as az
 
             idata = az.from_dict(posterior={k: np.array([[v]]) for k, v in fitted.items()})

@@ -9,13 +9,14 @@ import sys
 
 import numpy as np
 import pytest
+from strict_run import PATH as STRICT_RUN
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def cli(*args, cwd):
     env = {**os.environ, "PYTHONPATH": ROOT, "MPLBACKEND": "Agg"}
-    return subprocess.run([sys.executable, "-m", "probdyn", *args], cwd=str(cwd), env=env,
+    return subprocess.run([sys.executable, STRICT_RUN, "-m", "probdyn", *args], cwd=str(cwd), env=env,
                           capture_output=True, text=True, timeout=900)
 
 
