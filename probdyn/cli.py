@@ -246,8 +246,7 @@ def _cmd_fit(a) -> int:
 def _write_fit_outputs(out: Path, idata, extra: dict, point_estimate: bool = False) -> None:
     import warnings
 
-    with warnings.catch_warnings():  # arviz 0.x's FutureWarning on import, shape notes on one draw
-        warnings.simplefilter("ignore", FutureWarning)
+    with warnings.catch_warnings():  # arviz's notes on a single draw (a point estimate)
         warnings.simplefilter("ignore", UserWarning)
         import arviz as az
 
@@ -394,14 +393,9 @@ def _fit_sde(a, t, y, names) -> int:
     m0, P0 = sysid.initial_prior(ob, yy[0], system.state_dim, 1.0)
     build = _sde_builder(info.model)
     if a.engine == "map":
-        import warnings
+        import arviz as az
 
-        with warnings.catch_warnings():  # as in _write_fit_outputs
-            warnings.simplefilter("ignore", FutureWarning)
-            warnings.simplefilter("ignore", UserWarning)
-            import arviz as az
-
-            idata = az.from_dict(posterior={k: np.array([[v]]) for k, v in fitted.items()})
+        idata = az.from_dict({"posterior": {k: np.array([[v]]) for k, v in fitted.items()}})
     else:  # Bayesian: priors around the system's nominal parameters, the filter likelihood, MAP start
         idata = _sde_posterior(a, system, build, ob, tt, yy, m0, P0, fkw, fitted)
     elapsed = time.perf_counter() - t0

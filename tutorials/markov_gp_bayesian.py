@@ -26,7 +26,6 @@
 import json
 import os
 import time
-import warnings
 
 import matplotlib
 
@@ -45,9 +44,7 @@ jax.config.update("jax_enable_x64", True)
 from probdyn import MarkovGP, kernels  # noqa: E402
 from probdyn.inference import mcmc, variational  # noqa: E402
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", FutureWarning)
-    import arviz as az  # noqa: E402
+import arviz as az  # noqa: E402
 
 SMOKE = os.environ.get("PROBDYN_SMOKE", "0") == "1"
 OUT = os.environ.get("PROBDYN_OUT", os.path.join("probdyn-out", "tutorials", "markov_gp_bayesian"))
@@ -131,18 +128,22 @@ for r in rows:
 # ## Plots: trace (numpyro), posteriors of all three, and the ELBO trace
 
 # %%
-az.plot_trace(results["numpyro"], var_names=params[:-1])
-plt.tight_layout()
-plt.savefig(os.path.join(OUT, "trace_numpyro.png"), dpi=80)
+# arviz-plots (ArviZ >= 1.0): each call returns a PlotCollection that saves its figure
+az.plot_trace_dist(results["numpyro"], var_names=params[:-1], backend="matplotlib").savefig(
+    os.path.join(OUT, "trace_numpyro.png"), dpi=80)
 plt.close("all")
 
-az.plot_forest([results[b] for b in results], model_names=list(results), var_names=params[:-1], combined=True)
-plt.tight_layout()
-plt.savefig(os.path.join(OUT, "forest_compare.png"), dpi=80)
+# plot_forest aligns the methods' draws, so each enters with the same number of pooled draws
+n_pool = min(r.posterior.sizes["chain"] * r.posterior.sizes["draw"] for r in results.values())
+pooled = {b: az.from_dict({"posterior": {v: r.posterior[v].values.reshape(1, -1)[:, :n_pool] for v in params[:-1]}})
+          for b, r in results.items()}
+pc = az.plot_forest(pooled, var_names=params[:-1], combined=True, backend="matplotlib")
+pc.add_legend("model")
+pc.savefig(os.path.join(OUT, "forest_compare.png"), dpi=80)
 plt.close("all")
 
-az.plot_posterior(results["blackjax"], var_names=["period", "sigma"])
-plt.savefig(os.path.join(OUT, "posterior_blackjax.png"), dpi=80)
+az.plot_dist(results["blackjax"], var_names=["period", "sigma"], backend="matplotlib").savefig(
+    os.path.join(OUT, "posterior_blackjax.png"), dpi=80)
 plt.close("all")
 
 fig, ax = plt.subplots(1, 2, figsize=(11, 3.5))

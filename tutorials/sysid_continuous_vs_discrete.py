@@ -29,7 +29,6 @@
 import json
 import os
 import time
-import warnings
 
 import matplotlib
 
@@ -47,9 +46,7 @@ from probdyn.inference import gaussian_filters as gf  # noqa: E402
 from probdyn.inference import mcmc  # noqa: E402
 from probdyn.models import sysid  # noqa: E402
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", FutureWarning)
-    import arviz as az  # noqa: E402
+import arviz as az  # noqa: E402
 
 SMOKE = os.environ.get("PROBDYN_SMOKE", "0") == "1"
 OUT = os.environ.get("PROBDYN_OUT", os.path.join("probdyn-out", "tutorials", "sysid_continuous_vs_discrete"))

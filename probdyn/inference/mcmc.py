@@ -1,4 +1,4 @@
-r"""NUTS/HMC for numpyro programs, with numpyro's or blackjax's kernels, -> ``arviz.InferenceData``.
+r"""NUTS/HMC for numpyro programs, with numpyro's or blackjax's kernels, -> ArviZ ``xarray.DataTree``.
 
 One driver serves both backends: the numpyro model is turned into a potential on an
 unconstrained space (numpyro's initialisation utilities and transforms), chains are
@@ -15,7 +15,9 @@ The result has groups ``posterior`` (numpyro site names, constrained values and
 deterministic sites), ``sample_stats`` (``diverging``, ``energy``, ``step_size``,
 ``tree_depth``, ``n_steps``, ``acceptance_rate``, ``lp``), ``observed_data`` and
 ``log_likelihood`` (pointwise ``log p(y_t | y_{<t})`` for probdyn distributions, else the
-site's ``log_prob``). Timings and device counts are in ``idata.attrs``.
+site's ``log_prob``). Timings and device counts are in ``idata.attrs``. The result is
+what ArviZ >= 1.0 builds and reads (an ``xarray.DataTree``; ``idata.to_netcdf(path)`` and
+``arviz.from_netcdf(path)`` round-trip it); diagnostics come from arviz-stats.
 """
 
 from __future__ import annotations
@@ -33,9 +35,8 @@ from numpyro import handlers
 from numpyro.distributions import ExpandedDistribution
 from numpyro.infer.util import initialize_model, init_to_uniform
 
-with warnings.catch_warnings():  # arviz announces its refactor with a FutureWarning on import
-    warnings.simplefilter("ignore", FutureWarning)
-    import arviz as az
+import arviz as az
+import xarray as xr
 
 __all__ = ["sample", "diagnostics", "to_inference_data", "ConvergenceWarning", "BACKENDS", "SAMPLERS"]
 
@@ -247,7 +248,7 @@ def _run_blackjax(model, key, args, kwargs, sampler, num_warmup, num_samples, nu
 
 
 # ----------------------------------------------------------------------------------
-# InferenceData assembly
+# DataTree assembly
 # ----------------------------------------------------------------------------------
 def _site_log_lik(fn, value):
     base = fn.base_dist if isinstance(fn, ExpandedDistribution) else fn
@@ -284,8 +285,8 @@ def _log_likelihood(model, samples: dict, args, kwargs, num_chains: int, num_dra
 
 
 def to_inference_data(model: Callable, samples: dict, *args: Any, sample_stats: dict | None = None,
-                      log_likelihood: bool = True, **kwargs: Any) -> az.InferenceData:
-    """``arviz.InferenceData`` from constrained site values ``samples`` (chain, draw, ...).
+                      log_likelihood: bool = True, **kwargs: Any) -> xr.DataTree:
+    """ArviZ results (``xarray.DataTree``) from constrained site values ``samples`` (chain, draw, ...).
 
     Adds ``observed_data`` and (optionally) the pointwise ``log_likelihood`` of every
     observed site of ``model(*args, **kwargs)``. Used by MCMC and by SVI.
@@ -304,12 +305,13 @@ def to_inference_data(model: Callable, samples: dict, *args: Any, sample_stats: 
             ll = _log_likelihood(model, {k: samples[k] for k in latent if k in samples}, args, kwargs,
                                  num_chains, num_draws)
             groups["log_likelihood"] = {k: np.asarray(v) for k, v in ll.items()}
-    return az.from_dict(**groups)
+    return az.from_dict(groups)
 
 
-def diagnostics(idata: az.InferenceData, var_names=None):
-    """ArviZ diagnostics table (``r_hat``, ``ess_bulk``, ``ess_tail``, mcse) per scalar parameter."""
-    return az.summary(idata, var_names=var_names, kind="diagnostics")
+def diagnostics(idata: xr.DataTree, var_names=None):
+    """arviz-stats' diagnostics table (``ess_bulk``, ``ess_tail``, ``r_hat``, ``mcse_mean``,
+    ``mcse_sd``) per scalar parameter (a pandas DataFrame)."""
+    return az.summary(idata, var_names=var_names, kind="diagnostics", round_to="none")
 
 
 def _report(idata, num_chains: int, rhat_threshold: float, verbose: bool):
@@ -317,7 +319,7 @@ def _report(idata, num_chains: int, rhat_threshold: float, verbose: bool):
     ndiv = int(np.asarray(idata.sample_stats["diverging"]).sum())
     ntot = int(np.asarray(idata.sample_stats["diverging"]).size)
     if verbose:
-        print(table.to_string())
+        print(table.round(3).to_string())
         print(f"divergences: {ndiv} / {ntot}")
     msgs = []
     if num_chains > 1:
@@ -352,8 +354,8 @@ def sample(
     report: bool = True,
     rhat_threshold: float = 1.01,
     **kwargs: Any,
-) -> az.InferenceData:
-    """Run NUTS/HMC on a numpyro ``model(*args, **kwargs)`` and return ``arviz.InferenceData``.
+) -> xr.DataTree:
+    """Run NUTS/HMC on a numpyro ``model(*args, **kwargs)``; ArviZ results as ``xarray.DataTree``.
 
     Args:
         model: numpyro program; observed sites give ``observed_data``/``log_likelihood``.
@@ -375,7 +377,7 @@ def sample(
         **kwargs: keyword arguments of ``model``.
 
     Returns:
-        ``arviz.InferenceData`` (posterior arrays (chain, draw, *site_shape)); ``attrs`` hold
+        ``xarray.DataTree`` (posterior arrays (chain, draw, *site_shape)); ``attrs`` hold
         ``backend``, ``num_devices``, timings (``compile_time_s``, ``warmup_time_s``,
         ``sampling_time_s``) and ``num_divergences``.
     """

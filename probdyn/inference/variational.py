@@ -3,7 +3,7 @@ r"""Variational inference for numpyro programs (stochastic VI with optax).
 :func:`svi` fits a guide (a numpyro autoguide, by name or class, or a custom guide
 program) to ``model(*args, **kwargs)`` by maximising the ELBO with an optax optimiser, and
 returns the fitted parameters, the ELBO trace and the approximate posterior as
-``arviz.InferenceData`` (one chain of ``num_posterior_samples`` independent draws, same
+ArviZ ``xarray.DataTree`` (one chain of ``num_posterior_samples`` independent draws, same
 groups as :func:`probdyn.inference.mcmc.sample` minus ``sample_stats``).
 """
 
@@ -12,10 +12,10 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, NamedTuple
 
-import arviz as az
 import jax
 import jax.numpy as jnp
 import optax
+import xarray as xr
 from jaxtyping import Array, Float, PRNGKeyArray
 from numpyro import handlers
 from numpyro.infer import SVI, Predictive, Trace_ELBO, autoguide
@@ -40,14 +40,14 @@ class SVIResult(NamedTuple):
     """Output of :func:`svi`.
 
     params: fitted guide parameters (dict); elbo: (num_steps,) ELBO trace (``-loss``);
-    guide: the guide used; idata: approximate posterior as ``arviz.InferenceData``;
+    guide: the guide used; idata: approximate posterior as ArviZ's ``xarray.DataTree``;
     state: the final ``SVIState``; time_s: wall time of the optimisation (incl. compile).
     """
 
     params: dict
     elbo: Float[Array, " num_steps"]
     guide: Callable
-    idata: az.InferenceData
+    idata: xr.DataTree
     state: Any
     time_s: float
 
@@ -131,8 +131,8 @@ def svi(
 
 
 def posterior_idata(model: Callable, guide: Callable, params: dict, key: PRNGKeyArray, *args: Any,
-                    num_samples: int = 1000, log_likelihood: bool = True, **kwargs: Any) -> az.InferenceData:
-    """Draws of a fitted ``guide`` (plus the model's deterministic sites) as ``InferenceData``
+                    num_samples: int = 1000, log_likelihood: bool = True, **kwargs: Any) -> xr.DataTree:
+    """Draws of a fitted ``guide`` (plus the model's deterministic sites) as a ``DataTree``
     with one chain; observed sites give ``observed_data`` and the pointwise ``log_likelihood``."""
     tr = handlers.trace(handlers.seed(model, 0)).get_trace(*args, **kwargs)
     latent = [n for n, s in tr.items() if s["type"] == "sample" and not s["is_observed"]]
