@@ -15,7 +15,7 @@ jax.config.update("jax_enable_x64", True)
 
 from probdyn import kernels  # noqa: E402
 from probdyn.models import mgpvae as mg  # noqa: E402
-from probdyn.models.mgpvae_nets import CNNDecoder, CNNEncoder, MLPEncoder  # noqa: E402
+from probdyn.models.mgpvae import CNNDecoder, CNNEncoder, MLPEncoder  # noqa: E402
 
 T, D, L = 9, 5, 2
 KEY = jax.random.PRNGKey(0)

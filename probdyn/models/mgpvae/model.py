@@ -51,7 +51,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from probdyn import kernels as _kernels
 from probdyn.inference import kalman
 from probdyn.inference import optimize
-from probdyn.models.mgpvae_nets import CNNDecoder, CNNEncoder, MLPDecoder, MLPEncoder
+from probdyn.models.mgpvae.nets import CNNDecoder, CNNEncoder, MLPDecoder, MLPEncoder
 from probdyn.gp import MarkovGP
 
 __all__ = [
@@ -66,6 +66,7 @@ __all__ = [
     "iw_log_likelihood_batch",
     "interpolate_linear",
     "rmse_missing",
+    "check_data",
 ]
 
 _LOG2PI = math.log(2 * math.pi)
@@ -425,7 +426,7 @@ def make_model(
     decoder: str = "mlp",
     **kwargs,
 ) -> _SiteVAE:
-    """Model of class ``cls`` with default networks from :mod:`probdyn.models.mgpvae_nets`.
+    """Model of class ``cls`` with default networks from :mod:`probdyn.models.mgpvae.nets`.
 
     Args:
         cls: :class:`MarkovGPVAE`, :class:`GPVAE` or :class:`IIDVAE`.
@@ -438,7 +439,7 @@ def make_model(
         decoder: ``"mlp"`` (default) or ``"cnn"`` (transposed convolutions, images only).
         **kwargs: ``obs_var``, ``beta``, ``parallel`` for the model.
 
-    The encoder is a small CNN (:class:`~probdyn.models.mgpvae_nets.CNNEncoder`) for images
+    The encoder is a small CNN (:class:`~probdyn.models.mgpvae.nets.CNNEncoder`) for images
     and an MLP for vectors.
     """
     obs_shape = tuple(int(s) for s in obs_shape)

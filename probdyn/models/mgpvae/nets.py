@@ -1,4 +1,4 @@
-"""Encoders and decoders for the (Markovian) GP-VAE of :mod:`probdyn.models.mgpvae`.
+"""Encoders and decoders for the (Markovian) GP-VAE of :mod:`probdyn.models.mgpvae.model`.
 
 An *encoder* maps one frame (``obs_shape``) to Gaussian sites ``(mean (L,), var (L,))``;
 a *decoder* maps a latent ``z`` (L,) to the likelihood parameters of one frame
