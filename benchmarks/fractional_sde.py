@@ -1,4 +1,4 @@
-"""Benchmarks of the MA-fBM neural SDE (probdyn.models.fractional_sde).
+"""Benchmarks of the MA-fBM neural SDE (probdyn.models.fractional).
 
 Prints markdown tables (``--section`` picks some; default all):
 
@@ -36,7 +36,7 @@ import numpy as np
 import optax
 from scipy.optimize import minimize_scalar
 
-from probdyn.models import fractional_sde as fs
+from probdyn.models import fractional as fs
 from probdyn.sde import fractional as fr
 
 HURSTS = [0.2, 0.35, 0.5, 0.65, 0.8]

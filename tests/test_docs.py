@@ -16,7 +16,8 @@ PUBLIC = ["probdyn.kernels", "probdyn.ssm", "probdyn.gp", "probdyn.inference.kal
           "probdyn.sde.base", "probdyn.sde.fractional", "probdyn.sharding", "probdyn.cli",
           "probdyn.inference.gaussian_filters", "probdyn.observations", "probdyn.models.sysid",
           "probdyn.models.mgpvae", "probdyn.models.mgpvae.nets", "probdyn.models.sparse_gp_sde", "probdyn.models.vgpa",
-          "probdyn.models.fractional_sde"]
+          "probdyn.models.fractional", "probdyn.models.fractional.neural_sde",
+          "probdyn.models.fractional.fou", "probdyn.models.fractional.video"]
 
 
 def test_mkdocs_build_strict(tmp_path):

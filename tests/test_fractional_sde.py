@@ -1,4 +1,4 @@
-"""Tests for probdyn.models.fractional_sde, the MA-fBM LTISDE wrapper and moving digits.
+"""Tests for probdyn.models.fractional, the MA-fBM LTISDE wrapper and moving digits.
 
 References: the closed-form MA-fBM covariance (``ma_fbm_covariance``) and dense Gaussian
 log-densities for the LTISDE/Kalman likelihood; the exact Kalman smoother of the
@@ -19,7 +19,7 @@ from scipy import stats  # noqa: E402
 
 from probdyn.inference import kalman  # noqa: E402
 from probdyn.inference.optimize import fit  # noqa: E402
-from probdyn.models import fractional_sde as fs  # noqa: E402
+from probdyn.models import fractional as fs  # noqa: E402
 from probdyn.sde import fractional as fr  # noqa: E402
 
 
@@ -261,7 +261,7 @@ def test_video_decoder_likelihood_and_encoder_causality():
     depends on frames ``i..T-1`` only; the video ELBO is finite with a finite gradient."""
     import equinox as eqx
 
-    from probdyn.models import fractional_video as fv
+    from probdyn.models.fractional import video as fv
 
     key = jax.random.PRNGKey(0)
     model = fv.LatentVideoModel(key, size=4, latent_dim=2, context_dim=3, num_components=2, width=8,

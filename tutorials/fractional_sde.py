@@ -42,8 +42,8 @@ jax.config.update("jax_enable_x64", True)
 
 from probdyn.datasets import moving_digits  # noqa: E402
 from probdyn.inference import kalman  # noqa: E402
-from probdyn.models import fractional_sde as fs  # noqa: E402
-from probdyn.models import fractional_video as fv  # noqa: E402
+from probdyn.models import fractional as fs  # noqa: E402
+from probdyn.models.fractional import video as fv  # noqa: E402
 from probdyn.sde import fractional as fr  # noqa: E402
 
 SMOKE = os.environ.get("PROBDYN_SMOKE", "0") == "1"

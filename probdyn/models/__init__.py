@@ -1,12 +1,12 @@
 """Model families built on the Kalman engine and the inference engines.
 
 Import the family you need: ``from probdyn.models import sysid, mgpvae, sparse_gp_sde,
-fractional_sde``.
+fractional``.
 """
 
 import importlib
 
-_FAMILIES = ("sysid", "mgpvae", "sparse_gp_sde", "fractional_sde")
+_FAMILIES = ("sysid", "mgpvae", "sparse_gp_sde", "fractional")
 __all__ = list(_FAMILIES)
 
 

@@ -3,11 +3,11 @@
 Frames ``o_{1:T}`` (``T, S, S``) are encoded per frame by an MLP and summarised by a GRU run
 backwards in time (Li et al. 2020), giving a context ``c_i`` that has seen frames ``i..T``;
 ``c_1`` parameterises the amortised ``q(z_0)`` (diagonal Gaussian over ``(x_0, Y_0)``) and the
-control :class:`~probdyn.models.fractional_sde.MLPControl` reads the context of the next
+control :class:`~probdyn.models.fractional.neural_sde.MLPControl` reads the context of the next
 frame. The latent ``x`` (``d``) follows the MA-fBM neural SDE of
-:class:`~probdyn.models.fractional_sde.FractionalSDE`, and a decoder MLP maps ``x_t`` to
+:class:`~probdyn.models.fractional.neural_sde.FractionalSDE`, and a decoder MLP maps ``x_t`` to
 Bernoulli logits of the frame. Training maximises the ELBO of
-:func:`~probdyn.models.fractional_sde.elbo` over minibatches with
+:func:`~probdyn.models.fractional.neural_sde.elbo` over minibatches with
 :func:`probdyn.inference.optimize.fit`.
 """
 
@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from probdyn.models.fractional_sde import FractionalSDE, MLPControl, _simulate, elbo
+from probdyn.models.fractional.neural_sde import FractionalSDE, MLPControl, _simulate, elbo
 from probdyn.ssm import check_times
 
 __all__ = ["BernoulliDecoder", "LatentVideoModel", "video_elbo", "fit_video", "predict_frames"]
