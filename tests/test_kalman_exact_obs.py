@@ -53,12 +53,12 @@ def _run(ssm, y, dtype, parallel):
                 sm=np.asarray(s.mean, float), sc=np.asarray(s.cov, float))
 
 
-def _dense_smoother(ssm, y):
-    """Smoothed means and marginal covariances by conditioning the joint Gaussian of
-    ``x_{0:T-1}`` on the observed ``y`` (dense algebra, float64)."""
-    A, Q, H = ssm["transition_matrix"], ssm["transition_cov"], ssm["emission_matrix"]
-    T, d = y.size, 2
-    P = [ssm["initial_cov"]]
+def _dense_general(A, Q, H, R, m0, P0, y):
+    """Smoothed means and marginal covariances of a time-invariant model with NaN-missing
+    entries of a multivariate ``y`` (T, p), by dense joint-Gaussian conditioning."""
+    T, p = y.shape
+    d = A.shape[0]
+    P = [P0]
     for _ in range(T - 1):
         P.append(A @ P[-1] @ A.T + Q)
     S = np.zeros((T * d, T * d))
@@ -68,19 +68,21 @@ def _dense_smoother(ssm, y):
             S[u * d:(u + 1) * d, t * d:(t + 1) * d] = M
             S[t * d:(t + 1) * d, u * d:(u + 1) * d] = M.T
             M = A @ M
-    obs = np.flatnonzero(~np.isnan(y))
-    G = np.zeros((obs.size, T * d))
-    G[np.arange(obs.size), obs * d] = H[0, 0]
-    mu = np.tile(ssm["initial_mean"], T)
-    K = np.linalg.solve(G @ S @ G.T, G @ S).T
-    m, C = mu + K @ (y[obs] - G @ mu), S - K @ G @ S
-    return m.reshape(T, d), np.stack([C[t * d:(t + 1) * d, t * d:(t + 1) * d] for t in range(T)])
+    Hb, Rb = np.kron(np.eye(T), H), np.kron(np.eye(T), R)
+    obs = np.flatnonzero(~np.isnan(y.ravel()))
+    G = Hb[obs]
+    mu = np.tile(m0, T)
+    C = G @ S @ G.T + Rb[np.ix_(obs, obs)]
+    K = np.linalg.solve(C, G @ S).T
+    m, V = mu + K @ (y.ravel()[obs] - G @ mu), S - K @ G @ S
+    return m.reshape(T, d), np.stack([V[t * d:(t + 1) * d, t * d:(t + 1) * d] for t in range(T)])
 
 
 def test_exact_observations_match_dense_conditioning():
     """T = 300: both schedules' smoothed moments against dense joint-Gaussian algebra."""
     ssm, y, ref = _arma_case(300)
-    dm, dc = _dense_smoother(ssm, y)
+    dm, dc = _dense_general(ssm["transition_matrix"], ssm["transition_cov"], ssm["emission_matrix"],
+                            ssm["emission_cov"], ssm["initial_mean"], ssm["initial_cov"], y[:, None])
     np.testing.assert_allclose(ref["sm"], dm, atol=1e-8)  # the two references agree
     for parallel in (False, True):
         out = _run(ssm, y, jnp.float64, parallel)
@@ -114,31 +116,6 @@ def test_exact_observations_parallel_sequential_statsmodels(T, dtype):
         for k in ("fm", "fc", "sc"):
             np.testing.assert_allclose(out[k], ref[k], atol=tol["f" if k[0] == "f" else "c"], err_msg=f"{name} {k}")
         np.testing.assert_allclose(out["sm"], ref["sm"], atol=tol[name], err_msg=f"{name} sm")
-
-
-def _dense_general(A, Q, H, R, m0, P0, y):
-    """Smoothed means and marginal covariances of a time-invariant model with NaN-missing
-    entries of a multivariate ``y`` (T, p), by dense joint-Gaussian conditioning."""
-    T, p = y.shape
-    d = A.shape[0]
-    P = [P0]
-    for _ in range(T - 1):
-        P.append(A @ P[-1] @ A.T + Q)
-    S = np.zeros((T * d, T * d))
-    for t in range(T):
-        M = P[t]
-        for u in range(t, T):
-            S[u * d:(u + 1) * d, t * d:(t + 1) * d] = M
-            S[t * d:(t + 1) * d, u * d:(u + 1) * d] = M.T
-            M = A @ M
-    Hb, Rb = np.kron(np.eye(T), H), np.kron(np.eye(T), R)
-    obs = np.flatnonzero(~np.isnan(y.ravel()))
-    G = Hb[obs]
-    mu = np.tile(m0, T)
-    C = G @ S @ G.T + Rb[np.ix_(obs, obs)]
-    K = np.linalg.solve(C, G @ S).T
-    m, V = mu + K @ (y.ravel()[obs] - G @ mu), S - K @ G @ S
-    return m.reshape(T, d), np.stack([V[t * d:(t + 1) * d, t * d:(t + 1) * d] for t in range(T)])
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
