@@ -289,7 +289,7 @@ def test_simulators_match_ou_moments():
     assert abs(float(xs.var()) - var) < 4 * var * np.sqrt(2 / n) + 0.01  # + Euler bias O(h)
     # the discrete AR(1) counterpart: exact stationary moments of x_{k+1} = a x_k + q
     a = np.exp(-lam * dt)
-    dm = sysid.DiscreteModel(sysid._AR1Map(a), s * np.sqrt(1 - a**2), 1, "direct", dt)
+    dm = sysid.DiscreteModel(sysid.AR1Map(a), s * np.sqrt(1 - a**2), 1, "direct", dt)
     ys = jax.jit(jax.vmap(lambda k: dm.simulate(x0, times, k)))(keys)[:, -1, 0]
     assert abs(float(ys.mean()) - 2.0 * a**4) < 4 * np.sqrt(var / n)
     assert abs(float(ys.var()) - s**2 * (1 - a**8)) < 4 * s**2 * np.sqrt(2 / n)
