@@ -1,4 +1,4 @@
-"""Benchmarks for probdyn.models.sparse_gp_sde.
+"""Benchmarks for probdyn.models.sde_posteriors.
 
 1. vgpdp data (Verma, Adam & Solin, AISTATS 2024; ../shared/data/vgpdp): test NLPD and RMSE over
    the 5 splits (mean ± sd) for
@@ -9,7 +9,7 @@
        (OU decay from 2.5, double-well c from 0.5, Van der Pol (a, b) from (5, 1));
    (c) Markov-GP regression with a Matérn-3/2 kernel per output (lengthscale, variance and
        noise by maximum marginal likelihood with Adam, through the Kalman engine);
-   (d) the Archambeau et al. (2007) VGPA baseline (:mod:`probdyn.models.vgpa`) with the same
+   (d) the Archambeau et al. (2007) VGPA baseline (:mod:`probdyn.models.sde_posteriors.vgpa`) with the same
        SDE, grid, noise and initial prior as (a) (smoothing iterations to convergence).
    Real data (Apple log price, GPS track): (a) is an SDE with a learned drift (Apple: cubic
    polynomial; GPS: 2-D linear), learned diagonal diffusion and noise, fitted by variational EM;
@@ -40,8 +40,8 @@ import numpy as np  # noqa: E402
 
 from probdyn import MarkovGP, kernels  # noqa: E402
 from probdyn.inference.optimize import fit  # noqa: E402
-from probdyn.models import sparse_gp_sde as sg  # noqa: E402
-from probdyn.models import vgpa  # noqa: E402
+from probdyn.models import sde_posteriors as sg  # noqa: E402
+from probdyn.models.sde_posteriors import vgpa  # noqa: E402
 from probdyn.sde.base import SDE  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -323,7 +323,7 @@ Apple = log price, 5 contiguous test blocks (block cross-validation; blocks 0 an
 extrapolation), SDE drift cubic polynomial; GPS = 2-D track, splits 0-4 of 10, test = bins of
 30 points, SDE drift 2-D linear; both with learned diagonal diffusion and noise (40 VEM steps).
 
-VGPA: the Archambeau et al. (2007) baseline (`probdyn.models.vgpa`) with the same SDE, grid,
+VGPA: the Archambeau et al. (2007) baseline (`probdyn.models.sde_posteriors.vgpa`) with the same SDE, grid,
 noise, initial prior N(x0, 0.01 I) and (real data) the same variational EM (L-BFGS, 40 steps,
 learned drift, diagonal diffusion and noise, same initial values) as CVI; its E-step is the
 damped forward-backward smoothing fixed point (omega from 1/2, doubled after an accepted step,

@@ -22,6 +22,7 @@ from jaxtyping import Array, Float
 __all__ = [
     "tria", "tria_batched", "mgs_lower", "list_dot", "psd_cholesky", "cholesky_tangent", "solve_lower", "solve_upper_t",
     "block_diag", "kron", "symmetrize", "safe_sqrt", "safe_rsqrt", "safe_inv", "neg_half_log", "psd_ldl", "ldl_lists", "ldl_from_cholesky",
+    "small_inv", "small_solve", "small_cholesky", "small_solve_lower", "small_logdet",
 ]
 
 UNROLL_MAX = 24
@@ -415,3 +416,35 @@ def kron(a: Float[Array, "... m n"], b: Float[Array, "... p q"]) -> Float[Array,
 def symmetrize(P):
     """``(P + P^T) / 2`` over the last two axes."""
     return 0.5 * (P + jnp.swapaxes(P, -1, -2))
+
+
+# ----------------------------------------------------------------------------------
+# small dense helpers with scalar fast paths (1x1 LAPACK calls dominate compile time)
+# ----------------------------------------------------------------------------------
+def small_inv(M: Float[Array, "d d"]) -> Float[Array, "d d"]:
+    """``M^{-1}`` (elementwise reciprocal for 1x1 ``M``)."""
+    return 1.0 / M if M.shape[-1] == 1 else jnp.linalg.inv(M)
+
+
+def small_solve(A: Float[Array, "d d"], B: Float[Array, "d ..."]) -> Float[Array, "d ..."]:
+    """``A^{-1} B`` (scalar fast path for 1x1 ``A``)."""
+    if A.shape[-1] == 1:
+        return B / A[0, 0]
+    return jnp.linalg.solve(A, B)
+
+
+def small_cholesky(M: Float[Array, "d d"]) -> Float[Array, "d d"]:
+    """Lower Cholesky factor of the symmetrised PD ``M`` (``sqrt`` for 1x1)."""
+    return jnp.sqrt(M) if M.shape[-1] == 1 else jnp.linalg.cholesky(symmetrize(M))
+
+
+def small_solve_lower(L: Float[Array, "d d"], B: Float[Array, "d ..."]) -> Float[Array, "d ..."]:
+    """``L^{-1} B`` for lower-triangular ``L`` (scalar fast path for 1x1)."""
+    if L.shape[-1] == 1:
+        return B / L[0, 0]
+    return jax.scipy.linalg.solve_triangular(L, B, lower=True)
+
+
+def small_logdet(P: Float[Array, "d d"]) -> Float[Array, ""]:
+    """``log det P`` of a PD ``P`` through its Cholesky factor."""
+    return 2.0 * jnp.sum(jnp.log(jnp.diag(small_cholesky(P))))

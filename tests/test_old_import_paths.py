@@ -11,6 +11,12 @@ OLD_TO_NEW = {
     "probdyn.models.mgpvae_nets": "probdyn.models.mgpvae.nets",
     "probdyn.models.fractional_sde": "probdyn.models.fractional",
     "probdyn.models.fractional_video": "probdyn.models.fractional.video",
+    "probdyn.models.sparse_gp_sde": "probdyn.models.sde_posteriors",
+    "probdyn.models.sparse_gp_sde_bridges": "probdyn.models.sde_posteriors.bridges",
+    "probdyn.models.vgpa": "probdyn.models.sde_posteriors.vgpa",
+    "probdyn.models.sde_data": "probdyn.models.sde_posteriors.observed",
+    "probdyn.models.sde_drifts": "probdyn.models.sde_posteriors.drifts",
+    "probdyn.models.sde_em": "probdyn.models.sde_posteriors.em",
 }
 
 

@@ -13,6 +13,7 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
+import equinox as eqx  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -20,7 +21,7 @@ import pytest  # noqa: E402
 from probdyn import LinearGaussianSSM, MarkovGP, kernels  # noqa: E402
 from probdyn.inference import kalman, natgrad  # noqa: E402
 from probdyn.inference.gaussian_filters import particle_smoother_scalar  # noqa: E402
-from probdyn.models import sparse_gp_sde as sg  # noqa: E402
+from probdyn.models import sde_posteriors as sg  # noqa: E402
 from probdyn.sde.base import SDE, euler_maruyama  # noqa: E402
 
 THETA, Q_OU, SIG_OU, P0_OU = 0.5, 1.0, 0.1, 1.0
@@ -351,7 +352,7 @@ def test_poisson_likelihood_by_quadrature_vs_particle_smoother():
     # the predictive density of the counts (Gauss-Hermite of the likelihood) is a proper pmf
     j = int(np.argmin(mu))
     ks = jnp.arange(30.0)[:, None]
-    lp = sg._jit_call("_predictive", model, post.mean[model.obs_idx[j]][None].repeat(30, 0),
+    lp = eqx.filter_jit(model.marginal_log_density)(post.mean[model.obs_idx[j]][None].repeat(30, 0),
                       post.cov[model.obs_idx[j]][None].repeat(30, 0), ks)
     assert abs(float(jnp.sum(jnp.exp(lp))) - 1.0) < 1e-6
 
@@ -377,8 +378,8 @@ def test_gaussian_log_likelihood_by_quadrature_equals_builtin_route():
     # predictive densities at grid nodes: closed form vs Gauss-Hermite (20 points) of the density
     k = np.arange(5, 400, 37)
     yt = jnp.asarray(p1.mean[k] + 0.1)
-    lp1 = sg._jit_call("_predictive", builtin, p1.mean[k], p1.cov[k], yt)
-    lp2 = sg._jit_call("_predictive", quad, p2.mean[k], p2.cov[k], yt)
+    lp1 = eqx.filter_jit(builtin.marginal_log_density)(p1.mean[k], p1.cov[k], yt)
+    lp2 = eqx.filter_jit(quad.marginal_log_density)(p2.mean[k], p2.cov[k], yt)
     assert np.max(np.abs(np.asarray(lp1 - lp2))) < 1e-8
 
 

@@ -26,8 +26,8 @@ import pytest  # noqa: E402
 
 from probdyn import MarkovGP, kernels  # noqa: E402
 from probdyn.inference.gaussian_filters import particle_smoother_scalar  # noqa: E402
-from probdyn.models import vgpa  # noqa: E402
-from probdyn.models.sde_drifts import DoubleWellDrift, OUDrift  # noqa: E402
+from probdyn.models.sde_posteriors import vgpa  # noqa: E402
+from probdyn.models.sde_posteriors.drifts import DoubleWellDrift, OUDrift  # noqa: E402
 from probdyn.sde.base import SDE, euler_maruyama  # noqa: E402
 
 THETA, Q_OU, SIG_OU, P0_OU, T_OU = 0.5, 1.0, 0.3, 1.0, 6.0

@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 jax.config.update("jax_enable_x64", True)
 
 from probdyn import MarkovGP, kernels  # noqa: E402
-from probdyn.models import sparse_gp_sde as sg  # noqa: E402
+from probdyn.models import sde_posteriors as sg  # noqa: E402
 from probdyn.inference.gaussian_filters import particle_smoother_scalar  # noqa: E402
 from probdyn.sde.base import SDE  # noqa: E402
 

@@ -21,10 +21,10 @@ and :func:`condition_chain`, which multiplies a Gauss–Markov chain by Gaussian
 potentials whose precisions may be *indefinite* (only the product has to be a proper
 Gaussian) and returns the result in forward Markov form with its marginals. The Kalman
 engine's updates need positive-definite observation noise, so such potentials (the path sites
-of :mod:`probdyn.models.sparse_gp_sde`) cannot be applied as pseudo-observations; the
+of :mod:`probdyn.models.sde_posteriors.sparse_gp`) cannot be applied as pseudo-observations; the
 backward pass here is an information-form recursion in the whitened coordinates of the
 transition noise, and the forward marginals use :func:`probdyn.inference.kalman.predict`.
-Models (e.g. :mod:`probdyn.models.sparse_gp_sde`) provide the expectations; the engines here
+Models (e.g. :mod:`probdyn.models.sde_posteriors.sparse_gp`) provide the expectations; the engines here
 never branch on the model.
 """
 

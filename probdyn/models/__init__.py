@@ -1,12 +1,12 @@
 """Model families built on the Kalman engine and the inference engines.
 
-Import the family you need: ``from probdyn.models import sysid, mgpvae, sparse_gp_sde,
+Import the family you need: ``from probdyn.models import sysid, mgpvae, sde_posteriors,
 fractional``.
 """
 
 import importlib
 
-_FAMILIES = ("sysid", "mgpvae", "sparse_gp_sde", "fractional")
+_FAMILIES = ("sysid", "mgpvae", "sde_posteriors", "fractional")
 __all__ = list(_FAMILIES)
 
 
