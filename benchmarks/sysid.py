@@ -70,6 +70,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from probdyn.datasets import lynx_hare  # noqa: E402
 from probdyn.inference import mcmc  # noqa: E402
 from probdyn.models import sysid  # noqa: E402
+from probdyn.sde import solve_ode  # noqa: E402
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)
@@ -198,16 +199,16 @@ def solver_accuracy(d, idata):
         return jnp.sum(jax.scipy.stats.norm.logpdf(logy, logz[1:], s))
 
     def ref(t, z):
-        return sysid.ode_solve(sysid.lotka_volterra_log_drift, t, jnp.log(z), times, solver=diffrax.Dopri8(),
+        return solve_ode(sysid.lotka_volterra_log_drift, jnp.log(z), times, t, solver=diffrax.Dopri8(),
                                rtol=0.0, atol=1e-12, max_steps=100000, count_failures=False)[0]
 
     def probdyn_log(t, z):
-        w, ok, st = sysid.ode_solve(sysid.lotka_volterra_log_drift, t, jnp.log(z), times, rtol=0.0, atol=1e-6,
+        w, ok, st = solve_ode(sysid.lotka_volterra_log_drift, jnp.log(z), times, t, rtol=0.0, atol=1e-6,
                                     return_stats=True, count_failures=False)
         return w, st["num_steps"]
 
     def probdyn_z(t, z):
-        x, ok, st = sysid.ode_solve(sysid.lotka_volterra_drift, t, z, times, rtol=1e-6, atol=1e-6,
+        x, ok, st = solve_ode(sysid.lotka_volterra_drift, z, times, t, rtol=1e-6, atol=1e-6,
                                     return_stats=True, count_failures=False)
         return jnp.log(x), st["num_steps"]
 

@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PUBLIC = ["probdyn.kernels", "probdyn.ssm", "probdyn.gp", "probdyn.inference.kalman", "probdyn.inference.fused",
           "probdyn.linalg", "probdyn.distributions",
           "probdyn.inference.mcmc", "probdyn.inference.variational", "probdyn.inference.optimize",
-          "probdyn.sde.base", "probdyn.sde.fractional", "probdyn.sharding", "probdyn.cli",
+          "probdyn.sde.base", "probdyn.sde.ode", "probdyn.sde.fractional", "probdyn.sharding", "probdyn.cli",
           "probdyn.inference.gaussian_filters", "probdyn.observations", "probdyn.models.sysid",
           "probdyn.models.mgpvae", "probdyn.models.mgpvae.nets", "probdyn.models.sde_posteriors", "probdyn.models.sde_posteriors.vgpa",
           "probdyn.models.fractional", "probdyn.models.fractional.neural_sde",

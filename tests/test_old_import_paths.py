@@ -17,6 +17,7 @@ OLD_TO_NEW = {
     "probdyn.models.sde_data": "probdyn.models.sde_posteriors.observed",
     "probdyn.models.sde_drifts": "probdyn.models.sde_posteriors.drifts",
     "probdyn.models.sde_em": "probdyn.models.sde_posteriors.em",
+    "probdyn.models.sysid_ode": "probdyn.sde.ode",
 }
 
 
@@ -30,3 +31,20 @@ def test_old_path_warns_and_re_exports_the_new_module(old):
     assert public, f"{OLD_TO_NEW[old]} exports nothing"
     for name in public:
         assert getattr(mod, name) is getattr(new, name), f"{old}.{name} is not {OLD_TO_NEW[old]}.{name}"
+
+
+def test_deprecated_ode_solve_is_solve_ode_with_the_old_argument_order():
+    import diffrax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from probdyn.models import sysid
+    from probdyn.sde import solve_ode
+
+    th, z0, ts = jnp.array([0.55, 0.028, 0.8, 0.024]), jnp.array([34.0, 6.0]), jnp.arange(6.0)
+    for solver, backend in ((None, "fused_rk"), (diffrax.Kvaerno5(), "diffrax")):
+        with pytest.warns(DeprecationWarning, match="probdyn.sde.solve_ode"):
+            z, ok = sysid.ode_solve(sysid.lotka_volterra_drift, th, z0, ts, solver=solver)
+        z_new, ok_new = solve_ode(sysid.lotka_volterra_drift, z0, ts, th, solver=solver, backend=backend)
+        assert bool(ok) and bool(ok_new)
+        np.testing.assert_array_equal(np.asarray(z), np.asarray(z_new))

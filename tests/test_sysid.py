@@ -22,6 +22,7 @@ jax.config.update("jax_enable_x64", True)
 from probdyn import observations as obs  # noqa: E402
 from probdyn.datasets import lynx_hare  # noqa: E402
 from probdyn.models import sysid  # noqa: E402
+from probdyn.sde import solve_ode  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data", "hudson_lynx_hare.json")
@@ -82,7 +83,7 @@ def test_forward_sensitivities_match_finite_differences():
     ts = jnp.arange(0.0, 21.0)
 
     def loss(p, sens):
-        z, ok = sysid.ode_solve(sysid.lotka_volterra_drift, p[:4], p[4:], ts, rtol=1e-10, atol=1e-10,
+        z, ok = solve_ode(sysid.lotka_volterra_drift, p[4:], ts, p[:4], rtol=1e-10, atol=1e-10,
                                 sensitivity=sens)
         return jnp.sum(jnp.log(z) * jnp.arange(42.0).reshape(21, 2) / 42)
 
@@ -115,16 +116,16 @@ def test_ode_solve_against_scipy_times_derivative_and_closures():
     def run(th, z0, ts):
         out = {}
         for name, solver in [("tsit5", diffrax.Tsit5()), ("dopri8", diffrax.Dopri8())]:
-            out[name] = sysid.ode_solve(sysid.lotka_volterra_drift, th, z0, ts, solver=solver, rtol=1e-8, atol=1e-8,
+            out[name] = solve_ode(sysid.lotka_volterra_drift, z0, ts, th, solver=solver, rtol=1e-8, atol=1e-8,
                                         return_stats=True)
 
         def lt(tt):  # loss of the save times
-            return jnp.sum(jnp.log(sysid.ode_solve(sysid.lotka_volterra_drift, th, z0, tt, rtol=1e-10,
+            return jnp.sum(jnp.log(solve_ode(sysid.lotka_volterra_drift, z0, tt, th, rtol=1e-10,
                                                    atol=1e-10)[0]) * jnp.arange(14.0).reshape(7, 2))
 
         def la(a):  # the drift closes over a (traced) parameter
             dr = lambda z, t, p: sysid.lotka_volterra_drift(z, t, p.at[0].set(a))  # noqa: E731
-            return jnp.sum(jnp.log(sysid.ode_solve(dr, th, z0, ts, rtol=1e-10, atol=1e-10)[0]))
+            return jnp.sum(jnp.log(solve_ode(dr, z0, ts, th, rtol=1e-10, atol=1e-10)[0]))
 
         eps = 1e-6
         E = eps * jnp.eye(7)
@@ -144,8 +145,8 @@ def test_ode_solve_against_scipy_times_derivative_and_closures():
 
 def test_failed_solve_is_rejected_not_raised():
     sysid.solver_failures.reset()
-    z, ok = sysid.ode_solve(sysid.lotka_volterra_drift, jnp.array([5.0, 1e-4, 5.0, 0.5]), jnp.array([34.0, 6.0]),
-                            jnp.arange(21.0), max_steps=50)
+    z, ok = solve_ode(sysid.lotka_volterra_drift, jnp.array([34.0, 6.0]), jnp.arange(21.0),
+                      jnp.array([5.0, 1e-4, 5.0, 0.5]), max_steps=50)
     assert not bool(ok) and np.all(np.isfinite(np.asarray(z)))
     assert sysid.solver_failures.failures == 1
     # inside the program the failure becomes log density -inf (a rejected proposal) with finite gradients
@@ -166,8 +167,8 @@ def test_failed_solve_is_rejected_not_raised():
 def test_failure_counter_under_vmap_and_no_callback_on_success():
     """Vectorised solves report their failures in one callback and only when one fails."""
     ths = jnp.array([[0.55, 0.028, 0.8, 0.024], [5.0, 1e-4, 5.0, 0.5], [0.6, 0.03, 0.7, 0.02]])
-    solve = jax.jit(jax.vmap(lambda th: sysid.ode_solve(sysid.lotka_volterra_drift, th, jnp.array([34.0, 6.0]),
-                                                        jnp.arange(21.0), max_steps=200)[1]))
+    solve = jax.jit(jax.vmap(lambda th: solve_ode(sysid.lotka_volterra_drift, jnp.array([34.0, 6.0]),
+                                                  jnp.arange(21.0), th, max_steps=200)[1]))
     sysid.solver_failures.reset()
     ok = np.asarray(solve(ths))
     np.testing.assert_array_equal(ok, [True, False, True])
@@ -239,9 +240,9 @@ def test_default_init_survives_where_plain_diffrax_dies():
     ref = scipy.integrate.solve_ivp(dw, (0.0, 20.0), np.log(np.asarray(z0)), t_eval=np.arange(21.0),
                                     method="DOP853", rtol=1e-13, atol=1e-13).y.T
     (logz, ok, stats), (z, ok_z) = jax.jit(lambda th, z0: (
-        sysid.ode_solve(sysid.lotka_volterra_log_drift, th, jnp.log(z0), jnp.arange(21.0), rtol=0.0, atol=1e-6,
+        solve_ode(sysid.lotka_volterra_log_drift, jnp.log(z0), jnp.arange(21.0), th, rtol=0.0, atol=1e-6,
                         return_stats=True),
-        sysid.ode_solve(sysid.lotka_volterra_drift, th, z0, jnp.arange(21.0))))(th, z0)
+        solve_ode(sysid.lotka_volterra_drift, z0, jnp.arange(21.0), th)))(th, z0)
     assert bool(ok) and int(stats["num_steps"]) < 200
     np.testing.assert_allclose(np.asarray(logz), ref, rtol=0, atol=1e-4)
     assert not (bool(ok_z) and np.allclose(np.log(np.asarray(z)), ref, atol=0.1))  # z: failed or wrong

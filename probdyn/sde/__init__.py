@@ -1,6 +1,7 @@
-"""Nonlinear SDEs: definitions, simulation and fractional (Markov-approximate fBM) noise."""
+"""Nonlinear SDEs: definitions, simulation, ODE solves (one entry point, :func:`solve_ode`) and
+fractional (Markov-approximate fBM) noise."""
 
-from .base import SDE, check_drift, euler_maruyama, simulate_diffrax, solve_ode
+from .base import SDE, check_drift, euler_maruyama, simulate_diffrax
 from .fractional import (
     MAFBMLTI,
     MAFBMSystem,
@@ -18,6 +19,7 @@ from .fractional import (
     relative_integrated_mse,
     sample_fbm,
 )
+from .ode import SolverFailureCounter, solve_ode, solver_failures
 
 __all__ = [
     "SDE",
@@ -25,6 +27,8 @@ __all__ = [
     "euler_maruyama",
     "simulate_diffrax",
     "solve_ode",
+    "solver_failures",
+    "SolverFailureCounter",
     "MAFBMLTI",
     "MAFBMSystem",
     "fbm_covariance",

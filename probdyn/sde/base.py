@@ -17,7 +17,8 @@ Simulators:
   discretisation the discrete-time models mirror.
 * :func:`simulate_diffrax` — diffrax with a virtual Brownian tree (adaptive or high-order
   solvers; Itô or Stratonovich).
-* :func:`solve_ode` — diffrax solve of the drift alone (``L = 0``), adaptive, differentiable.
+
+ODEs (the drift alone, ``L = 0``) are solved by :func:`probdyn.sde.solve_ode` (:mod:`probdyn.sde.ode`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from probdyn.ssm import check_times
 
-__all__ = ["SDE", "euler_maruyama", "simulate_diffrax", "solve_ode", "check_drift"]
+__all__ = ["SDE", "euler_maruyama", "simulate_diffrax", "check_drift"]
 
 
 class SDE(eqx.Module):
@@ -196,36 +197,3 @@ def simulate_diffrax(
         saveat=diffrax.SaveAt(ts=times), stepsize_controller=controller, max_steps=max_steps,
     )
     return sol.ys
-
-
-def solve_ode(
-    drift: Callable,
-    x0: Float[Array, " d"],
-    times: Float[Array, " T"],
-    solver=None,
-    rtol: float = 1e-6,
-    atol: float = 1e-6,
-    dt0: float | None = None,
-    max_steps: int = 10_000,
-    throw: bool = True,
-) -> Float[Array, "T d"]:
-    """Adaptive diffrax solve of ``dx/dt = drift(x, t)``, saved at ``times``.
-
-    Default solver Tsit5 with a PID controller. With ``throw=False`` a failed solve returns
-    NaN-filled states instead of raising (callers turn that into a rejected proposal).
-    """
-    import diffrax
-
-    times = jnp.asarray(check_times(times))
-    x0 = jnp.asarray(x0)
-    solver = diffrax.Tsit5() if solver is None else solver
-    sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(lambda t, x, args: drift(x, t)), solver, times[0], times[-1],
-        dt0, x0, saveat=diffrax.SaveAt(ts=times),
-        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-        max_steps=max_steps, throw=throw,
-    )
-    if throw:
-        return sol.ys
-    ok = sol.result == diffrax.RESULTS.successful
-    return jnp.where(ok, sol.ys, jnp.nan)

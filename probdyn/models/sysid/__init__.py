@@ -4,7 +4,7 @@ Following Cheema & Rasmussen (2022), the same dynamical system can be learnt as
 
 * a **continuous-time** model — an ODE ``dx/dt = f_theta(x, t)`` with unknown initial state
   (:class:`ODEModel`, adaptive embedded Runge–Kutta solve with fused forward sensitivities,
-  :func:`ode_solve`; failures rejected)
+  :func:`probdyn.sde.solve_ode`; failures rejected)
   or an SDE ``dx = f_theta(x, t) dt + L_theta dW`` (:class:`SDEModel`, marginal likelihood
   by the continuous–discrete Gaussian filters of :mod:`probdyn.inference.gaussian_filters`);
 * a **discrete-time** model ``x_{k+1} = g_theta(x_k) + q_k`` (:class:`DiscreteModel`):
@@ -34,27 +34,36 @@ Modules:
 * :mod:`~probdyn.models.sysid.harness`: :func:`compare` = :func:`simulate_data` ->
   :func:`fit_models` -> :func:`score_forecasts` -> :func:`report`.
 
-:func:`lotka_volterra` is the posteriordb Lotka–Volterra program
-(:mod:`probdyn.models.sysid_ode`). Everything public is re-exported here:
-``from probdyn.models import sysid``.
+* :mod:`~probdyn.models.sysid.lotka_volterra`: the posteriordb Lotka–Volterra program
+  :func:`lotka_volterra` and its reference posterior.
+
+Everything public is re-exported here: ``from probdyn.models import sysid``.
 """
 
 from probdyn.models.sysid import drifts as _drifts
 from probdyn.models.sysid import equivalence as _equivalence
 from probdyn.models.sysid import fit as _fit
 from probdyn.models.sysid import harness as _harness
+from probdyn.models.sysid import lotka_volterra as _lotka_volterra
 from probdyn.models.sysid import models as _models
 from probdyn.models.sysid import systems as _systems
 from probdyn.models.sysid.drifts import *  # noqa: F401,F403
 from probdyn.models.sysid.equivalence import *  # noqa: F401,F403
 from probdyn.models.sysid.fit import *  # noqa: F401,F403
 from probdyn.models.sysid.harness import *  # noqa: F401,F403
+from probdyn.models.sysid.lotka_volterra import *  # noqa: F401,F403
 from probdyn.models.sysid.models import *  # noqa: F401,F403
 from probdyn.models.sysid.systems import *  # noqa: F401,F403
-from probdyn.models.sysid_ode import (REFERENCE_POSTERIOR_LV, SolverFailureCounter, lotka_volterra,  # noqa: F401
-                                      lotka_volterra_drift, lotka_volterra_log_drift, ode_solve, solver_failures)
+from probdyn.sde.ode import SolverFailureCounter, solver_failures  # noqa: F401
 
 __all__ = (list(_drifts.__all__) + list(_models.__all__) + list(_fit.__all__) + list(_equivalence.__all__)
-           + list(_harness.__all__) + list(_systems.__all__)
-           + ["lotka_volterra", "lotka_volterra_drift", "lotka_volterra_log_drift", "ode_solve", "solver_failures",
-              "SolverFailureCounter", "REFERENCE_POSTERIOR_LV"])
+           + list(_harness.__all__) + list(_systems.__all__) + list(_lotka_volterra.__all__)
+           + ["solver_failures", "SolverFailureCounter"])
+
+
+def __getattr__(name):
+    if name == "ode_solve":  # deprecated for one release: the one entry point is probdyn.sde.solve_ode
+        from probdyn.models.sysid_ode import ode_solve
+
+        return ode_solve
+    raise AttributeError(f"module 'probdyn.models.sysid' has no attribute {name!r}")

@@ -13,8 +13,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from probdyn.inference import gaussian_filters as gf
-from probdyn.models.sysid_ode import ode_solve
-from probdyn.sde import SDE, euler_maruyama, simulate_diffrax
+from probdyn.sde import SDE, euler_maruyama, simulate_diffrax, solve_ode
 from probdyn.ssm import check_times
 
 __all__ = ["ODEModel", "SDEModel", "DiscreteModel", "DISCRETE_KINDS", "check_data", "simulate_observations"]
@@ -67,7 +66,7 @@ class ODEModel(eqx.Module):
         """``(xs (T, d), ok)`` at ``times`` (adaptive Tsit5, forward-mode sensitivities)."""
         times = jnp.asarray(check_times(times))
         params, static = eqx.partition(self.drift, eqx.is_inexact_array)
-        return ode_solve(lambda x, t, p: eqx.combine(p, static)(x, t), params, self.x0, times, rtol=self.rtol,
+        return solve_ode(lambda x, t, p: eqx.combine(p, static)(x, t), self.x0, times, params, rtol=self.rtol,
                          atol=self.atol, max_steps=self.max_steps)
 
     def log_likelihood(self, observation, times, y) -> Array:
