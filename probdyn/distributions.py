@@ -23,14 +23,13 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 from numpyro.distributions import Distribution, constraints
 
 from probdyn.inference import kalman
 from probdyn.kernels import Kernel
 from probdyn.linalg import psd_cholesky
-from probdyn.ssm import LinearGaussianSSM, check_times
+from probdyn.ssm import LinearGaussianSSM, check_noise_variance, check_times
 
 __all__ = ["MarkovGPDistribution", "LinearGaussianSSMDistribution", "pointwise_log_likelihood"]
 
@@ -132,10 +131,7 @@ class MarkovGPDistribution(_KalmanDistribution):
         n = self.times.shape[0]
         self.kernel = kernel
         self.noise = _per_point(noise, n, "noise")
-        if not isinstance(self.noise, jax.core.Tracer):
-            nc = np.asarray(self.noise)
-            if np.any(nc < 0) or not np.all(np.isfinite(nc)):
-                raise ValueError("noise variances must be finite and non-negative")
+        check_noise_variance(self.noise)
         if callable(mean):
             self.mean_fn, self.loc = mean, jnp.zeros((1,), self.noise.dtype)
         else:
@@ -164,10 +160,8 @@ class MarkovGPDistribution(_KalmanDistribution):
         return jnp.broadcast_to(loc, self.times.shape)
 
     def _ssm(self, kernel, noise):
-        from probdyn.gp import MarkovGP  # local: gp.py imports this module lazily too
-
         nz = noise[0] if noise.shape[-1] == 1 else noise
-        return MarkovGP(kernel, self.times, nz).to_ssm(transition_basis=True)
+        return kernel.to_ssm(self.times, nz, transition_basis=True)
 
     def _batched(self, shape):
         k = jax.tree.map(lambda x: jnp.broadcast_to(x, shape) if eqx.is_array(x) else x, self.kernel)

@@ -17,7 +17,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from probdyn.inference import kalman
 from probdyn.kernels import Kernel
-from probdyn.ssm import LinearGaussianSSM, check_positive_int, check_times
+from probdyn.ssm import LinearGaussianSSM, check_noise_variance, check_positive_int, check_times
 
 
 def _as_concrete(x):
@@ -60,9 +60,7 @@ class MarkovGP(eqx.Module):
         noise = jnp.asarray(noise, dtype=jnp.result_type(self.times, float))
         if noise.ndim not in (0, 1) or (noise.ndim == 1 and noise.shape[0] != self.times.shape[0]):
             raise ValueError(f"noise must be a scalar or have shape ({self.times.shape[0]},), got {noise.shape}")
-        nc = _as_concrete(noise)
-        if nc is not None and (np.any(nc < 0) or not np.all(np.isfinite(nc))):
-            raise ValueError("noise variances must be finite and non-negative")
+        check_noise_variance(noise)
         self.noise = noise
         self.mean = mean if callable(mean) else jnp.asarray(mean)
 
@@ -72,14 +70,7 @@ class MarkovGP(eqx.Module):
         return jnp.broadcast_to(self.mean, jnp.shape(t))
 
     def _ssm(self, times, noise, transition_basis: bool = True) -> LinearGaussianSSM:
-        k = self.kernel
-        P = k.stationary_cov()
-        dtype = jnp.result_type(P, times)
-        basis = k.transition_basis(jnp.diff(times)) if transition_basis else None
-        A, Q = k.discretise(jnp.diff(times)) if basis is None else basis.dense()
-        R = noise.reshape(-1, 1, 1) if noise.ndim == 1 else noise.reshape(1, 1)
-        d = P.shape[0]
-        return LinearGaussianSSM(jnp.zeros(d, dtype), P, A, Q, k.observation(), R.astype(dtype), basis)
+        return self.kernel.to_ssm(times, noise, transition_basis)
 
     def numpyro_dist(self, parallel: bool | None = None):
         """This GP's observation model as a numpyro distribution

@@ -28,7 +28,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from probdyn.linalg import block_diag, kron, symmetrize
-from probdyn.ssm import LTISDE, TransitionBasis
+from probdyn.ssm import LTISDE, LinearGaussianSSM, TransitionBasis
 
 __all__ = [
     "Kernel",
@@ -107,6 +107,26 @@ class Kernel(eqx.Module):
         """``(A_k, Q_k)`` in coefficient form (:class:`probdyn.ssm.TransitionBasis`) where
         the kernel has one (the Matérn family), else ``None``."""
         return None
+
+    def to_ssm(self, times: Float[Array, " N"], noise: Float[Array, "..."] = 0.0,
+               transition_basis: bool = False) -> LinearGaussianSSM:
+        """The exact state-space model of ``y_n = f(times[n]) + N(0, noise_n)``, ``f ~ GP(0, k)``.
+
+        ``times`` (N,) sorted (not checked here: callers validate); ``noise`` a scalar or (N,)
+        variance. The initial state has the stationary covariance; ``A_k, Q_k`` are the exact
+        discretisation over ``diff(times)``. ``transition_basis=True`` also attaches the
+        coefficient form of the transitions (:class:`probdyn.ssm.TransitionBasis`, Matérn
+        kernels), which the sequential filter reads instead of the dense arrays.
+        """
+        times, noise = jnp.asarray(times), jnp.asarray(noise)
+        P = self.stationary_cov()
+        dtype = jnp.result_type(P, times)
+        dts = jnp.diff(times)
+        basis = self.transition_basis(dts) if transition_basis else None
+        A, Q = self.discretise(dts) if basis is None else basis.dense()
+        R = noise.reshape(-1, 1, 1) if noise.ndim == 1 else noise.reshape(1, 1)
+        d = P.shape[0]
+        return LinearGaussianSSM(jnp.zeros(d, dtype), P, A, Q, self.observation(), R.astype(dtype), basis)
 
     def covariance(self, t1: Float[Array, " n"], t2: Float[Array, " m"] | None = None) -> Float[Array, "n m"]:
         """Dense Gram matrix ``K[i, j] = k(|t1[i] - t2[j]|)`` (for checks and small N)."""

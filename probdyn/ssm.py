@@ -327,6 +327,15 @@ def check_positive_int(n, name: str = "num_samples") -> int:
     return k
 
 
+def check_noise_variance(noise, name: str = "noise") -> None:
+    """Observation-noise variances must be finite and non-negative (checked when concrete)."""
+    if isinstance(noise, jax.core.Tracer):
+        return
+    nc = np.asarray(noise)
+    if np.any(nc < 0) or not np.all(np.isfinite(nc)):
+        raise ValueError(f"{name} variances must be finite and non-negative")
+
+
 def check_times(times, name: str = "times") -> np.ndarray | Array:
     """Validate a 1-D, strictly increasing time grid (concrete values only)."""
     t = times

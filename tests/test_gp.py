@@ -421,3 +421,21 @@ def test_predict_at_and_next_to_data_times_every_state_dim(d, dtype):
     np.testing.assert_allclose(mu, mu_d, **tol)
     np.testing.assert_allclose(var, np.diag(cov_d), rtol=tol["rtol"], atol=tol["atol"] / 10)
     np.testing.assert_allclose(float(ll), ll_d, rtol=1e-9 if dtype == "float64" else 1e-4)
+
+
+@pytest.mark.parametrize("name", ["matern52", "sum_m32_cos"])
+def test_kernel_to_ssm_marginal_matches_dense_gram(name):
+    """``Kernel.to_ssm`` (what MarkovGP and MarkovGPDistribution both build on): the Kalman
+    marginal of its observations is N(0, K + diag(noise)) built from the dense Gram matrix."""
+    from probdyn.inference import kalman
+
+    t, y, _ = _problem(3, nan=False)
+    noise = np.random.default_rng(4).uniform(0.01, 0.2, t.size)
+    k = _probdyn_kernel(name, PARAMS)
+    C = np.asarray(k.covariance(jnp.asarray(t))) + np.diag(noise)
+    ref = float(sla.cho_solve(sla.cho_factor(C), y) @ y)
+    ref = -0.5 * (ref + np.linalg.slogdet(C)[1] + t.size * np.log(2 * np.pi))
+    for basis in (False, True):
+        ssm = k.to_ssm(jnp.asarray(t), jnp.asarray(noise), transition_basis=basis)
+        ll = float(kalman.log_likelihood(ssm, jnp.asarray(y)[:, None]))
+        np.testing.assert_allclose(ll, ref, rtol=1e-9)
