@@ -357,7 +357,7 @@ def _fit_sde(a, t, y, names) -> int:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from probdyn import observations as obs_lib
+    from probdyn.inference.gaussian_filters import observations as obs_lib
     from probdyn.inference import gaussian_filters as gf
     from probdyn.models import sysid
 
@@ -474,7 +474,7 @@ def _sde_posterior(a, system, build, ob, tt, yy, m0, P0, fkw, start: dict):
     import numpyro.distributions as dist
     from numpyro.infer import init_to_value
 
-    from probdyn.distributions import SDEFilterDistribution
+    from probdyn.inference.gaussian_filters import SDEFilterDistribution
     from probdyn.inference import mcmc, variational
 
     loc = {k: float(np.log(v)) for k, v in system.params.items()}

@@ -18,6 +18,7 @@ OLD_TO_NEW = {
     "probdyn.models.sde_drifts": "probdyn.models.sde_posteriors.drifts",
     "probdyn.models.sde_em": "probdyn.models.sde_posteriors.em",
     "probdyn.models.sysid_ode": "probdyn.sde.ode",
+    "probdyn.observations": "probdyn.inference.gaussian_filters.observations",
 }
 
 
@@ -48,3 +49,12 @@ def test_deprecated_ode_solve_is_solve_ode_with_the_old_argument_order():
         z_new, ok_new = solve_ode(sysid.lotka_volterra_drift, z0, ts, th, solver=solver, backend=backend)
         assert bool(ok) and bool(ok_new)
         np.testing.assert_array_equal(np.asarray(z), np.asarray(z_new))
+
+
+def test_filter_distributions_old_names_warn():
+    import probdyn.distributions as old
+    from probdyn.inference import gaussian_filters as gf
+
+    for name in ("SDEFilterDistribution", "DiscreteFilterDistribution"):
+        with pytest.warns(DeprecationWarning, match=rf"probdyn\.inference\.gaussian_filters\.{name}"):
+            assert getattr(old, name) is getattr(gf, name)

@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 
-from probdyn import observations as obs  # noqa: E402
+from probdyn.inference.gaussian_filters import observations as obs  # noqa: E402
 from probdyn.datasets import lynx_hare  # noqa: E402
 from probdyn.inference import gaussian_filters as gf  # noqa: E402
 from probdyn.inference import mcmc  # noqa: E402

@@ -19,8 +19,8 @@ The objective is each model's filter log-likelihood (``log_likelihood`` methods 
 :mod:`~probdyn.models.sysid.models`), maximised by :func:`fit_map`
 (:mod:`~probdyn.models.sysid.fit`, through :func:`probdyn.inference.optimize.fit`) or
 sampled with NUTS through numpyro programs whose likelihoods are
-:class:`probdyn.distributions.SDEFilterDistribution` /
-:class:`~probdyn.distributions.DiscreteFilterDistribution`.
+:class:`probdyn.inference.gaussian_filters.SDEFilterDistribution` /
+:class:`~probdyn.inference.gaussian_filters.DiscreteFilterDistribution`.
 
 Modules:
 

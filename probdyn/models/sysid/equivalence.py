@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from probdyn import observations as obs_lib
+from probdyn.inference.gaussian_filters import observations as obs_lib
 from probdyn.inference import gaussian_filters as gf
 from probdyn.inference import kalman
 from probdyn.sde import SDE

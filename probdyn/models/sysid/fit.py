@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
-from probdyn import observations as obs_lib
+from probdyn.inference.gaussian_filters import observations as obs_lib
 from probdyn.models.sysid.drifts import AR1Map, MechanisticDrift
 from probdyn.models.sysid.models import check_data
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import PRNGKeyArray
 
-from probdyn import observations as obs_lib
+from probdyn.inference.gaussian_filters import observations as obs_lib
 from probdyn.models.sysid.drifts import AR1Map, MechanisticDrift, ResidualMLP
 from probdyn.models.sysid.equivalence import ou_ar1_check
 from probdyn.models.sysid.fit import FitInfo, fit_map, fitted_params, forecast
@@ -36,7 +36,7 @@ class CompareData(NamedTuple):
     ``train``: ``(times (T,), y (T, p))`` training series; ``tests``: ``{"train": ..., "test":
     ...}`` test series at the training spacing and at ``dt_test``; ``truth``: the simulating
     parameters (``None`` for user data); ``observation``: the
-    :class:`~probdyn.observations.LinearGaussian` of the system.
+    :class:`~probdyn.inference.gaussian_filters.observations.LinearGaussian` of the system.
     """
 
     system: System
