@@ -24,32 +24,14 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
-from numpyro.distributions import Distribution, constraints
 
 from probdyn.inference import kalman
+from probdyn.inference.distribution_base import KalmanDistribution, RealOrNaN
 from probdyn.kernels import Kernel
 from probdyn.linalg import psd_cholesky
 from probdyn.ssm import LinearGaussianSSM, check_noise_variance, check_times
 
-__all__ = ["MarkovGPDistribution", "LinearGaussianSSMDistribution", "KalmanDistribution", "RealOrNaN",
-           "pointwise_log_likelihood"]
-
-
-class RealOrNaN(constraints.Constraint):
-    """Real vectors/matrices where NaN (missing) is allowed; infinities are not."""
-
-    def __init__(self, event_dim: int):
-        self.event_dim = event_dim
-
-    def __call__(self, x):
-        ok = ~jnp.isinf(x)
-        return jnp.all(ok, axis=tuple(range(-self.event_dim, 0))) if self.event_dim else ok
-
-    def feasible_like(self, prototype):
-        return jnp.zeros_like(prototype)
-
-    def tree_flatten(self):
-        return (), ((), {"event_dim": self.event_dim})
+__all__ = ["MarkovGPDistribution", "LinearGaussianSSMDistribution", "pointwise_log_likelihood"]
 
 
 pointwise_log_likelihood = kalman.pointwise_log_likelihood  # re-exported for users of this module
@@ -84,27 +66,6 @@ def _per_point(x, n: int, name: str) -> Array:
     if x.ndim >= 1 and x.shape[-1] == n:
         return x
     return x[..., None]
-
-
-@eqx.filter_jit
-def _jit_call(method: str, d, *args):
-    return getattr(d, method)(*args)
-
-
-class KalmanDistribution(Distribution):
-    """Base of the filter-backed distributions: ``log_prob``, ``pointwise_log_prob`` and
-    ``sample`` call the subclass's ``_log_prob``, ``_pointwise_log_prob`` and ``_sample``
-    through one ``eqx.filter_jit`` (compiled once per distribution structure)."""
-
-    def log_prob(self, value):
-        return _jit_call("_log_prob", self, jnp.asarray(value))
-
-    def pointwise_log_prob(self, value):
-        """``log p(y_t | y_{<t})`` for every t, shape ``batch + (T,)`` (sums to ``log_prob``)."""
-        return _jit_call("_pointwise_log_prob", self, jnp.asarray(value))
-
-    def sample(self, key, sample_shape=()):
-        return _jit_call("_sample", self, key, tuple(sample_shape))
 
 
 class MarkovGPDistribution(KalmanDistribution):

@@ -15,7 +15,8 @@ PUBLIC = ["probdyn.kernels", "probdyn.ssm", "probdyn.gp", "probdyn.inference.kal
           "probdyn.inference.mcmc", "probdyn.inference.variational", "probdyn.inference.optimize",
           "probdyn.sde.base", "probdyn.sde.ode", "probdyn.sde.fractional", "probdyn.sharding", "probdyn.cli",
           "probdyn.inference.gaussian_filters", "probdyn.inference.gaussian_filters.observations",
-          "probdyn.inference.gaussian_filters.common", "probdyn.inference.gaussian_filters.distributions", "probdyn.models.sysid",
+          "probdyn.inference.gaussian_filters.common", "probdyn.inference.gaussian_filters.distributions",
+          "probdyn.inference.distribution_base", "probdyn.models.sysid",
           "probdyn.models.mgpvae", "probdyn.models.mgpvae.nets", "probdyn.models.sde_posteriors", "probdyn.models.sde_posteriors.vgpa",
           "probdyn.models.fractional", "probdyn.models.fractional.neural_sde",
           "probdyn.models.fractional.fou", "probdyn.models.fractional.video"]

@@ -1,4 +1,4 @@
-"""Sparse-GP / Gauss–Markov variational SDE posteriors (probdyn.models.sparse_gp_sde).
+"""Sparse-GP / Gauss–Markov variational SDE posteriors (probdyn.models.sde_posteriors).
 
 Independent references: the exact Markov-GP posterior and log marginal likelihood (OU kernel,
 Kalman engine of the core) for linear SDEs; the exact maximum-likelihood OU decay (grid search +

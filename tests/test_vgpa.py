@@ -1,4 +1,4 @@
-"""Archambeau et al. (2007) VGPA baseline (probdyn.models.vgpa).
+"""Archambeau et al. (2007) VGPA baseline (probdyn.models.sde_posteriors.vgpa).
 
 Independent references: for the OU process, dense NumPy Gaussian computations of the
 Euler–Maruyama chain on the model's grid (prior and q as N x N joint Gaussians: exact

@@ -13,7 +13,7 @@
 # noise sd 0.01 (split 0 of the `dw` benchmark of Verma, Adam & Solin, AISTATS 2024) and
 # approximate the path posterior by a Gauss–Markov process: the linearised prior (re-linearised
 # along the posterior) times data sites and path ("Girsanov") sites, fitted by natural-gradient
-# (CVI) steps (`probdyn.models.sparse_gp_sde`). We check (1) that for a linear SDE one
+# (CVI) steps (`probdyn.models.sde_posteriors`). We check (1) that for a linear SDE one
 # $\rho=1$ step gives the exact Markov-GP posterior, (2) the double-well posterior against an
 # independent particle smoother on the same grid, and the gain from the path sites, and (3)
 # learn $c$ by variational EM from a wrong start.

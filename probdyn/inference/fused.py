@@ -48,6 +48,9 @@ the factors of ``Q``) and assembles ``A``, ``Q`` and ``Q = L_Q D_Q L_Q^T`` itsel
 (:func:`dense_inputs`); the reverse pass applies that assembly to all steps at once
 (:class:`Staged`). Measured, Matérn-3/2, 10^5 points, float64, 2-core CPU: log-likelihood
 0.75x-0.91x tinygp's time instead of 1.0x-1.05x, value+gradient 52 ms instead of 70 ms.
+
+Length: one concept (the fused step, its packed state and its custom reverse rules), kept in
+one module although it runs past 600 lines.
 """
 
 from __future__ import annotations

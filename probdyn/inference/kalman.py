@@ -29,6 +29,9 @@ and unit variance, and the constant they would add to the log-likelihood is remo
 The backward kernel ``x_t | x_{t+1}, y_{0:t} ~ N(G_t x_{t+1} + g_t, D_t D_t^T)`` is computed
 once from the filter output (:func:`backward_kernels`); the RTS smoother and the
 forward-filter backward-sampler are two ways of composing it.
+
+Length: one concept (the linear-Gaussian engine, sequential and parallel-in-time), kept in
+one module although it runs past 600 lines.
 """
 
 from __future__ import annotations

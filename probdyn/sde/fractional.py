@@ -39,6 +39,9 @@ standard normalisation and accept ``normalization="paper"``.
 Precision: every function computes in float64 when JAX's 64-bit mode is on and in the
 input dtype (float32) otherwise, and returns the input dtype. Nothing here flips global
 JAX configuration.
+
+Length: one concept (MA-fBM: exact fBM, the Markov approximation, its optimal weights and
+its LTI form), kept in one module although it runs past 600 lines.
 """
 
 from __future__ import annotations

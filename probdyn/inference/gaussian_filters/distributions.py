@@ -5,7 +5,7 @@
 * :class:`DiscreteFilterDistribution` — observations of ``x_{k+1} = g(x_k, k) + N(0, Q)``
   (:func:`~probdyn.inference.gaussian_filters.discrete_filter`).
 
-Both share :class:`probdyn.distributions.KalmanDistribution` (jit-compiled ``log_prob``,
+Both share :class:`probdyn.inference.distribution_base.KalmanDistribution` (jit-compiled ``log_prob``,
 ``pointwise_log_prob``, ``sample``) with the linear-Gaussian distributions.
 """
 
@@ -16,7 +16,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from probdyn.distributions import KalmanDistribution, RealOrNaN
+from probdyn.inference.distribution_base import KalmanDistribution, RealOrNaN
 from probdyn.inference.gaussian_filters.common import check_options
 from probdyn.inference.gaussian_filters.continuous import filter
 from probdyn.inference.gaussian_filters.discrete import discrete_filter

@@ -7,6 +7,12 @@ Birdal, ICLR 2024).
   through the Kalman engine (maximum likelihood, numpyro model, posterior marginals);
 * :mod:`probdyn.models.fractional.video`: the latent fractional SDE for video sequences.
 
+The objective of the variational model is the paper's ELBO,
+``E_q[log p(obs | X)] - KL(q(z_0) || p(z_0)) - E_q int |u|^2 / 2 dt`` (the last term the
+Girsanov KL of the control on the MA-fBM-augmented state), :func:`elbo` in
+:mod:`~probdyn.models.fractional.neural_sde`; the fOU tools maximise the exact Kalman
+log-likelihood (:mod:`~probdyn.models.fractional.fou`).
+
 The neural SDE and fOU names are re-exported here: ``from probdyn.models import fractional
 as fs``; the video model is ``from probdyn.models.fractional import video``.
 """

@@ -5,6 +5,11 @@
   training (:func:`fit`), ELBO, imputation and importance-weighted log-likelihoods;
 * :mod:`probdyn.models.mgpvae.nets`: the encoders and decoders.
 
+The objective is the paper's ELBO, ``E_q[log p(y | f)] - beta KL(q(f) || p(f))`` with ``q`` the
+Kalman-smoothed latent posterior (the state-space GP prior times the encoder's Gaussian
+sites), ``MarkovGPVAE.elbo`` / :func:`elbo_batch` in
+:mod:`~probdyn.models.mgpvae.model`, maximised by :func:`fit`.
+
 Everything public is re-exported here: ``from probdyn.models import mgpvae as mg``.
 """
 

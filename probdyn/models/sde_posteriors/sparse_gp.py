@@ -78,6 +78,9 @@ Limitations: constant (additive) diffusion with ``L L^T`` positive definite; for
 drifts the posterior is a Gaussian approximation (biased where the true posterior is skewed
 or bimodal); the residual uses Gauss–Hermite with ``gh_order`` points per dimension
 (``order**d`` points).
+
+Length: one concept (the sparse-GP SDE posterior: chain, ELBO, CVI step), just past 600 lines
+(the bridge algebra is in :mod:`~probdyn.models.sde_posteriors.bridges`).
 """
 
 from __future__ import annotations

@@ -1,0 +1,49 @@
+"""Base of probdyn's engine-backed numpyro distributions (linear-Gaussian in
+:mod:`probdyn.distributions`, filter-marginalised in :mod:`probdyn.inference.gaussian_filters`):
+the jit-compiled public methods and the support of values with missing (NaN) entries."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax.numpy as jnp
+from numpyro.distributions import Distribution, constraints
+
+__all__ = ["KalmanDistribution", "RealOrNaN"]
+
+
+class RealOrNaN(constraints.Constraint):
+    """Real vectors/matrices where NaN (missing) is allowed; infinities are not."""
+
+    def __init__(self, event_dim: int):
+        self.event_dim = event_dim
+
+    def __call__(self, x):
+        ok = ~jnp.isinf(x)
+        return jnp.all(ok, axis=tuple(range(-self.event_dim, 0))) if self.event_dim else ok
+
+    def feasible_like(self, prototype):
+        return jnp.zeros_like(prototype)
+
+    def tree_flatten(self):
+        return (), ((), {"event_dim": self.event_dim})
+
+
+@eqx.filter_jit
+def _jit_call(method: str, d, *args):
+    return getattr(d, method)(*args)
+
+
+class KalmanDistribution(Distribution):
+    """Base of the engine-backed distributions: ``log_prob``, ``pointwise_log_prob`` and
+    ``sample`` call the subclass's ``_log_prob``, ``_pointwise_log_prob`` and ``_sample``
+    through one ``eqx.filter_jit`` (compiled once per distribution structure)."""
+
+    def log_prob(self, value):
+        return _jit_call("_log_prob", self, jnp.asarray(value))
+
+    def pointwise_log_prob(self, value):
+        """``log p(y_t | y_{<t})`` for every t, shape ``batch + (T,)`` (sums to ``log_prob``)."""
+        return _jit_call("_pointwise_log_prob", self, jnp.asarray(value))
+
+    def sample(self, key, sample_shape=()):
+        return _jit_call("_sample", self, key, tuple(sample_shape))
