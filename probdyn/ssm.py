@@ -10,7 +10,8 @@ discretises *exactly* between times :math:`t_{k-1} < t_k` (:math:`\Delta_k = t_k
           q_k \sim N(0, Q_k),\quad Q_k = \int_0^{\Delta_k} e^{Fs} L Q_c L^T e^{F^Ts} ds.
 
 For a stationary SDE :math:`Q_k = P_\infty - A_k P_\infty A_k^T`; in general :math:`Q_k` comes
-from Van Loan's block-matrix exponential.
+from Van Loan's block-matrix exponential (:func:`discretise_affine`, the one routine for affine
+SDEs in probdyn).
 """
 
 from __future__ import annotations
@@ -25,6 +26,76 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from probdyn.linalg import symmetrize
+
+
+_THETA, _TAYLOR, _MAX_DOUBLE = 0.25, 10, 16
+
+
+def _phi1(z):
+    """``expm1(z) / z`` (1 at 0), safe for autodiff."""
+    small = jnp.abs(z) < 1e-3
+    zs = jnp.where(small, 1.0, z)
+    return jnp.where(small, 1.0 + z / 2 + z * z / 6 + z**3 / 24, jnp.expm1(zs) / zs)
+
+
+def discretise_affine(
+    F: Float[Array, "d d"],
+    b: Float[Array, " d"] | None,
+    LQL: Float[Array, "d d"],
+    dt: Float[Array, ""],
+    b_t: Float[Array, " d"] | None = None,
+) -> tuple[Float[Array, "d d"], Float[Array, " d"], Float[Array, "d d"]]:
+    """Exact discretisation of the affine SDE ``dx = (F x + b + b_t s) ds + dbeta`` over ``[0, dt]``.
+
+    ``E[dbeta dbeta^T] = LQL ds`` (``LQL = L Qc L^T``, PSD); ``b``/``b_t`` default to zero.
+    Returns ``(A = e^{F dt} (d, d), c (d,), Q (d, d))`` with ``x(dt) = A x(0) + c + q``,
+    ``q ~ N(0, Q)``. The one copy of this computation in probdyn: the LTI SDEs of the kernels
+    (:meth:`LTISDE.process_cov`), the local linearisation of the Gaussian filters and the
+    linearised priors of the SDE posteriors all call it.
+
+    Method: for ``d = 1`` without ``b_t`` the closed form ``A = e^z``, ``c = b dt phi1(z)``,
+    ``Q = LQL dt phi1(2 z)`` (``z = F dt``, ``phi1(z) = (e^z - 1) / z``; stable as ``z -> 0``).
+    Otherwise Van Loan's block matrix augmented with ``[s, 1]``,
+    ``M = [[F, LQL, b_t, b], [0, -F^T, 0, 0], [0, 0, 0, 1], [0, 0, 0, 0]] dt``, is exponentiated
+    by scaling and squaring: a degree-10 Taylor polynomial of ``M / 2^k`` (``|M / 2^k|_1 <= 1/4``,
+    truncation error < 1e-14) and ``k`` doublings of the affine part with
+    ``Q <- Q + A Q A^T`` (PSD terms only, so long and stiff steps keep their precision;
+    ``e^{-F^T dt}`` is never formed). ``k`` is chosen at run time, at most 16, so ``|M|_1``
+    should stay below ~1.6e4 (split longer or stiffer steps). Differentiable; jit/vmap-safe.
+    """
+    F = jnp.asarray(F)
+    d = F.shape[-1]
+    dtype = jnp.result_type(F, LQL, dt)
+    F, LQL, dt = F.astype(dtype), jnp.asarray(LQL, dtype), jnp.asarray(dt, dtype)
+    b = jnp.zeros(d, dtype) if b is None else jnp.asarray(b, dtype)
+    if d == 1 and b_t is None:
+        z = F[0, 0] * dt
+        return jnp.exp(z).reshape(1, 1), b * dt * _phi1(z), LQL * dt * _phi1(2.0 * z)
+    b_t = jnp.zeros(d, dtype) if b_t is None else jnp.asarray(b_t, dtype)
+    n = 2 * d + 2
+    M = jnp.zeros((n, n), dtype)
+    M = (M.at[:d, :d].set(F).at[:d, d:2 * d].set(LQL).at[d:2 * d, d:2 * d].set(-F.T)
+         .at[:d, 2 * d].set(b_t).at[:d, 2 * d + 1].set(b).at[2 * d, 2 * d + 1].set(1.0)) * dt
+    norm = jnp.max(jnp.sum(jnp.abs(M), axis=0))
+    k = jnp.clip(jnp.ceil(jnp.log2(jnp.maximum(norm, 1e-30) / _THETA)), 0, _MAX_DOUBLE)
+    X = M / 2.0**k
+    eye = jnp.eye(n, dtype=dtype)
+    E = eye
+    for j in range(_TAYLOR, 0, -1):  # Horner: I + X (I + X/2 (I + X/3 ...))
+        E = eye + (X @ E) / j
+    A = E[:d, :d]
+    Q = symmetrize(E[:d, d:2 * d] @ A.T)
+    idx = jnp.array(list(range(d)) + [2 * d, 2 * d + 1])
+    Aff = E[idx][:, idx]
+
+    def double(i, carry):
+        Aff, Q = carry
+        Ad = Aff[:d, :d]
+        on = i < k
+        return jnp.where(on, Aff @ Aff, Aff), jnp.where(on, symmetrize(Q + Ad @ Q @ Ad.T), Q)
+
+    Aff, Q = jax.lax.fori_loop(0, _MAX_DOUBLE, double, (Aff, Q))
+    return Aff[:d, :d], Aff[:d, d + 1], Q
 
 
 class LTISDE(eqx.Module):
@@ -53,27 +124,11 @@ class LTISDE(eqx.Module):
         return jax.scipy.linalg.expm(self.F * dt)
 
     def process_cov(self, dt: Float[Array, ""]) -> Float[Array, "d d"]:
-        """``Q(dt)``: ``Pinf - A Pinf A^T`` when stationary, else Van Loan with doubling.
-
-        Van Loan's block exponential is evaluated on ``h = dt / 2^12`` (where it is
-        accurate) and doubled back with ``Q(2h) = Q(h) + A(h) Q(h) A(h)^T``, which only adds
-        positive semi-definite terms, so long steps do not lose precision.
-        """
+        """``Q(dt)``: ``Pinf - A Pinf A^T`` when stationary, else :func:`discretise_affine`."""
         if self.Pinf is not None:
             A = self.transition(dt)
             return symmetrize(self.Pinf - A @ self.Pinf @ A.T)
-        d = self.state_dim
-        n_double = 12
-        h = dt / 2.0**n_double
-        LQL = self.L @ self.Qc @ self.L.T
-        blk = jnp.block([[self.F, LQL], [jnp.zeros_like(self.F), -self.F.T]]) * h
-        E = jax.scipy.linalg.expm(blk)
-        A = E[:d, :d]
-        Q = symmetrize(E[:d, d:] @ A.T)
-        for _ in range(n_double):
-            Q = symmetrize(Q + A @ Q @ A.T)
-            A = A @ A
-        return Q
+        return discretise_affine(self.F, None, self.L @ self.Qc @ self.L.T, dt)[2]
 
     def discretise(self, dts: Float[Array, " n"]) -> tuple[Float[Array, "n d d"], Float[Array, "n d d"]]:
         """Exact ``(A_k, Q_k)`` for a vector of step sizes."""

@@ -21,7 +21,7 @@ Between observations the Gaussian approximation ``N(m, P)`` is propagated with
   Jacobian at ``m`` for the EKF, the sigma-point average of Jacobians otherwise — statistical
   linearisation) and the resulting linear SDE is discretised *exactly*
   (``A = e^{\hat J h}``, the forced mean and Van Loan's process noise from one augmented
-  matrix exponential). The substeps of an interval compose into
+  matrix exponential, :func:`probdyn.ssm.discretise_affine`). The substeps of an interval compose into
   one affine-Gaussian map applied with the engine's square-root
   :func:`probdyn.inference.kalman.predict`; for a linear SDE (also with forcing affine in
   ``t``) this is the exact discretisation (to rounding).
@@ -57,6 +57,7 @@ from probdyn.inference.gaussian_filters.common import (
 from probdyn.inference.gaussian_filters.observations import ObservationModel
 from probdyn.linalg import psd_cholesky, symmetrize
 from probdyn.sde import SDE
+from probdyn.ssm import discretise_affine
 
 __all__ = ["filter", "smoother"]
 
@@ -145,50 +146,6 @@ def _local_linear(sde, rule, m, S, t):
     return J, rule.wm @ F, rule.wm @ Ft, LL
 
 
-_THETA, _TAYLOR, _MAX_DOUBLE = 0.25, 10, 16
-
-
-def _exact_affine_step(J, f0, ft, LL, h):
-    """Exact discretisation over ``[0, h]`` of ``de = (f0 + J e + ft s) ds + dbeta``,
-    ``E[dbeta dbeta^T] = LL ds``: returns ``(A = e^{J h}, e(h) from e(0) = 0, sqrt(Q))``.
-
-    Van Loan's block matrix augmented with ``[s, 1]``,
-    ``M = [[J, LL, ft, f0], [0, -J^T, 0, 0], [0, 0, 0, 1], [0, 0, 0, 0]]``, is exponentiated by
-    scaling and squaring: a degree-10 Taylor polynomial of ``M h / 2^k`` (``|M h / 2^k|_1 <= 1/4``,
-    truncation error < 1e-14) followed by ``k`` doublings that square the affine part
-    ``[[A, g, e], [0, 1, s], [0, 0, 1]]`` and update ``Q <- Q + A Q A^T`` (PSD terms only, as in
-    :meth:`probdyn.LTISDE.process_cov`, so long steps keep their precision). ``k`` is chosen
-    at run time, at most 16 (so ``|M h|_1`` should stay below ~1.6e4: use more substeps for
-    stiffer drifts).
-    """
-    d = J.shape[0]
-    dtype = J.dtype
-    n = 2 * d + 2
-    M = jnp.zeros((n, n), dtype)
-    M = (M.at[:d, :d].set(J).at[:d, d:2 * d].set(LL).at[d:2 * d, d:2 * d].set(-J.T)
-         .at[:d, 2 * d].set(ft).at[:d, 2 * d + 1].set(f0).at[2 * d, 2 * d + 1].set(1.0)) * h
-    norm = jnp.max(jnp.sum(jnp.abs(M), axis=0))
-    k = jnp.clip(jnp.ceil(jnp.log2(jnp.maximum(norm, 1e-30) / _THETA)), 0, _MAX_DOUBLE)
-    X = M / 2.0**k
-    eye = jnp.eye(n, dtype=dtype)
-    E = eye
-    for j in range(_TAYLOR, 0, -1):  # Horner: I + X (I + X/2 (I + X/3 ...))
-        E = eye + (X @ E) / j
-    A = E[:d, :d]
-    Q = symmetrize(E[:d, d:2 * d] @ A.T)
-    idx = jnp.array(list(range(d)) + [2 * d, 2 * d + 1])
-    Aff = E[idx][:, idx]
-
-    def double(i, carry):
-        Aff, Q = carry
-        Ad = Aff[:d, :d]
-        on = i < k
-        return jnp.where(on, Aff @ Aff, Aff), jnp.where(on, symmetrize(Q + Ad @ Q @ Ad.T), Q)
-
-    Aff, Q = jax.lax.fori_loop(0, _MAX_DOUBLE, double, (Aff, Q))
-    return Aff[:d, :d], Aff[:d, d + 1], Q
-
-
 def _propagate_linearised(sde, rule, m, S, t0, t1, n, need_trans):
     """Local-linearisation substeps composed into one affine-Gaussian map over [t0, t1]
     (``x(t1) = A x(t0) + b + q``, ``q ~ N(0, Q)``), applied with ``kalman.predict``."""
@@ -203,7 +160,7 @@ def _propagate_linearised(sde, rule, m, S, t0, t1, n, need_trans):
         t = t0 + j * h
         Sj = None if rule is None else psd_cholesky(symmetrize(A_acc @ P0 @ A_acc.T + Q_acc))
         J, f0, ft, LL = _local_linear(sde, rule, mj, Sj, t)
-        A, e, Q = _exact_affine_step(J, f0, ft, LL, h)
+        A, e, Q = discretise_affine(J, f0, LL, h, b_t=ft)
         return (mj + e, A @ A_acc, symmetrize(A @ Q_acc @ A.T + Q)), None
 
     (m1, A, Q), _ = jax.lax.scan(step, (m, eye, jnp.zeros((d, d), dtype)), jnp.arange(n, dtype=dtype))

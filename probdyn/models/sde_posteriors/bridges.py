@@ -3,7 +3,7 @@ r"""Bridges of the linearised prior between inducing states (the sparse variant 
 
 Between consecutive inducing times ``z_j < z_{j+1}`` (cell length ``h``) the variational
 process follows the bridge of the cell's linear SDE ``dx = (A_j x + b_j) dt + L dW``: with
-``(Psi(s), c(s), V(s))`` its exact discretisation over ``s`` (:func:`probdyn.models.sde_posteriors.drifts.discretise_linear`),
+``(Psi(s), c(s), V(s))`` its exact discretisation over ``s`` (:func:`probdyn.ssm.discretise_affine`),
 
 .. math::
     x(z_j + s) \mid u_j, u_{j+1} \sim N(B_1 u_j + B_2 u_{j+1} + \beta, V_b),\quad

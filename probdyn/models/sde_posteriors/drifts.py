@@ -8,7 +8,8 @@ Shared by :mod:`probdyn.models.sde_posteriors.sparse_gp` (CVI natural gradients)
   (:class:`PolynomialDrift`, :class:`LinearDrift`); any callable ``f(x (d,), t) -> (d,)``
   works as well, e.g. an equinox MLP (:class:`probdyn.models.sysid.NeuralDrift`);
 * :func:`make_grid`: a regular grid merged with observation / test times;
-* :func:`discretise_linear`: exact discretisation of ``dx = (A x + b) dt + L dW``;
+* :func:`discretise_linear`: exact discretisation of ``dx = (A x + b) dt + L dW``
+  (:func:`probdyn.ssm.discretise_affine`);
 * :func:`statistical_linearisation`: the statistical linear regression ``(A, b)`` of a drift
   under a Gaussian (Gauss–Hermite), ``A = Cov(f, x) Cov(x)^{-1} = E[df/dx]`` (Stein).
 """
@@ -18,14 +19,13 @@ from __future__ import annotations
 from typing import Callable
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
 from probdyn.inference.natgrad import QuadratureRule, gaussian_expectation
 from probdyn.linalg import small_solve
-from probdyn.ssm import LTISDE
+from probdyn.ssm import discretise_affine
 
 __all__ = [
     "OUDrift",
@@ -129,32 +129,10 @@ def make_grid(t0: float, t1: float, dt: float, include=()) -> np.ndarray:
     return g
 
 
-def _phi1(z):
-    """``expm1(z) / z`` (1 at 0), safe for autodiff."""
-    small = jnp.abs(z) < 1e-3
-    zs = jnp.where(small, 1.0, z)
-    return jnp.where(small, 1.0 + z / 2 + z * z / 6 + z**3 / 24, jnp.expm1(zs) / zs)
-
-
-def discretise_linear(A: Float[Array, "d d"], b: Float[Array, " d"], Sigma: Float[Array, "d d"], dt):
-    """Exact discretisation of ``dx = (A x + b) dt + L dW`` (``Sigma = L L^T``) over ``dt >= 0``.
-
-    Returns ``(Psi = e^{A dt} (d, d), c = int_0^dt e^{A s} b ds (d,), V (d, d))``. Closed form
-    for d = 1 (stable as ``A dt -> 0``), matrix exponentials (Van Loan) otherwise.
-    """
-    d = A.shape[-1]
-    if d == 1:
-        z = A[0, 0] * dt
-        Psi = jnp.exp(z).reshape(1, 1)
-        c = b * dt * _phi1(z)
-        V = Sigma * dt * _phi1(2.0 * z)
-        return Psi, c, V
-    aug = jnp.zeros((d + 1, d + 1), A.dtype).at[:d, :d].set(A).at[:d, d].set(b)
-    E = jax.scipy.linalg.expm(aug * dt)
-    eye = jnp.eye(d, dtype=A.dtype)
-    V = LTISDE(A, eye, Sigma, eye).process_cov(dt)
-    return E[:d, :d], E[:d, d], V
-
+#: Exact discretisation of ``dx = (A x + b) dt + L dW`` (``Sigma = L L^T``) over ``dt``:
+#: ``(Psi (d, d), c (d,), V (d, d)) = discretise_linear(A, b, Sigma, dt)``; the engine's
+#: :func:`probdyn.ssm.discretise_affine` under this family's name.
+discretise_linear = discretise_affine
 
 
 def statistical_linearisation(drift: Callable, m: Float[Array, " d"], C: Float[Array, "d d"], t,

@@ -111,10 +111,11 @@ from probdyn.models.sde_posteriors.observed import (
     check_observed_sde,
     expected_log_likelihood,
 )
-from probdyn.models.sde_posteriors.drifts import discretise_linear, statistical_linearisation
+from probdyn.models.sde_posteriors.drifts import statistical_linearisation
 from probdyn.models.sde_posteriors.em import FitTrace, variational_em
 from probdyn.models.sde_posteriors.bridges import InducingBridges
 from probdyn.sde.base import SDE
+from probdyn.ssm import discretise_affine
 
 __all__ = ["SparseGPSDE", "VariationalState", "Posterior"]
 
@@ -250,7 +251,7 @@ class SparseGPSDE(ObservedSDEModel, InducingBridges):
         return jnp.diff(self._zt())
 
     def _disc(self, A, b, dt):
-        return discretise_linear(A, b, self._sigma(), dt)
+        return discretise_affine(A, b, self._sigma(), dt)
 
     def _cell_disc(self, A, b):
         return jax.vmap(self._disc)(A, b, self._cell_len())
