@@ -62,6 +62,7 @@ __all__ = [
     "backward_kernels",
     "rts_smooth",
     "use_parallel",
+    "simulate_chain",
 ]
 
 _LOG2PI = math.log(2 * math.pi)
@@ -95,6 +96,43 @@ def predict(m, S, A, SQ, b=None):
     """
     mp = A @ m if b is None else A @ m + b
     return mp, tria(jnp.concatenate([A @ S, SQ], axis=1))
+
+
+def simulate_chain(
+    x0: Float[Array, " d"],
+    transition,
+    noise_chol: Float[Array, "... d m"],
+    eps: Float[Array, "K m"],
+) -> Float[Array, "K1 d"]:
+    """Forward simulation of a Markov chain with additive Gaussian noise,
+    ``x_{k+1} = f_k(x_k) + L_k eps_k``, from ``x0`` (d,) for ``K = eps.shape[0]`` steps.
+
+    ``transition`` is ``(F (K, d, d), g (K, d))`` for the Gauss–Markov chain
+    ``f_k(x) = F_k x + g_k``, or a callable ``f(x (d,), k) -> (d,)``; ``noise_chol`` ``L`` is
+    (d, m) or (K, d, m); ``eps`` (K, m) standard-normal draws (the caller's keys, so each
+    caller keeps its random stream). Returns the path (K + 1, d) including ``x0``. The one
+    forward sampler of probdyn's chains (SDE posteriors, discrete filter distributions);
+    ``vmap`` it over draws.
+    """
+    x0 = jnp.asarray(x0)
+    L = jnp.asarray(noise_chol, x0.dtype)
+    K = eps.shape[0]
+    if callable(transition):
+        f = transition
+    else:
+        F, g = transition
+
+        def f(x, k):
+            return F[k] @ x + g[k]
+
+    def step(x, inp):
+        k, e = inp
+        Lk = L[k] if L.ndim == 3 else L
+        xn = f(x, k).astype(x0.dtype) + Lk @ e
+        return xn, xn
+
+    _, xs = jax.lax.scan(step, x0, (jnp.arange(K), eps.astype(x0.dtype)))
+    return jnp.concatenate([x0[None], xs])
 
 
 def _update_stack(S, H, SR, y):

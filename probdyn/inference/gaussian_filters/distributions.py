@@ -16,6 +16,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from probdyn.inference import kalman
 from probdyn.inference.distribution_base import KalmanDistribution, RealOrNaN
 from probdyn.inference.gaussian_filters.common import check_options
 from probdyn.inference.gaussian_filters.continuous import filter
@@ -183,14 +184,8 @@ class DiscreteFilterDistribution(KalmanDistribution):
         def one(key):
             k0, k1, k2 = jax.random.split(key, 3)
             x0 = self.m0.astype(dtype) + psd_cholesky(self.P0.astype(dtype)) @ jax.random.normal(k0, (d,), dtype)
-
-            def step(x, inp):
-                k, kk = inp
-                xn = self.transition(x, k) + SQ @ jax.random.normal(kk, (d,), dtype)
-                return xn, xn
-
-            _, xs = jax.lax.scan(step, x0, (jnp.arange(T - 1), jax.random.split(k1, T - 1)))
-            xs = jnp.concatenate([x0[None], xs])
+            eps = jax.vmap(lambda kk: jax.random.normal(kk, (d,), dtype))(jax.random.split(k1, T - 1))
+            xs = kalman.simulate_chain(x0, self.transition, SQ, eps)
             return jax.vmap(self.observation.sample)(jax.random.split(k2, T), xs)
 
         n = math.prod(sample_shape)

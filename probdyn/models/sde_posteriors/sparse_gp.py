@@ -93,6 +93,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from probdyn.inference import kalman
 from probdyn.inference.natgrad import (
     GaussianSites,
     GaussMarkovChain,
@@ -570,15 +571,7 @@ class SparseGPSDE(ObservedSDEModel, InducingBridges):
         L0 = small_cholesky((q.initial_cov))
 
         def one(e0_, eps_):
-            u0 = q.initial_mean + L0 @ e0_
-
-            def step(u, inp):
-                F, g, Lq, e = inp
-                un = F @ u + g + Lq @ e
-                return un, un
-
-            _, us = jax.lax.scan(step, u0, (q.F, q.g, q.chol_Q, eps_))
-            return jnp.concatenate([u0[None], us])
+            return kalman.simulate_chain(q.initial_mean + L0 @ e0_, (q.F, q.g), q.chol_Q, eps_)
 
         U = jax.vmap(one)(e0, eps)
         if self.dense:

@@ -371,10 +371,8 @@ class VGPA(ObservedSDEModel):
         x0 = state.m0 + jax.random.normal(k0, (num_samples, d), self.dtype) @ small_cholesky(state.S0).T
         eps = jax.random.normal(k1, (N - 1, num_samples, Lm.shape[1]), self.dtype)
 
-        def step(x, inp):
-            Ak, bk, h, e = inp
-            xn = x - h * x @ Ak.T + h * bk + jnp.sqrt(h) * e @ Lm.T
-            return xn, xn
+        def drift_step(x, k):  # Euler-Maruyama of the posterior SDE dx = (-A_k x + b_k) dt + L dW
+            return x - dts[k] * (state.A[k] @ x) + dts[k] * state.b[k]
 
-        _, xs = jax.lax.scan(step, x0, (state.A, state.b, dts, eps))
-        return jnp.swapaxes(jnp.concatenate([x0[None], xs]), 0, 1)
+        noise = jnp.sqrt(dts)[:, None, None] * Lm[None]
+        return jax.vmap(lambda x0_, e: kalman.simulate_chain(x0_, drift_step, noise, e), in_axes=(0, 1))(x0, eps)
