@@ -1,7 +1,7 @@
 """Nonlinear SDEs: definitions, simulation, ODE solves (one entry point, :func:`solve_ode`) and
 fractional (Markov-approximate fBM) noise."""
 
-from .base import SDE, check_drift, euler_maruyama, simulate_diffrax
+from .base import SDE, check_drift, euler_maruyama, euler_maruyama_interval, simulate_diffrax
 from .fractional import (
     MAFBMLTI,
     MAFBMSystem,
@@ -25,6 +25,7 @@ __all__ = [
     "SDE",
     "check_drift",
     "euler_maruyama",
+    "euler_maruyama_interval",
     "simulate_diffrax",
     "solve_ode",
     "solver_failures",

@@ -33,7 +33,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from probdyn.ssm import check_times
 
-__all__ = ["SDE", "euler_maruyama", "simulate_diffrax", "check_drift"]
+__all__ = ["SDE", "euler_maruyama", "euler_maruyama_interval", "simulate_diffrax", "check_drift"]
 
 
 class SDE(eqx.Module):
@@ -116,6 +116,34 @@ def _check_x0(sde: SDE, x0):
     return x0
 
 
+def euler_maruyama_interval(
+    sde: SDE,
+    x: Float[Array, "... d"],
+    t0: Float[Array, ""],
+    t1: Float[Array, ""],
+    dW: Float[Array, "... n m"],
+) -> Float[Array, "... d"]:
+    """Itô Euler–Maruyama over ``[t0, t1]`` in ``n = dW.shape[-2]`` equal steps ``h = (t1 - t0) / n``:
+    ``x <- x + f(x, t) h + L(x, t) dW_j``, driven by the Brownian increments ``dW`` (each
+    ``N(0, h I_m)``, drawn by the caller).
+
+    ``x`` (d,) with ``dW`` (n, m) is one path; ``x`` (P, d) with ``dW`` (P, n, m) a particle
+    batch (vmapped). The one Euler–Maruyama step of probdyn: :func:`euler_maruyama`, the
+    particle filter and the time-aware discrete models all call it.
+    """
+    if x.ndim == 2:
+        return jax.vmap(lambda xi, dwi: euler_maruyama_interval(sde, xi, t0, t1, dwi))(x, dW)
+    n = dW.shape[0]
+    h = (t1 - t0) / n
+
+    def step(x, j):
+        t = t0 + j * h
+        f = sde.drift_fn(x, t).astype(x.dtype)
+        return x + f * h + jnp.asarray(sde.diffusion_fn(x, t)).astype(x.dtype) @ dW[j], None
+
+    return jax.lax.scan(step, x, jnp.arange(n))[0]
+
+
 def euler_maruyama(
     sde: SDE,
     x0: Float[Array, " d"],
@@ -125,8 +153,8 @@ def euler_maruyama(
 ) -> Float[Array, "T d"]:
     """Itô Euler–Maruyama path at ``times`` (``x[0] = x0`` at ``times[0]``).
 
-    Each interval ``[t_k, t_{k+1}]`` is split into ``num_substeps`` equal steps.
-    Cost O(T * num_substeps); one ``lax.scan``.
+    Each interval ``[t_k, t_{k+1}]`` is split into ``num_substeps`` equal steps
+    (:func:`euler_maruyama_interval`). Cost O(T * num_substeps); one ``lax.scan``.
     """
     times = jnp.asarray(check_times(times))
     x0 = _check_x0(sde, x0)
@@ -140,15 +168,8 @@ def euler_maruyama(
 
     def interval(x, inp):
         t0, t1, k = inp
-        h = (t1 - t0) / n
-        dW = jax.random.normal(k, (n, m), dtype) * jnp.sqrt(h)
-
-        def step(x, j):
-            t = t0 + j * h
-            x = x + sde.drift_fn(x, t) * h + sde.diffusion_fn(x, t) @ dW[j]
-            return x, None
-
-        x, _ = jax.lax.scan(step, x, jnp.arange(n))
+        dW = jax.random.normal(k, (n, m), dtype) * jnp.sqrt((t1 - t0) / n)
+        x = euler_maruyama_interval(sde, x, t0, t1, dW)
         return x, x
 
     _, xs = jax.lax.scan(interval, x0, (times[:-1], times[1:], keys))

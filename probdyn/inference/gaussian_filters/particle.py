@@ -16,11 +16,10 @@ from probdyn.inference.gaussian_filters.common import (
     check_options,
     check_sde_inputs,
     check_transition,
-    diffusion_at,
-    drift_at,
 )
 from probdyn.inference.gaussian_filters.observations import ObservationModel
 from probdyn.linalg import psd_cholesky
+from probdyn.sde import euler_maruyama_interval
 
 __all__ = ["particle_filter", "particle_smoother_scalar"]
 
@@ -90,19 +89,8 @@ def _pf_core(model, observation, times, y, m0, P0, key, n, nsub, SQ):
             return jax.vmap(lambda xi: transition(xi, k).astype(dtype))(x) + eps @ SQ.T
         h = (t1 - t0) / nsub
         m = model.noise_dim
-
-        def em(x, inp):
-            j, kk = inp
-            t = t0 + j * h
-            dW = jax.random.normal(kk, (n, m), dtype) * jnp.sqrt(h)
-            f = jax.vmap(lambda xi: drift_at(model, xi, t))(x)
-            if callable(model.diffusion):
-                Ls = jax.vmap(lambda xi: diffusion_at(model, xi, t))(x)
-                return x + f * h + jnp.einsum("nij,nj->ni", Ls, dW), None
-            return x + f * h + dW @ diffusion_at(model, x[0], t).T, None
-
-        x, _ = jax.lax.scan(em, x, (jnp.arange(nsub, dtype=dtype), jax.random.split(key, nsub)))
-        return x
+        dW = jax.vmap(lambda kk: jax.random.normal(kk, (n, m), dtype))(jax.random.split(key, nsub)) * jnp.sqrt(h)
+        return euler_maruyama_interval(model, x, t0, t1, jnp.swapaxes(dW, 0, 1))
 
     logw, ll0 = weigh(x, y[0])
 

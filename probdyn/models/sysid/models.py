@@ -13,7 +13,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from probdyn.inference import gaussian_filters as gf
-from probdyn.sde import SDE, euler_maruyama, simulate_diffrax, solve_ode
+from probdyn.sde import SDE, euler_maruyama, euler_maruyama_interval, simulate_diffrax, solve_ode
 from probdyn.ssm import check_times
 
 __all__ = ["ODEModel", "SDEModel", "DiscreteModel", "DISCRETE_KINDS", "check_data", "simulate_observations"]
@@ -193,19 +193,17 @@ class DiscreteModel(eqx.Module):
             raise ValueError(f"x0 must have shape ({self.state_dim},), got {x0.shape}")
         dts = jnp.diff(times).astype(x0.dtype)
         keys = jax.random.split(key, dts.shape[0])
+        em_sde = SDE(lambda x, t: self.fn(x, 0.0), jnp.exp(self.log_noise), self.state_dim)
 
         def body(x, inp):
             dt, k = inp
             if self.kind != "time_aware":
                 x = self.step(x, dt) + jnp.sqrt(self.noise_var(dt)) * jax.random.normal(k, x.shape, x.dtype)
                 return x, x
+            # Euler-Maruyama sub-steps of dx = fn(x) dt + diag(sd) dW: noise enters on every sub-step
             h = dt / self.num_substeps
-            eps = jax.random.normal(k, (self.num_substeps,) + x.shape, x.dtype)
-
-            def sub(x, e):  # Euler-Maruyama sub-step: noise enters on every sub-step
-                return x + h * self.fn(x, 0.0) + jnp.sqrt(self.noise_var(h)) * e, None
-
-            x = jax.lax.scan(sub, x, eps)[0]
+            dW = jax.random.normal(k, (self.num_substeps,) + x.shape, x.dtype) * jnp.sqrt(h)
+            x = euler_maruyama_interval(em_sde, x, 0.0, dt, dW)
             return x, x
 
         _, xs = jax.lax.scan(body, x0, (dts, keys))
