@@ -356,9 +356,7 @@ def condition_chain(initial_mean, initial_cov, Psi, c, V, nat1, nat2, pair) -> G
     def fstep(carry, inp):
         m, S = carry
         Fk, gk, Lk = inp
-        if m.shape[0] == 1:  # scalar form of the same square-root prediction (no 1x2 QR to compile)
-            return (Fk @ m + gk, jnp.sqrt((Fk @ S) ** 2 + Lk**2)), (Fk @ m + gk, jnp.sqrt((Fk @ S) ** 2 + Lk**2))
-        mn, Sn = kalman.predict(m, S, Fk, Lk, gk)
+        mn, Sn = kalman.predict(m, S, Fk, Lk, gk)  # d = 1: a norm, no QR (linalg.tria)
         return (mn, Sn), (mn, Sn)
 
     _, (ms, Ss) = jax.lax.scan(fstep, (m0, chol0), (F, g, cholQ))
