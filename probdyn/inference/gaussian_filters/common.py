@@ -16,7 +16,7 @@ from probdyn.ssm import check_times
 
 __all__ = ["FilterResult", "SmootherResult", "METHODS", "PROPAGATIONS", "sigma_points", "SigmaPointRule",
            "sigma_point_rule", "check_options", "check_inputs", "check_sde_inputs", "check_transition", "drift_at",
-           "diffusion_at", "is_concrete"]
+           "diffusion_at", "is_concrete", "filter_scan"]
 
 METHODS = ("ekf", "ukf", "cubature", "gauss_hermite")
 PROPAGATIONS = ("moments", "linearised")
@@ -188,3 +188,29 @@ def check_transition(transition, d, dtype) -> None:
         raise ValueError(f"transition(x, k) failed for x of shape ({d},): {e}") from e
     if tuple(out.shape) != (d,):
         raise ValueError(f"transition(x, k) must return shape ({d},), got {tuple(out.shape)}")
+
+
+def filter_scan(predict, observation, y, m0, S0, method):
+    """The scan of every Gaussian filter here: ``x_0 ~ N(m0, S0 S0^T)`` is updated by ``y[0]``;
+    for ``k >= 1`` ``predict(m, S, k) -> (mp, Sp, extra)`` moves the filtered moments to the
+    time of ``y[k]`` and the observation model updates them.
+
+    ``y`` (T, p); ``m0`` (d,), ``S0`` (d, d) lower. Returns the :class:`FilterResult` and the
+    ``extra`` outputs of steps ``1..T-1`` stacked (a pytree; ``None`` for none).
+    """
+
+    def step(carry, k):
+        m, S = carry
+        mp, Sp, extra = predict(m, S, k)
+        first = k == 0  # the prior itself (no prediction, no re-factorisation)
+        mp, Sp = jnp.where(first, m, mp), jnp.where(first, S, Sp)
+        mf, Sf, ll = observation.update(mp, Sp, y[k], method)
+        return (mf, Sf), (mf, Sf, mp, Sp, ll, extra)
+
+    _, (ms, Ss, mps, Sps, ls, extras) = jax.lax.scan(step, (m0, S0), jnp.arange(y.shape[0]))
+
+    def cov(R):
+        return R @ jnp.swapaxes(R, -1, -2)
+
+    res = FilterResult(ms, cov(Ss), jnp.sum(ls), mps, cov(Sps), ls, Ss, Sps)
+    return res, jax.tree.map(lambda a: a[1:], extras)

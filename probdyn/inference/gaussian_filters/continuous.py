@@ -50,6 +50,7 @@ from probdyn.inference.gaussian_filters.common import (
     SmootherResult,
     check_options,
     check_sde_inputs,
+    filter_scan,
     diffusion_at,
     drift_at,
     sigma_point_rule,
@@ -186,23 +187,13 @@ def _filter_core(sde, observation, times, y, m0, P0, method, propagation, num_su
     prop = _propagate_moments if propagation == "moments" else _propagate_linearised
     n = int(num_substeps)
     S0 = psd_cholesky(P0)
-    t_prev = jnp.concatenate([times[:1], times[:-1]])  # a zero-length first interval: identity
+    t_prev = jnp.concatenate([times[:1], times[:-1]])
 
-    def step(carry, k):
-        m, S = carry
+    def predict(m, S, k):
         mp, Sp, A, SQ = prop(sde, rule, m, S, t_prev[k], times[k], n, need_trans)
-        mf, Sf, l = observation.update(mp, Sp, y[k], method)
-        out = (mf, Sf, mp, Sp, l) + ((A, SQ) if need_trans else ())
-        return (mf, Sf), out
+        return mp, Sp, ((A, SQ) if need_trans else None)
 
-    _, outs = jax.lax.scan(step, (m0, S0), jnp.arange(y.shape[0]))
-    ms, Ss, mps, Sps, ls = outs[:5]
-    mps, Sps = mps.at[0].set(m0), Sps.at[0].set(S0)  # the prior itself (not a re-factorisation)
-    cov = lambda R: R @ jnp.swapaxes(R, -1, -2)  # noqa: E731
-    res = FilterResult(ms, cov(Ss), jnp.sum(ls), mps, cov(Sps), ls, Ss, Sps)
-    if need_trans:
-        return res, tuple(a[1:] for a in outs[5:])
-    return res, None
+    return filter_scan(predict, observation, y, m0, S0, method)
 
 
 def filter(

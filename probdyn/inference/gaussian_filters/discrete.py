@@ -17,6 +17,7 @@ from probdyn.inference.gaussian_filters.common import (
     check_inputs,
     check_options,
     check_transition,
+    filter_scan,
     sigma_point_rule,
 )
 from probdyn.inference.gaussian_filters.observations import ObservationModel
@@ -97,14 +98,8 @@ def _discrete_core(transition, Q, observation, y, m0, P0, method, num_substeps, 
         sub = lambda c, _: (_discrete_predict(transition, rule, *c, SQk, k), None)  # noqa: E731
         return jax.lax.scan(sub, (m, S), None, length=num_substeps)[0]
 
-    def step(carry, k):
-        m, S = carry
+    def predict_k(m, S, k):  # the transition from step k - 1 to step k
         mp, Sp = predict(m, S, jnp.maximum(k - 1, 0))
-        first = k == 0  # x_0 ~ N(m0, P0) is observed by y[0] without a prediction
-        mp, Sp = jnp.where(first, m, mp), jnp.where(first, S, Sp)
-        mf, Sf, l = observation.update(mp, Sp, y[k], method)
-        return (mf, Sf), (mf, Sf, mp, Sp, l)
+        return mp, Sp, None
 
-    _, (ms, Ss, mps, Sps, ls) = jax.lax.scan(step, (m0, S0), jnp.arange(y.shape[0]))
-    cov = lambda R: R @ jnp.swapaxes(R, -1, -2)  # noqa: E731
-    return FilterResult(ms, cov(Ss), jnp.sum(ls), mps, cov(Sps), ls, Ss, Sps)
+    return filter_scan(predict_k, observation, y, m0, S0, method)[0]
