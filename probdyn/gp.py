@@ -10,25 +10,21 @@ from __future__ import annotations
 from typing import Callable
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from probdyn._checks import concrete
 from probdyn.inference import kalman
 from probdyn.kernels import Kernel
 from probdyn.ssm import LinearGaussianSSM, check_noise_variance, check_positive_int, check_times
-
-
-def _as_concrete(x):
-    return None if isinstance(x, jax.core.Tracer) else np.asarray(x)
 
 
 def _check_test_times(tt):
     """``test_times`` must be a scalar or 1-D and, when concrete, finite (any order)."""
     if jnp.ndim(tt) > 1:
         raise ValueError(f"test_times must be a scalar or one-dimensional, got shape {jnp.shape(tt)}")
-    tc = _as_concrete(tt)
+    tc = concrete(tt)
     if tc is not None:
         bad = ~np.isfinite(np.atleast_1d(tc))
         if bad.any():
@@ -92,7 +88,7 @@ class MarkovGP(eqx.Module):
         y = jnp.asarray(y)
         if y.shape != self.times.shape:
             raise ValueError(f"y must have shape {self.times.shape} like times, got {y.shape}")
-        yc = _as_concrete(y)
+        yc = concrete(y)
         if yc is not None and np.any(np.isinf(yc)):
             raise ValueError("y contains infinite values (use NaN for missing observations)")
         return y

@@ -22,7 +22,7 @@ from jaxtyping import Array, Float
 __all__ = [
     "tria", "tria_batched", "mgs_lower", "list_dot", "psd_cholesky", "cholesky_tangent", "solve_lower", "solve_upper_t",
     "block_diag", "kron", "symmetrize", "safe_sqrt", "safe_rsqrt", "safe_inv", "neg_half_log", "psd_ldl", "ldl_lists", "ldl_from_cholesky",
-    "small_inv", "small_solve", "small_cholesky", "small_solve_lower", "small_logdet",
+    "tree_sum", "small_inv", "small_solve", "small_cholesky", "small_solve_lower", "small_logdet",
 ]
 
 UNROLL_MAX = 24
@@ -95,7 +95,9 @@ def tria(M: Float[Array, "n k"]) -> Float[Array, "n n"]:
     return L * jnp.where(jnp.diag(L) < 0, -1.0, 1.0)[None, :]
 
 
-def _tree_sum(xs):
+def tree_sum(xs):
+    """Sum of a list of equally shaped arrays (``None`` entries skipped; ``None`` if empty),
+    added pairwise so the dependency chain is ``log2(n)`` deep instead of ``n``."""
     xs = [x for x in xs if x is not None]
     if not xs:
         return None
@@ -114,7 +116,7 @@ def _mul(a, b):
 
 def list_dot(a: list, b: list):
     """Dot product of two lists of scalars with ``None`` as a structural zero."""
-    return _tree_sum([_mul(x, y) for x, y in zip(a, b)])
+    return tree_sum([_mul(x, y) for x, y in zip(a, b)])
 
 
 def mgs_lower(rows: list[list]) -> tuple[list[list], list]:
@@ -330,11 +332,11 @@ def ldl_lists(P: list[list]) -> tuple[list[list], list]:
     L = [[None] * i for i in range(d)]
     D = []
     for j in range(d):
-        s = _minus(P[j][j], _tree_sum([L[j][k] * L[j][k] * D[k] for k in range(j)]))
+        s = _minus(P[j][j], tree_sum([L[j][k] * L[j][k] * D[k] for k in range(j)]))
         ok = s > eps16 * jnp.abs(P[j][j])
         D.append(jnp.where(ok, s, 0.0))
         for i in range(j + 1, d):
-            col = _minus(P[i][j], _tree_sum([L[i][k] * L[j][k] * D[k] for k in range(j)]))
+            col = _minus(P[i][j], tree_sum([L[i][k] * L[j][k] * D[k] for k in range(j)]))
             L[i][j] = _safe_div(col, s, ok)
     return L, D
 

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from probdyn._checks import is_concrete
 from probdyn.linalg import symmetrize
 
 
@@ -287,7 +288,7 @@ class LinearGaussianSSM(eqx.Module):
 
 def _concrete(x) -> np.ndarray | None:
     """``x`` as a NumPy array if it is concrete (not a tracer, fully addressable), else ``None``."""
-    if x is None or isinstance(x, jax.core.Tracer) or not getattr(x, "is_fully_addressable", True):
+    if x is None or not is_concrete(x) or not getattr(x, "is_fully_addressable", True):
         return None
     return np.asarray(x)
 
@@ -384,7 +385,7 @@ def check_positive_int(n, name: str = "num_samples") -> int:
 
 def check_noise_variance(noise, name: str = "noise") -> None:
     """Observation-noise variances must be finite and non-negative (checked when concrete)."""
-    if isinstance(noise, jax.core.Tracer):
+    if not is_concrete(noise):
         return
     nc = np.asarray(noise)
     if np.any(nc < 0) or not np.all(np.isfinite(nc)):
@@ -396,7 +397,7 @@ def check_times(times, name: str = "times") -> np.ndarray | Array:
     t = times
     if jnp.ndim(t) != 1:
         raise ValueError(f"{name} must be one-dimensional, got shape {jnp.shape(t)}")
-    if isinstance(t, jax.core.Tracer):
+    if not is_concrete(t):
         return t
     tn = np.asarray(t)
     if not np.all(np.isfinite(tn)):

@@ -192,3 +192,24 @@ def test_tria_batched_pivot_rule_gives_canonical_factor():
     np.testing.assert_allclose(Lk, np.asarray(linalg.tria_batched(jnp.asarray(M))), rtol=1e-12, atol=1e-15)
     assert Lk[1, 1] > 0
     np.testing.assert_allclose(Lk @ Lk.T, M @ M.T, rtol=1e-12, atol=1e-12)
+
+
+def test_tree_sum_and_small_helpers_against_numpy():
+    from probdyn.linalg import small_cholesky, small_inv, small_logdet, small_solve, small_solve_lower, tree_sum
+
+    rng = np.random.default_rng(0)
+    xs = [jnp.asarray(rng.normal(size=(2, 3))) for _ in range(7)]
+    np.testing.assert_allclose(np.asarray(tree_sum(xs + [None])), np.sum(np.stack(xs), 0), rtol=1e-12)
+    assert tree_sum([None]) is None
+    for d in (1, 3):
+        A = rng.normal(size=(d, d))
+        P = A @ A.T + d * np.eye(d)
+        B = rng.normal(size=(d, 2))
+        L = np.linalg.cholesky(P)
+        np.testing.assert_allclose(np.asarray(small_inv(jnp.asarray(P))), np.linalg.inv(P), rtol=1e-10)
+        np.testing.assert_allclose(np.asarray(small_solve(jnp.asarray(P), jnp.asarray(B))), np.linalg.solve(P, B),
+                                   rtol=1e-10)
+        np.testing.assert_allclose(np.asarray(small_cholesky(jnp.asarray(P))), L, rtol=1e-10)
+        np.testing.assert_allclose(np.asarray(small_solve_lower(jnp.asarray(L), jnp.asarray(B))),
+                                   np.linalg.solve(L, B), rtol=1e-10)
+        np.testing.assert_allclose(float(small_logdet(jnp.asarray(P))), np.linalg.slogdet(P)[1], rtol=1e-12)

@@ -58,3 +58,11 @@ def test_filter_distributions_old_names_warn():
     for name in ("SDEFilterDistribution", "DiscreteFilterDistribution"):
         with pytest.warns(DeprecationWarning, match=rf"probdyn\.inference\.gaussian_filters\.{name}"):
             assert getattr(old, name) is getattr(gf, name)
+
+
+def test_gaussian_filter_result_old_names_warn():
+    from probdyn.inference import gaussian_filters as gf
+
+    for name in ("FilterResult", "SmootherResult"):
+        with pytest.warns(DeprecationWarning, match=f"Gaussian{name}"):
+            assert getattr(gf, name) is getattr(gf, f"Gaussian{name}")

@@ -4,9 +4,10 @@ the jit-compiled public methods and the support of values with missing (NaN) ent
 
 from __future__ import annotations
 
-import equinox as eqx
 import jax.numpy as jnp
 from numpyro.distributions import Distribution, constraints
+
+from probdyn._checks import jit_method
 
 __all__ = ["KalmanDistribution", "RealOrNaN"]
 
@@ -28,22 +29,17 @@ class RealOrNaN(constraints.Constraint):
         return (), ((), {"event_dim": self.event_dim})
 
 
-@eqx.filter_jit
-def _jit_call(method: str, d, *args):
-    return getattr(d, method)(*args)
-
-
 class KalmanDistribution(Distribution):
     """Base of the engine-backed distributions: ``log_prob``, ``pointwise_log_prob`` and
     ``sample`` call the subclass's ``_log_prob``, ``_pointwise_log_prob`` and ``_sample``
     through one ``eqx.filter_jit`` (compiled once per distribution structure)."""
 
     def log_prob(self, value):
-        return _jit_call("_log_prob", self, jnp.asarray(value))
+        return jit_method("_log_prob", self, jnp.asarray(value))
 
     def pointwise_log_prob(self, value):
         """``log p(y_t | y_{<t})`` for every t, shape ``batch + (T,)`` (sums to ``log_prob``)."""
-        return _jit_call("_pointwise_log_prob", self, jnp.asarray(value))
+        return jit_method("_pointwise_log_prob", self, jnp.asarray(value))
 
     def sample(self, key, sample_shape=()):
-        return _jit_call("_sample", self, key, tuple(sample_shape))
+        return jit_method("_sample", self, key, tuple(sample_shape))

@@ -62,7 +62,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from probdyn.linalg import _tree_sum, ldl_from_cholesky, ldl_lists, mgs_lower, neg_half_log, safe_inv
+from probdyn.linalg import tree_sum, ldl_from_cholesky, ldl_lists, mgs_lower, neg_half_log, safe_inv
 
 __all__ = [
     "Layout", "pack_state", "unpack_states", "transition_columns", "pack_inputs", "dense_inputs", "Staged",
@@ -229,7 +229,7 @@ def _num(v):
 
 def _dot(a: list, b: list):
     """Dot product of lists with ``None`` (zero) and ``_ONE`` entries."""
-    return _tree_sum([None if t is None else _num(t) for t in (_mul(x, y) for x, y in zip(a, b))])
+    return tree_sum([None if t is None else _num(t) for t in (_mul(x, y) for x, y in zip(a, b))])
 
 
 def _sub(a, b):
@@ -369,7 +369,7 @@ def _log_density(e, v, inv, obs):
 
 def _combination(cs: list, vals: list):
     """``sum_k cs[k] * vals[k]`` for Python-float ``vals`` (zeros skipped, ones free)."""
-    return _tree_sum([c if v == 1 else c * v for c, v in zip(cs, vals) if v != 0])
+    return tree_sum([c if v == 1 else c * v for c, v in zip(cs, vals) if v != 0])
 
 
 def dense_inputs(lay: Layout, x: list) -> list:

@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from probdyn._checks import is_concrete
 from probdyn.inference import fused
 from probdyn.linalg import psd_cholesky, psd_ldl, solve_lower, solve_upper_t, symmetrize, tria, tria_batched
 from probdyn.ssm import LinearGaussianSSM, TransitionBasis, check_positive_int
@@ -201,13 +202,13 @@ def _prepare(ssm: LinearGaussianSSM, y):
         raise ValueError(f"y must have shape (T, {ssm.obs_dim}) (time leading), got {y.shape}")
     if y.shape[0] < 1:
         raise ValueError("y must contain at least one time step")
-    if not isinstance(y, jax.core.Tracer) and np.any(np.isinf(np.asarray(y))):
+    if is_concrete(y) and np.any(np.isinf(np.asarray(y))):
         raise ValueError("y contains infinite values (use NaN for missing observations)")
     dtype = jnp.result_type(ssm.initial_mean, ssm.transition_matrix, ssm.emission_matrix, y)
     if not jnp.issubdtype(dtype, jnp.floating):
         dtype = jnp.result_type(float)
     covs = [ssm.initial_cov, ssm.emission_cov] + ([ssm.transition_cov] if ssm.transition_basis is None else [])
-    if any(isinstance(c, jax.core.Tracer) for c in covs):
+    if not all(is_concrete(c) for c in covs):
         # The NaN contract of traced inputs (see filter): the semi-definite factorisations'
         # pivot rule would drop a NaN pivot silently, so a non-finite covariance entry makes
         # the initial mean, hence every mean and log-likelihood, NaN. 0 * max|C| is 0 for a
@@ -237,7 +238,7 @@ def _static_emission(ssm: LinearGaussianSSM):
     """The emission matrix as nested tuples of floats when it is a concrete, time-invariant,
     small array (e.g. a kernel's ``H``), else ``None``."""
     H = ssm.emission_matrix
-    if isinstance(H, jax.core.Tracer) or np.ndim(H) != 2 or np.size(H) > 64:
+    if not is_concrete(H) or np.ndim(H) != 2 or np.size(H) > 64:
         return None
     return tuple(tuple(float(v) for v in row) for row in np.asarray(H))
 

@@ -38,6 +38,8 @@ from numpyro.infer.util import initialize_model, init_to_uniform
 import arviz as az
 import xarray as xr
 
+from probdyn._checks import as_key, check_int
+
 __all__ = ["sample", "diagnostics", "to_inference_data", "ConvergenceWarning", "BACKENDS", "SAMPLERS"]
 
 BACKENDS = ("numpyro", "blackjax")
@@ -52,21 +54,6 @@ class ConvergenceWarning(UserWarning):
 # ----------------------------------------------------------------------------------
 # small utilities
 # ----------------------------------------------------------------------------------
-def _check_int(x, name: str, minimum: int) -> int:
-    if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {x!r}")
-    return int(x)
-
-
-def _as_key(key) -> jax.Array:
-    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
-    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        return jax.random.key_data(key) if key.ndim == 0 else key
-    if key.shape != (2,) or key.dtype != jnp.uint32:
-        raise TypeError(f"key must be a jax PRNG key (jax.random.PRNGKey/key), got {key.dtype}{key.shape}")
-    return key
-
-
 def _chain_sharding(num_chains: int):
     """NamedSharding over the chain axis on as many local devices as divide num_chains."""
     n = math.gcd(num_chains, jax.local_device_count())
@@ -387,13 +374,13 @@ def sample(
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
     if not callable(model):
         raise TypeError("model must be a callable numpyro program")
-    num_warmup = _check_int(num_warmup, "num_warmup", 0)
-    num_samples = _check_int(num_samples, "num_samples", 1)
-    num_chains = _check_int(num_chains, "num_chains", 1)
+    num_warmup = check_int(num_warmup, "num_warmup", 0)
+    num_samples = check_int(num_samples, "num_samples", 1)
+    num_chains = check_int(num_chains, "num_chains", 1)
     sampler_kwargs = dict(sampler_kwargs or {})
     if backend == "blackjax" and num_warmup == 0:
         raise ValueError("backend='blackjax' needs num_warmup >= 1 (window adaptation tunes the step size)")
-    key = _as_key(key)
+    key = as_key(key)
 
     tr, _ = _observed_sites(model, args, kwargs)
     latent = [n for n, s in tr.items() if s["type"] == "sample" and not s["is_observed"]]

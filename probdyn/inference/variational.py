@@ -21,7 +21,8 @@ from numpyro import handlers
 from numpyro.infer import SVI, Predictive, Trace_ELBO, autoguide
 from numpyro.optim import _NumPyroOptim, optax_to_numpyro
 
-from probdyn.inference.mcmc import _as_key, _check_int, to_inference_data
+from probdyn._checks import as_key, check_int
+from probdyn.inference.mcmc import to_inference_data
 
 __all__ = ["SVIResult", "svi", "posterior_idata", "make_guide", "AUTOGUIDES"]
 
@@ -111,10 +112,10 @@ def svi(
         num_posterior_samples: draws of the fitted guide stored in ``idata``.
         stable_update: skip updates whose loss/grad is not finite.
     """
-    num_steps = _check_int(num_steps, "num_steps", 1)
-    num_particles = _check_int(num_particles, "num_particles", 1)
-    num_posterior_samples = _check_int(num_posterior_samples, "num_posterior_samples", 1)
-    key = _as_key(key)
+    num_steps = check_int(num_steps, "num_steps", 1)
+    num_particles = check_int(num_particles, "num_particles", 1)
+    num_posterior_samples = check_int(num_posterior_samples, "num_posterior_samples", 1)
+    key = as_key(key)
     g = make_guide(model, guide, **(guide_kwargs or {}))
     loss = Trace_ELBO(num_particles=num_particles) if loss is None else loss
     engine = SVI(model, g, _optimizer(optimizer), loss)

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from probdyn._checks import is_concrete
 from probdyn.ssm import check_times
 
 __all__ = ["SDE", "euler_maruyama", "euler_maruyama_interval", "simulate_diffrax", "check_drift"]
@@ -201,7 +202,7 @@ def simulate_diffrax(
     times = jnp.asarray(check_times(times))
     x0 = _check_x0(sde, x0)
     dtype = jnp.result_type(x0, times)
-    span = float(np.min(np.diff(np.asarray(times)))) if not isinstance(times, jax.core.Tracer) else None
+    span = float(np.min(np.diff(np.asarray(times)))) if is_concrete(times) else None
     if dt0 is None:
         dt0 = (span if span is not None else 1e-2) / 10
     tol = brownian_tol if brownian_tol is not None else dt0 / 10

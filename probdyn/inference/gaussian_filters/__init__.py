@@ -19,11 +19,17 @@ numpyro distributions whose densities they give.
   input checks all of them share.
 
 Every filter's objective is its approximate log marginal likelihood, the sum of the one-step
-predictive densities (``FilterResult.log_likelihood``). Everything public is re-exported here:
+predictive densities (``GaussianFilterResult.log_likelihood``). Everything public is re-exported here:
 ``from probdyn.inference import gaussian_filters as gf``.
 """
 
-from probdyn.inference.gaussian_filters.common import METHODS, PROPAGATIONS, FilterResult, SmootherResult, sigma_points
+from probdyn.inference.gaussian_filters.common import (
+    METHODS,
+    PROPAGATIONS,
+    GaussianFilterResult,
+    GaussianSmootherResult,
+    sigma_points,
+)
 from probdyn.inference.gaussian_filters.continuous import filter, smoother
 from probdyn.inference.gaussian_filters.discrete import discrete_filter
 from probdyn.inference.gaussian_filters.distributions import DiscreteFilterDistribution, SDEFilterDistribution
@@ -38,8 +44,19 @@ from probdyn.inference.gaussian_filters.observations import (
 from probdyn.inference.gaussian_filters.particle import particle_filter, particle_smoother_scalar
 
 __all__ = [
-    "FilterResult", "SmootherResult", "filter", "smoother", "discrete_filter", "particle_filter",
+    "GaussianFilterResult", "GaussianSmootherResult", "filter", "smoother", "discrete_filter", "particle_filter",
     "particle_smoother_scalar", "sigma_points", "METHODS", "PROPAGATIONS",
     "ObservationModel", "LinearGaussian", "LogNormal", "Poisson", "LogDensity", "laplace_update",
     "SDEFilterDistribution", "DiscreteFilterDistribution",
 ]
+
+
+def __getattr__(name):
+    if name in ("FilterResult", "SmootherResult"):  # old names, one release
+        import warnings
+
+        new = "Gaussian" + name
+        warnings.warn(f"probdyn.inference.gaussian_filters.{name} is deprecated (it shared its name with "
+                      f"probdyn.inference.kalman.{name}); use {new}", DeprecationWarning, stacklevel=2)
+        return globals()[new]
+    raise AttributeError(f"module 'probdyn.inference.gaussian_filters' has no attribute {name!r}")

@@ -10,19 +10,20 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from probdyn._checks import is_concrete
 from probdyn.inference.gaussian_filters.observations import ObservationModel
 from probdyn.sde import SDE
 from probdyn.ssm import check_times
 
-__all__ = ["FilterResult", "SmootherResult", "METHODS", "PROPAGATIONS", "sigma_points", "SigmaPointRule",
+__all__ = ["GaussianFilterResult", "GaussianSmootherResult", "METHODS", "PROPAGATIONS", "sigma_points", "SigmaPointRule",
            "sigma_point_rule", "check_options", "check_inputs", "check_sde_inputs", "check_transition", "drift_at",
-           "diffusion_at", "is_concrete", "filter_scan"]
+           "diffusion_at", "filter_scan"]
 
 METHODS = ("ekf", "ukf", "cubature", "gauss_hermite")
 PROPAGATIONS = ("moments", "linearised")
 
 
-class FilterResult(NamedTuple):
+class GaussianFilterResult(NamedTuple):
     """Filtered ``N(mean[k], cov[k])`` (T, d)/(T, d, d) and predicted (before the update at
     ``times[k]``; index 0 is the prior) marginals, the approximate log marginal likelihood and
     its per-time terms ``log p(y_k | y_{<k})`` (T,); ``chol``/``pred_chol`` are square roots."""
@@ -37,13 +38,13 @@ class FilterResult(NamedTuple):
     pred_chol: Float[Array, "T d d"]
 
 
-class SmootherResult(NamedTuple):
+class GaussianSmootherResult(NamedTuple):
     """Smoothed marginals ``p(x(t_k) | y_{0:T-1})``: mean (T, d), cov (T, d, d)."""
 
     mean: Float[Array, "T d"]
     cov: Float[Array, "T d d"]
     log_likelihood: Float[Array, ""]
-    filtered: FilterResult
+    filtered: GaussianFilterResult
 
 
 def sigma_points(method: str, d: int, ukf_params=(1.0, 0.0, None), gh_order: int = 3):
@@ -113,11 +114,6 @@ def drift_at(sde: SDE, x, t):
 def diffusion_at(sde: SDE, x, t):
     """``L(x, t)`` (d, m) in the dtype of ``x``."""
     return jnp.asarray(sde.diffusion_fn(x, t)).astype(x.dtype)
-
-
-def is_concrete(x) -> bool:
-    """``x`` is a value, not a tracer (so it can be checked eagerly)."""
-    return not isinstance(x, jax.core.Tracer)
 
 
 def check_options(method, propagation, num_substeps, allowed=METHODS) -> None:
@@ -195,7 +191,7 @@ def filter_scan(predict, observation, y, m0, S0, method):
     for ``k >= 1`` ``predict(m, S, k) -> (mp, Sp, extra)`` moves the filtered moments to the
     time of ``y[k]`` and the observation model updates them.
 
-    ``y`` (T, p); ``m0`` (d,), ``S0`` (d, d) lower. Returns the :class:`FilterResult` and the
+    ``y`` (T, p); ``m0`` (d,), ``S0`` (d, d) lower. Returns the :class:`GaussianFilterResult` and the
     ``extra`` outputs of steps ``1..T-1`` stacked (a pytree; ``None`` for none).
     """
 
@@ -212,5 +208,5 @@ def filter_scan(predict, observation, y, m0, S0, method):
     def cov(R):
         return R @ jnp.swapaxes(R, -1, -2)
 
-    res = FilterResult(ms, cov(Ss), jnp.sum(ls), mps, cov(Sps), ls, Ss, Sps)
+    res = GaussianFilterResult(ms, cov(Ss), jnp.sum(ls), mps, cov(Sps), ls, Ss, Sps)
     return res, jax.tree.map(lambda a: a[1:], extras)

@@ -46,8 +46,8 @@ from jaxtyping import Array, Float
 
 from probdyn.inference import kalman
 from probdyn.inference.gaussian_filters.common import (
-    FilterResult,
-    SmootherResult,
+    GaussianFilterResult,
+    GaussianSmootherResult,
     check_options,
     check_sde_inputs,
     filter_scan,
@@ -209,7 +209,7 @@ def filter(
     *,
     ukf_params: tuple = (1.0, 0.0, None),
     gh_order: int = 3,
-) -> FilterResult:
+) -> GaussianFilterResult:
     """Continuous–discrete Gaussian filter (module docstring); ``x(times[0]) ~ N(m0, P0)``.
 
     Args:
@@ -229,7 +229,7 @@ def filter(
 
 
 @jax.jit
-def _rts(f: FilterResult, A, SQ):
+def _rts(f: GaussianFilterResult, A, SQ):
     """Gaussian RTS smoother over filter output with transitions ``x_{k+1} ≈ A x_k + b + q``."""
     b = f.pred_mean[1:] - jnp.einsum("kij,kj->ki", A, f.mean[:-1])
     ms, Ss = kalman.rts_smooth(f.mean, f.chol, A, SQ, b, parallel=False)
@@ -249,11 +249,11 @@ def smoother(
     *,
     ukf_params: tuple = (1.0, 0.0, None),
     gh_order: int = 3,
-) -> SmootherResult:
+) -> GaussianSmootherResult:
     """Gaussian RTS smoother over :func:`filter` (same arguments); see module docstring."""
     f, trans, _ = _run_filter(sde, observation, times, y, m0, P0, method, propagation, num_substeps, True,
                               ukf_params, gh_order)
     if f.mean.shape[0] == 1:
-        return SmootherResult(f.mean, f.cov, f.log_likelihood, f)
+        return GaussianSmootherResult(f.mean, f.cov, f.log_likelihood, f)
     ms, Ps = _rts(f, *trans)
-    return SmootherResult(ms, Ps, f.log_likelihood, f)
+    return GaussianSmootherResult(ms, Ps, f.log_likelihood, f)

@@ -13,7 +13,7 @@ from jaxtyping import Array, Float
 
 from probdyn.inference import kalman
 from probdyn.inference.gaussian_filters.common import (
-    FilterResult,
+    GaussianFilterResult,
     check_inputs,
     check_options,
     check_transition,
@@ -53,7 +53,7 @@ def discrete_filter(
     num_substeps: int = 1,
     ukf_params: tuple = (1.0, 0.0, None),
     gh_order: int = 3,
-) -> FilterResult:
+) -> GaussianFilterResult:
     """Discrete-time Gaussian filter for ``x_{k+1} = g(x_k, k) + N(0, Q_k)``, ``x_0 ~ N(m0, P0)``
     observed by ``y[0]`` (``k`` = 0..T-2 is the step index).
 

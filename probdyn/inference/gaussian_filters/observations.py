@@ -42,16 +42,13 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from probdyn._checks import is_concrete
 from probdyn.inference import kalman
 from probdyn.linalg import psd_cholesky, solve_lower, solve_upper_t, symmetrize, tria
 
 __all__ = ["ObservationModel", "LinearGaussian", "LogNormal", "Poisson", "LogDensity", "laplace_update"]
 
 _LOG2PI = math.log(2 * math.pi)
-
-
-def _is_concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
 
 
 def _float(x):
@@ -65,7 +62,7 @@ def _matrix_H(H, name="H"):
     H = _float(H)
     if H.ndim != 2:
         raise ValueError(f"{name} must be a (p, d) matrix, got shape {H.shape}")
-    if _is_concrete(H) and not np.all(np.isfinite(np.asarray(H))):
+    if is_concrete(H) and not np.all(np.isfinite(np.asarray(H))):
         raise ValueError(f"{name} must be finite")
     return H
 
@@ -89,7 +86,7 @@ class ObservationModel(eqx.Module):
 
     def check_data(self, y) -> None:
         """Raise ``ValueError`` for concrete data the model cannot have produced."""
-        if _is_concrete(y) and np.any(np.isinf(np.asarray(y))):
+        if is_concrete(y) and np.any(np.isinf(np.asarray(y))):
             raise ValueError("y contains infinite values (use NaN for missing observations)")
 
 
@@ -122,7 +119,7 @@ class LinearGaussian(ObservationModel):
             R = jnp.diag(R)
         if R.shape != (p, p):
             raise ValueError(f"R must be ({p}, {p}), ({p},) or scalar, got {R.shape}")
-        if _is_concrete(R):
+        if is_concrete(R):
             Rn = np.asarray(R)
             if not np.all(np.isfinite(Rn)) or np.any(np.linalg.eigvalsh(0.5 * (Rn + Rn.T)) <= 0):
                 raise ValueError("R must be a finite, symmetric positive-definite covariance")
@@ -169,7 +166,7 @@ class LogNormal(ObservationModel):
             raise ValueError(f"sigma must be a scalar or (p,), got shape {sigma.shape}")
         if self.H is not None and sigma.ndim == 1 and sigma.shape[0] != self.H.shape[0]:
             raise ValueError(f"sigma must have shape ({self.H.shape[0]},), got {sigma.shape}")
-        if _is_concrete(sigma) and not np.all(np.asarray(sigma) > 0):
+        if is_concrete(sigma) and not np.all(np.asarray(sigma) > 0):
             raise ValueError("sigma must be positive")
         self.sigma = sigma
 
@@ -213,7 +210,7 @@ class LogNormal(ObservationModel):
 
     def check_data(self, y):
         super().check_data(y)
-        if _is_concrete(y):
+        if is_concrete(y):
             yn = np.asarray(y)
             if np.any(yn[~np.isnan(yn)] <= 0):
                 raise ValueError("LogNormal observations must be positive (NaN = missing)")
@@ -327,7 +324,7 @@ class Poisson(_LaplaceModel):
 
     def check_data(self, y):
         super().check_data(y)
-        if _is_concrete(y):
+        if is_concrete(y):
             yn = np.asarray(y)
             yo = yn[~np.isnan(yn)]
             if np.any(yo < 0) or np.any(yo != np.round(yo)):

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from probdyn._checks import is_concrete
 from probdyn.inference import kalman
 from probdyn.sde.fractional import (
     gamma_grid_for,
@@ -73,7 +74,7 @@ def _fou_ssm(theta, sigma, hurst, times, gammas, horizon, kind, x0_std, noise_st
     P0 = P0 + jnp.diag(jnp.full(P0.shape[0], 1e-12 if dtype == jnp.float64 else 1e-7, dtype))
     R = jnp.reshape(jnp.asarray(noise_std, dtype) ** 2, (1, 1))
     m0 = jnp.zeros(P0.shape[0], dtype)
-    dts = np.diff(np.asarray(times, float)) if not isinstance(times, jax.core.Tracer) else None
+    dts = np.diff(np.asarray(times, float)) if is_concrete(times) else None
     if dts is not None and dts.size and np.allclose(dts, dts[0], rtol=1e-9, atol=0.0):
         dt = jnp.asarray(dts[0], dtype)  # regular grid: one exact discretisation for all steps
         A, Q = sde.transition(dt), sde.process_cov(dt)

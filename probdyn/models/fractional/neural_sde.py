@@ -58,6 +58,7 @@ __all__ = [
     "AffineControl",
     "GaussianLikelihood",
     "elbo",
+    "simulate_augmented",
     "sample_posterior",
     "sample_prior",
     "fit_elbo",
@@ -442,7 +443,12 @@ class _AugDiffusion(eqx.Module):
 # ------------------------------------------------------------------ simulation, ELBO
 
 
-def _simulate(model, s0, times, key, ctx, controlled, solver, num_substeps, stratonovich, dt0):
+def simulate_augmented(model, s0, times, key, ctx, controlled, solver, num_substeps, stratonovich, dt0):
+    """Paths (T, D) of ``model``'s augmented SDE (state + MA-fBM OU components) from ``s0`` (D,)
+    at ``times`` (T,): ``solver="euler"`` is the Itô scan (:func:`probdyn.sde.euler_maruyama`,
+    ``num_substeps`` per interval); ``"diffrax"`` or a diffrax solver instance a virtual
+    Brownian tree with step ``dt0`` (Stratonovich if ``stratonovich``). ``controlled`` adds
+    the posterior control (given the context ``ctx``)."""
     if solver == "euler":
         if stratonovich:
             raise ValueError("solver='euler' is the Itô scan; use solver='diffrax' for Stratonovich")
@@ -477,7 +483,7 @@ def elbo(model: FractionalSDE, key: PRNGKeyArray, times: Float[Array, " T"], obs
     s0 = model.sample_initial(k0, num_samples)
 
     def one(s, k):
-        path = _simulate(model, s, times, k, ctx, True, solver, num_substeps, stratonovich, dt0)
+        path = simulate_augmented(model, s, times, k, ctx, True, solver, num_substeps, stratonovich, dt0)
         return model.likelihood(path[:, :model.state_dim], obs) - path[-1, -1]
 
     vals = jax.vmap(one)(s0, jax.random.split(k1, num_samples))
@@ -491,7 +497,7 @@ def sample_posterior(model: FractionalSDE, key: PRNGKeyArray, times, ctx=None, n
     times = jnp.asarray(check_times(times))
     k0, k1 = jax.random.split(key)
     s0 = model.sample_initial(k0, num_samples)
-    paths = jax.vmap(lambda s, k: _simulate(model, s, times, k, ctx, True, solver, num_substeps,
+    paths = jax.vmap(lambda s, k: simulate_augmented(model, s, times, k, ctx, True, solver, num_substeps,
                                             stratonovich, dt0))(s0, jax.random.split(k1, num_samples))
     return paths if return_augmented else paths[..., :model.state_dim]
 
@@ -502,7 +508,7 @@ def sample_prior(model: FractionalSDE, key: PRNGKeyArray, times, num_samples: in
     times = jnp.asarray(check_times(times))
     k0, k1 = jax.random.split(key)
     s0 = model.sample_initial(k0, num_samples, posterior=False)
-    paths = jax.vmap(lambda s, k: _simulate(model, s, times, k, None, False, solver, num_substeps,
+    paths = jax.vmap(lambda s, k: simulate_augmented(model, s, times, k, None, False, solver, num_substeps,
                                             stratonovich, dt0))(s0, jax.random.split(k1, num_samples))
     return paths[..., :model.state_dim]
 

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from probdyn.models.fractional.neural_sde import FractionalSDE, MLPControl, _simulate, elbo
+from probdyn.models.fractional.neural_sde import FractionalSDE, MLPControl, elbo, simulate_augmented
 from probdyn.ssm import check_times
 
 __all__ = ["BernoulliDecoder", "LatentVideoModel", "video_elbo", "fit_video", "predict_frames"]
@@ -147,11 +147,11 @@ def predict_frames(model: LatentVideoModel, key: PRNGKeyArray, times, frames, nu
 
     def one(s, ka, kb):
         if nc > 1:
-            a = _simulate(sde, s, tc, ka, (tc, ctx), True, "euler", num_substeps, False, None)
+            a = simulate_augmented(sde, s, tc, ka, (tc, ctx), True, "euler", num_substeps, False, None)
         else:
             a = s[None]
         if tf.shape[0] > 1:
-            b = _simulate(sde, a[-1], tf, kb, None, False, "euler", num_substeps, False, None)
+            b = simulate_augmented(sde, a[-1], tf, kb, None, False, "euler", num_substeps, False, None)
             a = jnp.concatenate([a, b[1:]], axis=0)
         return jax.nn.sigmoid(sde.likelihood.logits(a[:, :sde.state_dim]))
 

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from probdyn._checks import concrete, jit_method
 from probdyn.inference.natgrad import gauss_hermite, gaussian_expectation
 from probdyn.linalg import psd_cholesky, small_logdet, small_solve, symmetrize
 from probdyn.models.sde_posteriors.drifts import make_grid
@@ -171,11 +172,6 @@ def predictive_log_density(y: Float[Array, "T p"], mean: Float[Array, "T d"], co
     return jax.vmap(lp2)(y, mz, Cz)
 
 
-@eqx.filter_jit
-def _jit_call(name: str, model, *args):
-    return getattr(model, name)(*args)
-
-
 class ObservedSDEModel(eqx.Module):
     """Base of the variational posteriors of an observed SDE: the validated problem as fields.
 
@@ -241,10 +237,10 @@ class ObservedSDEModel(eqx.Module):
 
     def _jit_call(self, name: str, *args):
         """``self.name(*args)`` compiled once per model structure (``eqx.filter_jit``)."""
-        return _jit_call(name, self, *args)
+        return jit_method(name, self, *args)
 
     def _check_span(self, times):
-        tc = None if isinstance(times, jax.core.Tracer) else np.asarray(times)
+        tc = concrete(times)
         g = np.asarray(self.grid)
         if tc is not None and (np.any(tc < g[0] - 1e-9) or np.any(tc > g[-1] + 1e-9) or not np.all(np.isfinite(tc))):
             raise ValueError(f"times must lie in the grid span [{g[0]}, {g[-1]}]")

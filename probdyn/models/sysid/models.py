@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from probdyn._checks import is_concrete
 from probdyn.inference import gaussian_filters as gf
 from probdyn.sde import SDE, euler_maruyama, euler_maruyama_interval, simulate_diffrax, solve_ode
 from probdyn.ssm import check_times
@@ -38,7 +39,7 @@ def check_data(times, y, p: int | None = None):
         raise ValueError(f"y must have shape (T, p) with T = len(times) = {jnp.shape(times)[0]}, got {y.shape}")
     if p is not None and y.shape[1] != p:
         raise ValueError(f"y must have {p} columns (the observation dimension), got {y.shape[1]}")
-    if not isinstance(y, jax.core.Tracer) and np.any(np.isinf(np.asarray(y))):
+    if is_concrete(y) and np.any(np.isinf(np.asarray(y))):
         raise ValueError("y contains infinite values (use NaN for missing observations)")
     return jnp.asarray(times), y
 
@@ -89,7 +90,7 @@ class SDEModel(eqx.Module):
     def __init__(self, drift: Callable, diffusion, state_dim: int):
         d = int(state_dim)
         diffusion = jnp.broadcast_to(jnp.asarray(diffusion, float), (d,))
-        if not isinstance(diffusion, jax.core.Tracer) and np.any(np.asarray(diffusion) <= 0):
+        if is_concrete(diffusion) and np.any(np.asarray(diffusion) <= 0):
             raise ValueError("diffusion must be positive")
         _check_state_drift(drift, d)
         self.drift, self.log_diffusion, self.state_dim = drift, jnp.log(diffusion), d

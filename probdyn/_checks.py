@@ -1,0 +1,58 @@
+"""Argument checks and call helpers shared across probdyn (one copy of each).
+
+* :func:`is_concrete` / :func:`concrete`: whether a value can be checked eagerly (not a JAX
+  tracer) and its NumPy value if so — eager checks of user input skip traced values;
+* :func:`check_int`: a Python/NumPy integer ``>= minimum`` (bools refused);
+* :func:`as_key`: a raw ``uint32[2]`` PRNG key from a raw or typed JAX key;
+* :func:`jit_method`: ``getattr(obj, name)(*args)`` through one ``eqx.filter_jit``, compiled
+  once per structure of ``obj`` and the arguments.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["is_concrete", "concrete", "check_int", "as_key", "jit_method"]
+
+
+def is_concrete(x) -> bool:
+    """``True`` unless ``x`` is a JAX tracer (inside ``jit``/``vmap``/``grad``)."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def concrete(x) -> np.ndarray | None:
+    """``np.asarray(x)`` for a concrete value, ``None`` for a tracer."""
+    return np.asarray(x) if is_concrete(x) else None
+
+
+def check_int(x, name: str, minimum: int) -> int:
+    """``x`` as a Python int ``>= minimum``; ``ValueError`` naming ``name`` otherwise (bools too)."""
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)) or x < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {x!r}")
+    return int(x)
+
+
+def as_key(key) -> jax.Array:
+    """A raw ``uint32[2]`` key (a typed key is unwrapped; a batch of typed keys is kept);
+    ``TypeError`` for anything else."""
+    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return jax.random.key_data(key) if key.ndim == 0 else key
+    if key.shape != (2,) or key.dtype != jnp.uint32:
+        raise TypeError(f"key must be a jax PRNG key (jax.random.PRNGKey/key), got {key.dtype}{key.shape}")
+    return key
+
+
+@eqx.filter_jit
+def _call(name: str, obj, *args):
+    return getattr(obj, name)(*args)
+
+
+def jit_method(name: str, obj, *args):
+    """``getattr(obj, name)(*args)`` compiled with ``eqx.filter_jit`` (``obj`` an equinox
+    Module or numpyro distribution; static fields and the method name are part of the cache
+    key, array leaves are traced), so eager calls of a model's methods run one program."""
+    return _call(name, obj, *args)
