@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from probdyn.inference.optimize import backoff_ascent
 from probdyn.linalg import psd_cholesky, symmetrize
 
 __all__ = [
@@ -164,7 +165,8 @@ def damped(old: Any, target: Any, rho) -> Any:
 
 
 class NatGradTrace(NamedTuple):
-    """ELBO after each accepted step (num_iters + 1,), the step sizes used, back-offs taken."""
+    """ELBO at the start and after each accepted step (n + 1,), the step sizes used (n,),
+    rejected steps (back-offs, including a final rounding-level rejection)."""
 
     elbo: np.ndarray
     rho: np.ndarray
@@ -216,41 +218,20 @@ def natural_gradient_ascent(
             c = step(s, r)
             return c, objective(c)
 
-    if not np.isfinite(cur):
-        raise FloatingPointError(f"{desc}: the initial objective is {cur}")
-    elbos, rhos, backoffs = [cur], [], 0
-    bar = None
-    if progress_bar:
-        from tqdm.auto import tqdm
+    def accept(cur, new):
+        return new >= cur - tol * abs(cur)
 
-        bar = tqdm(total=int(num_iters), desc=desc, leave=False)
-    try:
-        for _ in range(int(num_iters)):
-            while True:
-                cand, val = fused(state, jnp.asarray(rho))
-                val = float(val)
-                if np.isfinite(val) and val >= cur - tol * abs(cur):
-                    break
-                if atol > 0 and np.isfinite(val) and cur - val < atol:  # converged to rounding level
-                    return state, NatGradTrace(np.asarray(elbos), np.asarray(rhos), backoffs)
-                backoffs += 1
-                rho *= shrink
-                if rho < min_rho:
-                    return state, NatGradTrace(np.asarray(elbos), np.asarray(rhos), backoffs)
-            gain = val - cur
-            state, cur = cand, val
-            elbos.append(cur)
-            rhos.append(rho)
-            rho = min(rho * grow, max_rho)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(elbo=f"{cur:.5g}", rho=f"{rho:.3g}")
-            if atol > 0 and gain < atol:
-                break
-    finally:
-        if bar is not None:
-            bar.close()
-    return state, NatGradTrace(np.asarray(elbos), np.asarray(rhos), backoffs)
+    def adapt(accepted, r, cur, new):
+        if accepted:  # stop (converged) after a gain below atol
+            return min(r * grow, max_rho), atol > 0 and new - cur < atol
+        if atol > 0 and np.isfinite(new) and cur - new < atol:  # a rounding-level loss: converged
+            return r, True
+        r = r * shrink
+        return r, r < min_rho
+
+    state, _, tr = backoff_ascent(lambda st, r: fused(st, jnp.asarray(r)), state, cur, num_iters, rho, accept,
+                                  adapt, progress_bar=progress_bar, desc=desc)
+    return state, NatGradTrace(tr.values, tr.dampings, tr.num_rejected)
 
 
 # ----------------------------------------------------------------------------------

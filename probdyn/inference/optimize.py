@@ -1,8 +1,15 @@
-"""The one optax training loop: progress bar, gradient clipping, checkpoints, resume.
+"""The training loops: the one optax loop (progress bar, gradient clipping, checkpoints,
+resume) and the one damped-ascent loop with back-off (natural-gradient site updates, Newton
+fits).
 
 Every model family that is fitted by gradient steps (MGPVAE, fractional SDEs, the
 hyperparameters of sparse-GP SDEs, MAP fits of system-identification models) calls
 :func:`fit` with a loss ``loss_fn(params, key, batch) -> scalar`` over an equinox pytree.
+
+Iterations that propose a damped step and accept it only if the objective does not get
+worse (CVI natural-gradient steps with step size ``rho``, damped Newton steps with a
+Levenberg–Marquardt ``lambda``) call :func:`backoff_ascent`, which keeps the trace, the
+back-off and the progress bar.
 
 Checkpoints are written atomically (temp file + rename) every ``checkpoint_every`` steps
 and at the end; with ``resume=True`` (default) an existing checkpoint at the same path is
@@ -27,7 +34,7 @@ import numpy as np
 import optax
 from jaxtyping import PRNGKeyArray
 
-__all__ = ["FitResult", "fit", "save_checkpoint", "load_checkpoint"]
+__all__ = ["FitResult", "fit", "save_checkpoint", "load_checkpoint", "AscentTrace", "backoff_ascent"]
 
 
 class FitResult(NamedTuple):
@@ -176,3 +183,81 @@ def fit(
         save_checkpoint(checkpoint, params, opt_state, num_steps, losses)
     return FitResult(params, np.asarray(losses), opt_state, max(num_steps, start),
                      time.perf_counter() - t0)
+
+
+class AscentTrace(NamedTuple):
+    """Output trace of :func:`backoff_ascent`: the objective at the start and after each
+    accepted step (n + 1,), the damping each accepted step used (n,), the number of rejected
+    proposals and of proposals in all."""
+
+    values: np.ndarray
+    dampings: np.ndarray
+    num_rejected: int
+    num_attempts: int
+
+
+def backoff_ascent(
+    propose: Callable[[Any, Any], tuple[Any, Any]],
+    state: Any,
+    value: float,
+    num_iters: int,
+    damping: float,
+    accept: Callable[[float, float], bool],
+    adapt: Callable[[bool, float, float, float], tuple[float, bool]],
+    *,
+    retry: bool = True,
+    converged: Callable[[Any], bool] | None = None,
+    progress_bar: bool = False,
+    desc: str = "ascent",
+) -> tuple[Any, float, AscentTrace]:
+    """Maximise an objective by damped steps, rejecting those that make it worse.
+
+    Each proposal is ``(candidate, new) = propose(state, damping)`` (``new`` the objective at
+    ``candidate``); it is accepted when ``new`` is finite and ``accept(cur, new)``. Then
+    ``adapt(accepted, damping, cur, new) -> (damping, stop)`` gives the next damping and
+    whether to stop. With ``retry=True`` an iteration ends at an accepted step (rejected
+    proposals are retried with the adapted damping); with ``retry=False`` every proposal is
+    one iteration. ``converged(state)`` (optional) is checked before each iteration.
+    ``value`` is the objective at ``state``; non-finite raises ``FloatingPointError``.
+
+    Returns:
+        ``(state, value, AscentTrace)`` at the last accepted step.
+    """
+    cur = float(value)
+    if not np.isfinite(cur):
+        raise FloatingPointError(f"{desc}: the initial objective is {cur}")
+    values, dampings, rejected, attempts = [cur], [], 0, 0
+    bar = None
+    if progress_bar:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=int(num_iters), desc=desc, leave=False)
+    stop = False
+    try:
+        for _ in range(int(num_iters)):
+            if converged is not None and converged(state):
+                break
+            while True:
+                cand, new = propose(state, damping)
+                new = float(new)
+                attempts += 1
+                ok = bool(np.isfinite(new)) and bool(accept(cur, new))
+                used = damping
+                damping, stop = adapt(ok, damping, cur, new)
+                if ok:
+                    state, cur = cand, new
+                    values.append(cur)
+                    dampings.append(used)
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(value=f"{cur:.5g}", damping=f"{damping:.3g}")
+                    break
+                rejected += 1
+                if stop or not retry:
+                    break
+            if stop:
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    return state, cur, AscentTrace(np.asarray(values), np.asarray(dampings), rejected, attempts)

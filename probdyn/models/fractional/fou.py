@@ -25,6 +25,7 @@ from jaxtyping import Array, Float
 
 from probdyn._checks import is_concrete
 from probdyn.inference import kalman
+from probdyn.inference.optimize import backoff_ascent
 from probdyn.sde.fractional import (
     gamma_grid_for,
     ma_fbm_initial_cov,
@@ -144,8 +145,10 @@ def fou_mle(times, y, gammas=None, horizon=None, kind: str = "type1", noise_std=
     covers the time scales of the data; ``horizon`` (the weights' interval) to
     ``T = times[-1] - times[0]``. ``theta = 0`` (scaled fBM) unless ``estimate_theta``.
     Each iteration is one compiled call (value, gradient and a central-difference Hessian
-    of the gradient), cached per ``(times, shapes, options)``; iterations stop early once the
-    step and the decrease are negligible.
+    of the gradient), cached per ``(times, shapes, options)``, run by
+    :func:`probdyn.inference.optimize.backoff_ascent` (a step that raises the negative
+    log-likelihood is rejected and the damping raised); iterations stop early once the
+    Newton decrement is negligible.
 
     Args:
         times: (T,) increasing observation times.
@@ -191,23 +194,30 @@ def fou_mle(times, y, gammas=None, horizon=None, kind: str = "type1", noise_std=
     f, gr, Hs = _fou_value_grad_hess(u, *args)
     if not np.isfinite(float(f)):
         raise FloatingPointError(f"fou_mle: log-likelihood is {float(-f)} at the starting point")
-    lam = 1e-3
-    it = 0
-    for it in range(1, int(num_iters) + 1):
+    def newton_direction(Hs, gr):
         ev, V = np.linalg.eigh(np.asarray(Hs, float))
-        ev = np.abs(ev)  # saddle-free Newton: |Hessian|, never a step towards a maximum
-        gv = V.T @ np.asarray(gr, float)
-        if 0.5 * np.sum(gv**2 / (ev + 1e-300)) < 1e-9:  # Newton decrement: converged
-            it -= 1
-            break
+        return np.abs(ev), V, V.T @ np.asarray(gr, float)  # saddle-free: |Hessian|, never towards a maximum
+
+    def converged(st):  # Newton decrement
+        ev, _, gv = newton_direction(st[3], st[2])
+        return 0.5 * np.sum(gv**2 / (ev + 1e-300)) < 1e-9
+
+    def propose(st, lam):  # damped (Levenberg-Marquardt) saddle-free Newton step, trust radius 2 in u
+        u, _, gr, Hs = st
+        ev, V, gv = newton_direction(Hs, gr)
         step = -V @ (gv / (ev + lam * ev.max() + 1e-300))
-        step *= min(1.0, 2.0 / (np.linalg.norm(step) + 1e-300))  # trust radius 2 in u
+        step *= min(1.0, 2.0 / (np.linalg.norm(step) + 1e-300))
         u_new = u + jnp.asarray(step, dtype)
         f_new, g_new, H_new = _fou_value_grad_hess(u_new, *args)
-        if np.isfinite(float(f_new)) and float(f_new) <= float(f):
-            u, f, gr, Hs, lam = u_new, f_new, g_new, H_new, max(lam / 4, 1e-12)
-        else:
-            lam = min(lam * 8, 1e6)
+        return (u_new, f_new, g_new, H_new), -float(f_new)
+
+    def adapt(accepted, lam, cur, new):
+        return (max(lam / 4, 1e-12) if accepted else min(lam * 8, 1e6)), False
+
+    (u, f, gr, Hs), _, trace = backoff_ascent(propose, (u, f, gr, Hs), -float(f), int(num_iters), 1e-3,
+                                              lambda cur, new: new >= cur, adapt, retry=False, converged=converged,
+                                              desc="fou_mle")
+    it = trace.num_attempts
     H, sigma, theta = _fou_unpack(u, delta, estimate_theta)
     cov = np.linalg.inv(np.asarray(Hs, float))
     hsd = float(H) * (1 - float(H)) * np.sqrt(abs(cov[0, 0]))
