@@ -36,3 +36,20 @@ def test_one_attempt_per_iteration_and_convergence_check():
     assert tr.num_attempts == 0
     with pytest.raises(FloatingPointError, match="initial objective"):
         backoff_ascent(propose, 0.0, float("nan"), 3, 0.5, lambda c, n: n >= c, adapt)
+
+
+def test_checkpoint_resume_continues_the_same_run(tmp_path):
+    import jax.numpy as jnp
+
+    f = lambda x: -jnp.sum((x - 3.0) ** 2)  # noqa: E731
+    propose = lambda x, r: (x + r * (-2.0 * (x - 3.0)), f(x + r * (-2.0 * (x - 3.0))))  # noqa: E731
+    adapt = lambda ok, r, cur, new: ((min(1.2 * r, 0.6), False) if ok else (r / 3, r / 3 < 1e-9))  # noqa: E731
+    args = (jnp.zeros(2), float(f(jnp.zeros(2))))
+    ref_x, _, ref = backoff_ascent(propose, *args, 9, 1.5, lambda c, n: n >= c, adapt)
+    ck = tmp_path / "ascent.eqx"
+    backoff_ascent(propose, *args, 4, 1.5, lambda c, n: n >= c, adapt, checkpoint=ck, checkpoint_every=2)
+    x, _, tr = backoff_ascent(propose, *args, 9, 1.5, lambda c, n: n >= c, adapt, checkpoint=ck)
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(ref_x))
+    np.testing.assert_array_equal(tr.values, ref.values)
+    np.testing.assert_array_equal(tr.dampings, ref.dampings)
+    assert (tr.num_rejected, tr.num_attempts) == (ref.num_rejected, ref.num_attempts)

@@ -188,6 +188,8 @@ def natural_gradient_ascent(
     progress_bar: bool = False,
     desc: str = "natgrad",
     initial_value: float | None = None,
+    checkpoint=None,
+    checkpoint_every: int = 10,
 ) -> tuple[Any, NatGradTrace]:
     """Iterate ``state <- step(state, rho)`` with step-size back-off on ELBO decrease.
 
@@ -200,7 +202,9 @@ def natural_gradient_ascent(
     ``step`` and ``objective`` should be jitted by the caller (they are called with ``rho`` as
     a 0-d array, so changing it does not recompile). With ``objective=None``, ``step`` returns
     ``(candidate, objective(candidate))`` in one call (saves an evaluation per iteration) and
-    ``initial_value`` (the objective at ``state``) must be given.
+    ``initial_value`` (the objective at ``state``) must be given. The loop is
+    :func:`probdyn.inference.optimize.backoff_ascent`; ``checkpoint`` (a path) saves and
+    resumes it there.
     """
     if not (0.0 < rho <= 1.0):
         raise ValueError(f"rho must be in (0, 1], got {rho}")
@@ -230,7 +234,8 @@ def natural_gradient_ascent(
         return r, r < min_rho
 
     state, _, tr = backoff_ascent(lambda st, r: fused(st, jnp.asarray(r)), state, cur, num_iters, rho, accept,
-                                  adapt, progress_bar=progress_bar, desc=desc)
+                                  adapt, progress_bar=progress_bar, desc=desc, checkpoint=checkpoint,
+                                  checkpoint_every=checkpoint_every)
     return state, NatGradTrace(tr.values, tr.dampings, tr.num_rejected)
 
 

@@ -209,6 +209,9 @@ def backoff_ascent(
     converged: Callable[[Any], bool] | None = None,
     progress_bar: bool = False,
     desc: str = "ascent",
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 10,
+    resume: bool = True,
 ) -> tuple[Any, float, AscentTrace]:
     """Maximise an objective by damped steps, rejecting those that make it worse.
 
@@ -220,21 +223,37 @@ def backoff_ascent(
     one iteration. ``converged(state)`` (optional) is checked before each iteration.
     ``value`` is the objective at ``state``; non-finite raises ``FloatingPointError``.
 
+    ``checkpoint``: a file path; the state (an array pytree; equinox serialisation) and the
+    trace are written atomically every ``checkpoint_every`` iterations and at the end, and
+    with ``resume=True`` an existing checkpoint is loaded and the run continues from its
+    iteration (``num_iters`` counts the iterations done before). A run that stopped before
+    ``num_iters`` (``adapt`` said stop) is not continued.
+
     Returns:
         ``(state, value, AscentTrace)`` at the last accepted step.
     """
     cur = float(value)
     if not np.isfinite(cur):
         raise FloatingPointError(f"{desc}: the initial objective is {cur}")
-    values, dampings, rejected, attempts = [cur], [], 0, 0
+    values, dampings, rejected, attempts, start, stop = [cur], [], 0, 0, 0, False
+    if checkpoint is not None and resume and Path(checkpoint).exists():
+        state, meta = _load_ascent(checkpoint, state)
+        values, dampings, rejected, attempts = meta["values"], meta["dampings"], meta["rejected"], meta["attempts"]
+        start, stop, damping, cur = meta["iteration"], meta["stopped"], meta["damping"], meta["values"][-1]
+
+    def save(i):
+        if checkpoint is not None:
+            _save_ascent(checkpoint, state, dict(values=values, dampings=dampings, rejected=rejected,
+                                                 attempts=attempts, iteration=i, stopped=stop, damping=damping))
+
     bar = None
-    if progress_bar:
+    if progress_bar and not stop:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=int(num_iters), desc=desc, leave=False)
-    stop = False
+        bar = tqdm(total=int(num_iters), initial=start, desc=desc, leave=False)
+    done = start  # completed iterations
     try:
-        for _ in range(int(num_iters)):
+        while done < int(num_iters) and not stop:
             if converged is not None and converged(state):
                 break
             while True:
@@ -255,9 +274,27 @@ def backoff_ascent(
                 rejected += 1
                 if stop or not retry:
                     break
-            if stop:
-                break
+            done += 1
+            if not stop and done % int(checkpoint_every) == 0:
+                save(done)
     finally:
         if bar is not None:
             bar.close()
+    save(done)
     return state, cur, AscentTrace(np.asarray(values), np.asarray(dampings), rejected, attempts)
+
+
+def _save_ascent(path, state, meta: dict) -> None:
+    path = Path(path)
+    _atomic_write(path, lambda f: eqx.tree_serialise_leaves(f, state))
+    meta = {k: ([float(x) for x in v] if isinstance(v, list) else v) for k, v in meta.items()}
+    meta = {k: (float(v) if isinstance(v, (np.floating, float)) else v) for k, v in meta.items()}
+    _atomic_write(path.with_name(path.name + ".json"), lambda f: json.dump(meta, f), "w")
+
+
+def _load_ascent(path, template):
+    path = Path(path)
+    meta_path = path.with_name(path.name + ".json")
+    if not meta_path.exists():
+        raise FileNotFoundError(f"no checkpoint metadata at {meta_path}")
+    return eqx.tree_deserialise_leaves(path, template), json.loads(meta_path.read_text())
