@@ -195,6 +195,7 @@ def filter_scan(predict, observation, y, m0, S0, method):
     ``extra`` outputs of steps ``1..T-1`` stacked (a pytree; ``None`` for none).
     """
 
+    @jax.checkpoint  # reverse mode keeps each step's inputs and outputs, not its intermediates
     def step(carry, k):
         m, S = carry
         mp, Sp, extra = predict(m, S, k)

@@ -56,21 +56,21 @@ class SDEFilterDistribution(KalmanDistribution):
     it is differentiable in every parameter of ``sde``, ``observation``, ``m0`` and ``P0``, so
     they may be numpyro sample sites (NUTS) or optax-trained. NaN entries of ``y`` are
     missing. ``sample`` simulates the SDE (Euler–Maruyama with ``num_substeps`` steps per
-    interval, ``x(times[0]) ~ N(m0, P0)``) and the observation model.
+    interval, 10 when it is not given, ``x(times[0]) ~ N(m0, P0)``) and the observation model.
 
     Args: as :func:`~probdyn.inference.gaussian_filters.filter` (``method``, ``num_substeps``,
-    ``propagation``, ``ukf_params``, ``gh_order``). ``event_shape`` is ``(T, p)``; the
+    ``propagation``, ``max_step``, ``ukf_params``, ``gh_order``). ``event_shape`` is ``(T, p)``; the
     parameters are not batched (``batch_shape == ()``); values with extra leading axes are
     vmapped.
     """
 
     arg_constraints = {}
     pytree_data_fields = ("sde", "observation", "times", "m0", "P0")
-    pytree_aux_fields = ("method", "num_substeps", "propagation", "ukf_params", "gh_order")
+    pytree_aux_fields = ("method", "num_substeps", "propagation", "max_step", "ukf_params", "gh_order")
 
-    def __init__(self, sde, observation, times, m0, P0, method: str = "ekf", num_substeps: int = 10,
-                 propagation: str = "moments", *, ukf_params: tuple = (1.0, 0.0, None), gh_order: int = 3,
-                 validate_args=None):
+    def __init__(self, sde, observation, times, m0, P0, method: str = "ekf", num_substeps: int | None = None,
+                 propagation: str = "moments", *, max_step: float | None = None,
+                 ukf_params: tuple = (1.0, 0.0, None), gh_order: int = 3, validate_args=None):
         if not isinstance(sde, SDE):
             raise TypeError(f"sde must be a probdyn.sde.SDE, got {type(sde).__name__}")
         if not isinstance(observation, ObservationModel):
@@ -83,7 +83,11 @@ class SDEFilterDistribution(KalmanDistribution):
             raise ValueError(f"m0 and P0 must have shapes ({d},) and ({d}, {d}), got {self.m0.shape}, {self.P0.shape}")
         p = observation.obs_dim_for(d)
         self.sde, self.observation = sde, observation
-        self.method, self.num_substeps, self.propagation = method, int(num_substeps), propagation
+        if num_substeps is not None and max_step is not None:
+            raise ValueError("give num_substeps (steps per interval) or max_step (step size), not both")
+        self.method, self.propagation = method, propagation
+        self.num_substeps = None if num_substeps is None else int(num_substeps)
+        self.max_step = None if max_step is None else float(max_step)
         self.ukf_params, self.gh_order = tuple(ukf_params), int(gh_order)
         super().__init__(batch_shape=(), event_shape=(self.times.shape[0], p), validate_args=validate_args)
 
@@ -93,7 +97,8 @@ class SDEFilterDistribution(KalmanDistribution):
 
     def _filter(self, y):
         return filter(self.sde, self.observation, self.times, y, self.m0, self.P0, self.method,
-                         self.num_substeps, self.propagation, ukf_params=self.ukf_params, gh_order=self.gh_order)
+                         self.num_substeps, self.propagation, max_step=self.max_step, ukf_params=self.ukf_params,
+                         gh_order=self.gh_order)
 
     def _log_prob(self, value):
         return _over_leading(lambda y: self._filter(y).log_likelihood, _filter_value(value, self.event_shape))
@@ -108,7 +113,7 @@ class SDEFilterDistribution(KalmanDistribution):
         def one(key):
             k0, k1, k2 = jax.random.split(key, 3)
             x0 = self.m0.astype(dtype) + psd_cholesky(self.P0.astype(dtype)) @ jax.random.normal(k0, self.m0.shape, dtype)
-            xs = euler_maruyama(self.sde, x0, self.times.astype(dtype), k1, self.num_substeps)
+            xs = euler_maruyama(self.sde, x0, self.times.astype(dtype), k1, self.num_substeps or 10)
             return jax.vmap(self.observation.sample)(jax.random.split(k2, T), xs)
 
         n = math.prod(sample_shape)
