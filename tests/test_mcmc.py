@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 import warnings
 
 import jax
@@ -275,3 +276,64 @@ def test_results_round_trip_netcdf_and_diagnostics_are_arviz_stats(tmp_path):
         np.testing.assert_allclose(tab.loc[v, "ess_bulk"], float(az.ess(draws, method="bulk")), rtol=1e-12)
         tail = float(az.ess(idata, var_names=[v], method="tail")[v])
         np.testing.assert_allclose(tab.loc[v, "ess_tail"], tail, rtol=1e-12)
+
+
+def _watched_model(seen):
+    """Normal mean with a known scale; ``seen`` records whether each evaluation had a concrete
+    (eager) or a traced latent value."""
+    y = np.array([0.3, -0.1, 0.8, 0.4])
+
+    def model():
+        mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+        seen.append(isinstance(mu, jax.core.Tracer))
+        numpyro.sample("y", dist.Normal(mu, 0.5), obs=y)
+
+    return model, y
+
+
+def test_model_sites_are_found_without_running_the_model():
+    """``model_sites`` traces abstractly (the latent value is a tracer), returns the observed
+    data; a model whose observed value is computed inside it is run eagerly once instead; and
+    ``sample`` never evaluates the model eagerly."""
+    seen = []
+    model, y = _watched_model(seen)
+    latent, observed = mcmc.model_sites(model)
+    assert latent == ["mu"] and seen == [True]
+    np.testing.assert_array_equal(observed["y"], y)
+
+    def computed():
+        mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+        numpyro.sample("y", dist.Normal(mu, 1.0), obs=jnp.asarray(y, jnp.float32) * 2)
+
+    latent, observed = mcmc.model_sites(computed)
+    np.testing.assert_allclose(observed["y"], 2 * y, rtol=1e-6)
+    seen.clear()
+    idata = mcmc.sample(model, jax.random.PRNGKey(0), num_warmup=20, num_samples=20, num_chains=1,
+                        progress_bar=False, report=False)
+    assert seen and all(seen)  # every evaluation traced, none eager
+    np.testing.assert_array_equal(idata["observed_data"]["y"].values, y)
+
+
+def test_warmup_and_sampling_times_are_measured():
+    """A gradient evaluation of the potential sleeps 20 ms where ``|mu| > 3`` (a host callback),
+    and the chain starts at ``mu = 10``, 40 posterior sd away: only the first warmup steps are
+    slow. Measured, the warmup takes the sleeps and sampling almost nothing; apportioned by
+    step count (100 warmup, 100 draws), both would get half the time."""
+    from numpyro.infer import init_to_value
+
+    def sleepy(mu):
+        if abs(float(mu)) > 3:
+            time.sleep(0.02)
+
+    def model():
+        mu = numpyro.sample("mu", dist.Normal(0.0, 10.0))
+        jax.debug.callback(sleepy, mu)
+        numpyro.sample("y", dist.Normal(mu, 0.5), obs=np.array([0.3, -0.1, 0.8, 0.4]))
+
+    idata = mcmc.sample(model, jax.random.PRNGKey(1), num_warmup=100, num_samples=100, num_chains=1,
+                        progress_bar=False, report=False, log_likelihood=False,
+                        init_strategy=init_to_value(values={"mu": 10.0}),
+                        sampler_kwargs=dict(adapt_mass_matrix=False))  # unit mass: draws' trajectories stay near
+    warm, samp = idata.attrs["warmup_time_s"], idata.attrs["sampling_time_s"]
+    assert float(np.abs(idata["posterior"]["mu"]).max()) < 3 and idata.attrs["num_divergences"] == 0
+    assert warm > 0.02 and 0 < samp < warm / 2, (warm, samp)

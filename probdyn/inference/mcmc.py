@@ -38,9 +38,9 @@ from numpyro.infer.util import initialize_model, init_to_uniform
 import arviz as az
 import xarray as xr
 
-from probdyn._checks import as_key, check_int
+from probdyn._checks import as_key, check_int, is_concrete
 
-__all__ = ["sample", "diagnostics", "to_inference_data", "ConvergenceWarning", "BACKENDS", "SAMPLERS"]
+__all__ = ["sample", "diagnostics", "to_inference_data", "model_sites", "ConvergenceWarning", "BACKENDS", "SAMPLERS"]
 
 BACKENDS = ("numpyro", "blackjax")
 SAMPLERS = ("nuts", "hmc")
@@ -101,6 +101,34 @@ class _Progress:
         jax.lax.cond((i + 1) % self.rate == 0, lambda: jax.debug.callback(self._update, i), lambda: None)
 
 
+class _Clock:
+    """Wall-clock stamps taken from inside a compiled scan: the end of chain ``c``'s warmup and
+    of its last draw (host callbacks at those two steps only), so warmup and sampling times are
+    measured, not apportioned."""
+
+    def __init__(self):
+        self.stamps = {}
+
+    def _record(self, chain, kind, _after):
+        key, now = (int(np.max(chain)), int(kind)), time.perf_counter()
+        self.stamps[key] = max(self.stamps.get(key, now), now)  # sharded chains call once per device
+
+    def stamp(self, i, chain, last_warmup: int, last: int, after):
+        """Inside a scan body, after step ``i`` produced ``after`` (so the stamp follows it)."""
+        for step, kind in ((last_warmup, 0), (last, 1)):
+            if step >= 0:
+                jax.lax.cond(i == step, lambda: jax.debug.callback(self._record, chain, kind, after), lambda: None)
+
+    def split(self, start: float, num_chains: int) -> tuple[float, float]:
+        """(warmup, sampling) seconds summed over chains run one after another from ``start``."""
+        warm = samp = 0.0
+        for c in range(num_chains):
+            end = self.stamps.get((c, 1), start)
+            mid = self.stamps.get((c, 0), start)
+            warm, samp, start = warm + mid - start, samp + end - mid, end
+        return warm, samp
+
+
 def _batched_map(fn, xs, n: int, max_batch: int = 256):
     """``vmap(fn)(xs)`` over a leading axis of size n, in jit-compiled chunks of a divisor of n."""
     b = max(d for d in range(1, min(n, max_batch) + 1) if n % d == 0)
@@ -108,12 +136,13 @@ def _batched_map(fn, xs, n: int, max_batch: int = 256):
 
 
 def _timed_compile(fn, *args):
+    """``jit(fn)(*args)`` -> (out, compile seconds, run seconds, time.perf_counter() at the run's start)."""
     t0 = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
     t1 = time.perf_counter()
     out = compiled(*args)
     jax.block_until_ready(out)
-    return out, t1 - t0, time.perf_counter() - t1
+    return out, t1 - t0, time.perf_counter() - t1, t1
 
 
 # ----------------------------------------------------------------------------------
@@ -133,10 +162,13 @@ def _run_numpyro(model, key, args, kwargs, sampler, num_warmup, num_samples, num
 
     # One scan over warmup + sampling (numpyro's kernel adapts while state.i < num_warmup), so
     # the potential's gradient is compiled once; draws after warmup are kept.
+    clock = _Clock()
+
     def run(state, c=0):
         def body(st, i):
             st = kern.sample(st, args, kwargs)
             prog.tick(c * total + i)
+            clock.stamp(i, c, num_warmup - 1, total - 1, st.potential_energy)
             return st, (st.z, dict(diverging=st.diverging, energy=st.energy, n_steps=st.num_steps,
                                    step_size=st.adapt_state.step_size, acceptance_rate=st.accept_prob,
                                    lp=-st.potential_energy))
@@ -150,7 +182,7 @@ def _run_numpyro(model, key, args, kwargs, sampler, num_warmup, num_samples, num
         seq = lambda ks: jax.lax.map(lambda a: run(init(a[0]), a[1]), (ks, jnp.arange(num_chains)))  # noqa: E731
         with _Progress(progress_bar, total * num_chains, f"{num_chains} chains in sequence (numpyro, "
                                                         f"{num_warmup} warmup each)") as prog:
-            (z, stats), comp, elapsed = _timed_compile(seq, keys)
+            (z, stats), comp, _, start = _timed_compile(seq, keys)
     else:
         # init under jit: numpyro's initialisation otherwise evaluates the potential's gradient eagerly
         state = jax.jit(init)(keys)
@@ -158,14 +190,13 @@ def _run_numpyro(model, key, args, kwargs, sampler, num_warmup, num_samples, num
         init_time = time.perf_counter() - t0
         state = _put(state, sharding)
         with _Progress(progress_bar, total, f"warmup+sample (numpyro, {num_warmup} warmup)") as prog:
-            (z, stats), comp, elapsed = _timed_compile(run, state)
+            (z, stats), comp, _, start = _timed_compile(run, state)
         swap = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731  (draw, chain) -> (chain, draw)
         z, stats = jax.tree.map(swap, z), jax.tree.map(swap, stats)
     if sampler == "nuts":
         stats["tree_depth"] = jnp.ceil(jnp.log2(stats["n_steps"] + 1.0)).astype(jnp.int32)
-    frac = num_warmup / max(total, 1)  # warmup/sampling split of the single scan, by step count
-    timings = dict(init=init_time, compile_warmup=comp, warmup=elapsed * frac, compile_sample=0.0,
-                   sample=elapsed * (1 - frac))
+    warm, samp = clock.split(start, num_chains if sequential else 1)
+    timings = dict(init=init_time, compile_warmup=comp, warmup=warm, compile_sample=0.0, sample=samp)
     post = kern.postprocess_fn(args, kwargs)
     return z, stats, post, timings
 
@@ -202,7 +233,7 @@ def _run_blackjax(model, key, args, kwargs, sampler, num_warmup, num_samples, nu
 
     if progress_bar:
         print(f"warmup (blackjax): {num_chains} chains x {num_warmup} steps ...", flush=True)
-    (state, params), cw, tw = _timed_compile(warm, z0, wkeys)
+    (state, params), cw, tw, _ = _timed_compile(warm, z0, wkeys)
     skeys = _put(jax.random.split(ksamp, num_chains), sharding)
 
     def draw(prog):
@@ -226,7 +257,7 @@ def _run_blackjax(model, key, args, kwargs, sampler, num_warmup, num_samples, nu
         return run
 
     with _Progress(progress_bar, num_samples, "sample (blackjax)") as prog:
-        (state, (z, stats)), cs, ts = _timed_compile(draw(prog), state, params, skeys)
+        (state, (z, stats)), cs, ts, _ = _timed_compile(draw(prog), state, params, skeys)
     swap = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
     z, stats = jax.tree.map(swap, z), jax.tree.map(swap, stats)
     stats["step_size"] = jnp.broadcast_to(params["step_size"][:, None], (num_chains, num_samples))
@@ -247,10 +278,29 @@ def _site_log_lik(fn, value):
     return fn.log_prob(value)
 
 
-def _observed_sites(model, args, kwargs):
-    tr = handlers.trace(handlers.seed(model, 0)).get_trace(*args, **kwargs)
-    obs = {n: s["value"] for n, s in tr.items() if s["type"] == "sample" and s["is_observed"]}
-    return tr, obs
+def model_sites(model: Callable, args: tuple = (), kwargs: dict | None = None) -> tuple[list[str], dict]:
+    """Latent sample-site names and observed values of ``model(*args, **kwargs)``.
+
+    The model is traced abstractly (``jax.eval_shape``: nothing is computed), and only run
+    eagerly, once, when an observed value is not a concrete array there (computed inside
+    the model) or the model cannot be traced abstractly.
+    """
+    kwargs = kwargs or {}
+    found = {}
+
+    def trace_once():
+        tr = handlers.trace(handlers.seed(model, 0)).get_trace(*args, **kwargs)
+        found["latent"] = [n for n, s in tr.items() if s["type"] == "sample" and not s["is_observed"]]
+        found["observed"] = {n: s["value"] for n, s in tr.items() if s["type"] == "sample" and s["is_observed"]}
+
+    try:
+        jax.eval_shape(trace_once)
+        if all(is_concrete(v) for v in found["observed"].values()):
+            return found["latent"], found["observed"]
+    except Exception:  # noqa: BLE001 - value-dependent Python in the model: trace it eagerly below
+        pass
+    trace_once()
+    return found["latent"], found["observed"]
 
 
 def _log_likelihood(model, samples: dict, args, kwargs, num_chains: int, num_draws: int):
@@ -278,8 +328,13 @@ def to_inference_data(model: Callable, samples: dict, *args: Any, sample_stats: 
     Adds ``observed_data`` and (optionally) the pointwise ``log_likelihood`` of every
     observed site of ``model(*args, **kwargs)``. Used by MCMC and by SVI.
     """
-    tr, observed = _observed_sites(model, args, kwargs)
-    latent = [n for n, s in tr.items() if s["type"] == "sample" and not s["is_observed"]]
+    return _inference_data(model, samples, args, kwargs, model_sites(model, args, kwargs), sample_stats,
+                           log_likelihood)
+
+
+def _inference_data(model, samples, args, kwargs, sites, sample_stats, log_likelihood) -> xr.DataTree:
+    """:func:`to_inference_data` with the :func:`model_sites` ``(latent, observed)`` already found."""
+    latent, observed = sites
     first = np.shape(samples[latent[0]]) if latent else np.shape(next(iter(samples.values())))
     num_chains, num_draws = first[:2]
     posterior = {k: np.asarray(v) for k, v in samples.items() if k not in observed}
@@ -382,9 +437,8 @@ def sample(
         raise ValueError("backend='blackjax' needs num_warmup >= 1 (window adaptation tunes the step size)")
     key = as_key(key)
 
-    tr, _ = _observed_sites(model, args, kwargs)
-    latent = [n for n, s in tr.items() if s["type"] == "sample" and not s["is_observed"]]
-    if not latent:
+    sites = model_sites(model, args, kwargs)
+    if not sites[0]:
         raise ValueError("model has no latent sample sites to infer")
     if chain_method not in CHAIN_METHODS:
         raise ValueError(f"unknown chain_method {chain_method!r}; choose one of {CHAIN_METHODS}")
@@ -405,7 +459,7 @@ def sample(
         return jax.tree.map(lambda x: x.reshape((num_chains, num_samples) + x.shape[1:]), c)
 
     samples = constrain(z)
-    idata = to_inference_data(model, samples, *args, sample_stats=stats, log_likelihood=log_likelihood, **kwargs)
+    idata = _inference_data(model, samples, args, kwargs, sites, stats, log_likelihood)
     compile_time = times["compile_warmup"] + times["compile_sample"]
     idata.attrs.update(
         backend=backend, sampler=sampler, chain_method=chain_method, num_chains=num_chains, num_devices=int(ndev),
