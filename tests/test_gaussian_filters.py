@@ -516,6 +516,8 @@ def test_traced_times_masked_steps_and_float32():
     traced = jax.jit(lambda t: gf.filter(sde, o, t, y, m0, P0, max_step=0.05, max_substeps=32))(times)
     np.testing.assert_allclose(traced.log_likelihood, concrete.log_likelihood, rtol=0, atol=1e-10)
     np.testing.assert_allclose(traced.mean, concrete.mean, rtol=0, atol=1e-10)
+    closed_over = jax.jit(lambda: gf.filter(sde, o, np.asarray(times), y, m0, P0, max_step=0.05).log_likelihood)()
+    np.testing.assert_allclose(closed_over, concrete.log_likelihood, rtol=0, atol=1e-10)  # times concrete inside jit
     default_traced = jax.jit(lambda t: gf.filter(sde, o, t, y, m0, P0).log_likelihood)(times)
     np.testing.assert_allclose(default_traced, gf.filter(sde, o, times, y, m0, P0, num_substeps=10).log_likelihood,
                                rtol=1e-12)

@@ -293,9 +293,10 @@ def _run_filter(sde, observation, times, y, m0, P0, method, propagation, num_sub
     ``times`` in that grid or ``None`` when it is ``times`` itself)."""
     check_options(method, propagation, num_substeps)
     _check_steps(num_substeps, max_step, max_substeps)
+    t_np = concrete(times)  # before any cast: inside jit a cast of concrete times is a tracer
     times, y, m0, P0, dtype = check_sde_inputs(sde, observation, times, y, m0, P0)
     options = (method, propagation, need_trans, tuple(ukf_params), int(gh_order))
-    t_np = concrete(times)
+    t_np = None if t_np is None else np.asarray(t_np, dtype)
     if num_substeps is not None or times.shape[0] == 1 or (t_np is None and max_step is None):
         n = DEFAULT_STEPS_PER_INTERVAL if num_substeps is None else int(num_substeps)
         res, trans = _filter_core(sde, observation, times, y, m0, P0, n, None, *options)
