@@ -53,7 +53,7 @@ from jax.custom_batching import custom_vmap
 from jax.custom_derivatives import SymbolicZero
 from jax.flatten_util import ravel_pytree
 
-__all__ = ["solve_ode", "solver_failures", "SolverFailureCounter", "BACKENDS"]
+__all__ = ["solve_ode", "solver_failures", "SolverFailureCounter", "BACKENDS", "Tableau", "explicit_tableau", "rk_step", "RK4"]
 
 BACKENDS = ("fused_rk", "diffrax")
 
@@ -103,7 +103,7 @@ def _report_failures_batched(axis_size, in_batched, ok):
 # ----------------------------------------------------------------------------------
 # embedded explicit Runge-Kutta pairs
 # ----------------------------------------------------------------------------------
-class _Tableau(NamedTuple):
+class Tableau(NamedTuple):
     """Explicit RK pair: nodes ``c`` (s,), rows of the strictly lower ``a`` (stages 2..s),
     weights ``b`` (s,), error weights ``e = b - b_hat`` (s,), FSAL flag, order ``p``."""
 
@@ -115,7 +115,12 @@ class _Tableau(NamedTuple):
     order: int
 
 
-def _explicit_tableau(solver) -> _Tableau | None:
+# classical fourth-order Runge-Kutta (no embedded error estimate: e = 0)
+RK4 = Tableau(c=(0.0, 0.5, 0.5, 1.0), a=((0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)), b=(1 / 6, 1 / 3, 1 / 3, 1 / 6),
+              e=(0.0, 0.0, 0.0, 0.0), fsal=False, order=4)
+
+
+def explicit_tableau(solver) -> Tableau | None:
     """The embedded explicit pair of a diffrax solver, or ``None`` (implicit, no error estimate)."""
     import diffrax
 
@@ -129,7 +134,7 @@ def _explicit_tableau(solver) -> _Tableau | None:
     c, a, b = (0.0,) + fl(tab.c), tuple(fl(r) for r in tab.a_lower), fl(tab.b_sol)
     # first-same-as-last only where the last stage *is* the new point (b = last row of a, c = 1)
     fsal = bool(tab.fsal) and c[-1] == 1.0 and a[-1] + (0.0,) == b
-    return _Tableau(c=c, a=a, b=b, e=fl(tab.b_error), fsal=fsal, order=order)
+    return Tableau(c=c, a=a, b=b, e=fl(tab.b_error), fsal=fsal, order=order)
 
 
 def _lincomb(coefs, ks, h):
@@ -145,8 +150,9 @@ def _lincomb(coefs, ks, h):
     return jax.tree.map(lambda o: h * o, out)
 
 
-def _rk_step(rhs, Y, K0, t, h, tab: _Tableau):
-    """One step: ``(Y_{n+1}, error estimate, rhs(Y_{n+1}))``."""
+def rk_step(rhs, Y, K0, t, h, tab: Tableau):
+    """One explicit RK step of ``dY/dt = rhs(Y, t)`` (pytrees) from ``Y`` with ``K0 = rhs(Y, t)``:
+    ``(Y_{n+1}, error estimate, rhs(Y_{n+1}, t + h))``."""
     ks, Yi = [K0], Y
     for i, row in enumerate(tab.a):
         Yi = jax.tree.map(jnp.add, Y, _lincomb(row, ks, h))
@@ -183,7 +189,7 @@ def _initial_step(rhs, primal, Y0, K0, t0, span, tab, rtol, atol):
 _BETA, _SAFETY, _FACMIN, _FACMAX = 0.04, 0.9, 0.2, 10.0
 
 
-def _rk_solve(rhs, primal, Y0, times, tab: _Tableau, rtol, atol, max_steps, dt0):
+def _rk_solve(rhs, primal, Y0, times, tab: Tableau, rtol, atol, max_steps, dt0):
     """Integrate ``dY/dt = rhs(Y, t)`` from ``times[0]``; return ``(Y at times, ok, steps, rejected)``.
 
     One ``lax.while_loop`` per observation interval (a ``lax.scan`` over intervals); the step
@@ -208,7 +214,7 @@ def _rk_solve(rhs, primal, Y0, times, tab: _Tableau, rtol, atol, max_steps, dt0)
             rem = t_end - t
             land = h >= rem
             hh = jnp.where(land, rem, jnp.where(h * 2 > rem, rem / 2, h))  # no sliver before t_end
-            Yn, Ye, Kn = _rk_step(rhs, Y, K, t, hh, tab)
+            Yn, Ye, Kn = rk_step(rhs, Y, K, t, hh, tab)
             y, yn, ye = primal(Y), primal(Yn), primal(Ye)
             err = _rms(ye / (atol + rtol * jnp.maximum(jnp.abs(y), jnp.abs(yn))))
             finite = jnp.all(jnp.isfinite(yn)) & jnp.isfinite(err)
@@ -443,7 +449,7 @@ def _solve(drift, theta, x0, times, backend, solver, rtol, atol, max_steps, dt0,
         if sensitivity != "forward":
             raise ValueError("backend='fused_rk' fuses forward sensitivities into the solve; for "
                              "sensitivity='reverse' use backend='diffrax'")
-        tab = _explicit_tableau(solver)
+        tab = explicit_tableau(solver)
         if tab is None:
             raise ValueError(f"backend='fused_rk' needs an explicit embedded Runge-Kutta pair (Tsit5, Dopri5, "
                              f"Dopri8, Bosh3, ...), got {type(solver).__name__}; use backend='diffrax'")

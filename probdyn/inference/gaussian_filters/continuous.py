@@ -12,7 +12,9 @@ sub-steps, in one of two ways (``propagation=``):
 
   .. math:: \dot m = E[f],\quad \dot P = E[f\,(x-m)^T] + E[(x-m)\,f^T] + E[L L^T],
 
-  integrated with classical RK4. ``method="ekf"`` uses the Taylor form
+  integrated with an explicit Runge–Kutta method (``solver=``: Tsit5, fifth order, by
+  default; ``"rk4"``, the classical fourth-order method of earlier versions; or any explicit
+  diffrax solver). ``method="ekf"`` uses the Taylor form
   ``\dot m = f(m)``, ``\dot P = J P + P J^T + L(m) L(m)^T``; ``"ukf"``, ``"cubature"`` and
   ``"gauss_hermite"`` evaluate the expectations with sigma points ``m + \sqrt{P}\,\xi_i``.
   ``P`` is symmetrised after every step and factorised with a PSD-safe Cholesky.
@@ -34,24 +36,25 @@ Step size (:func:`step_counts`): with ``max_step=h`` an interval of length ``dt`
 ``ceil(dt / h)`` equal sub-steps, so the long gaps of an irregular grid get as many steps as
 they need and the short ones one. ``num_substeps=n`` instead gives every interval ``n`` steps.
 Where ``times`` are concrete the intervals are split into one grid whose segments run at most
-``chunk`` masked sub-steps each (:func:`chunk_size`: a scan iteration costs about 12 EKF
-sub-steps or 4 sigma-point ones, so long intervals are split and short ones padded by the
-cheaper trade); the filter runs over that grid and reports the observation times. Where
+``chunk`` masked sub-steps each (:func:`chunk_size`: a scan iteration costs about as much as
+12 RK4 steps of the EKF or 4 of a sigma-point filter, so long intervals are split and short
+ones padded by the cheaper trade); the filter runs over that grid and reports the observation times. Where
 ``times`` are traced (an argument of ``jit``) the counts are not known when tracing:
 ``max_step`` then needs the bound ``max_substeps``, every interval runs ``max_substeps`` masked
 steps of which ``min(ceil(dt / h), max_substeps)`` are used (an interval longer than
 ``max_substeps * max_step`` gets ``max_substeps`` longer steps).
 
-The default (neither given) is the step of :func:`default_max_step`: the smallest ``h`` whose
-plan costs no more than ten steps on every interval (the fixed default of earlier versions),
-so on a regular grid it *is* ten equal steps per interval, and on an irregular one the same
-cost is spent evenly in time. Measured on the stochastic Lotka–Volterra model of the tests
-(log-populations, gaps log-uniform on [2e-4, 1.05]), log-likelihood error against a
-``max_step = 1e-4`` reference, default vs ten steps per interval, value and value+gradient
-times equal within 10 %: T = 200, EKF 1.9e-6 vs 3.2e-6 relative, cubature 3.6e-7 vs 3.6e-6;
-T = 60, EKF 1.0e-7 vs 1.7e-6, cubature 2.1e-8 vs 2.1e-6. Smaller errors need a smaller
-``max_step`` (fourth order: ``max_step = 0.02`` gives 2e-8 at T = 200 for 1.5x the time).
-With traced times the default is ten steps per interval.
+The default (neither given) is the step of :func:`default_max_step`: the smallest ``h``
+whose plan costs no more than ten RK4 steps on every interval (the fixed default of earlier
+versions; costs from :func:`plan_costs`, measured), spent on Tsit5 steps evenly in time.
+Measured on the stochastic Lotka–Volterra model of the tests (log-populations, gaps
+log-uniform on [2e-4, 1.05]), log-likelihood error relative to a ``max_step = 1e-4``
+reference, default against ten RK4 steps per interval: T = 200, EKF 4.8e-8 against 3.2e-6
+(value 0.51 against 0.49 ms, value+gradient 2.03 against 1.95 ms), cubature 2.1e-8 against
+3.6e-6 (1.07 against 1.43 ms, 4.24 against 4.77 ms); T = 60, EKF 1.6e-8 against 1.7e-6.
+On a regular grid the default is four Tsit5 steps per interval. With traced times the
+default is the same budget on every interval: ``round(10 / c)`` steps, ``c`` the cost of one
+step in RK4 steps (five Tsit5 steps).
 
 The smoother is the Gaussian RTS smoother over the filter output, using the interval's
 linearised transition ``x_{k+1} \approx A_k x_k + b_k + q_k`` (for ``"moments"``: ``A_k`` is
@@ -66,6 +69,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
+
+import functools
 
 import numpy as np
 
@@ -84,17 +89,22 @@ from probdyn.inference.gaussian_filters.common import (
 from probdyn.inference.gaussian_filters.observations import ObservationModel
 from probdyn.linalg import psd_cholesky, symmetrize
 from probdyn.sde import SDE
+from probdyn.sde.ode import RK4, Tableau, explicit_tableau, rk_step
 from probdyn.ssm import discretise_affine
 
-__all__ = ["filter", "smoother", "step_counts", "chunk_size", "default_max_step", "DEFAULT_STEPS_PER_INTERVAL"]
+__all__ = ["filter", "smoother", "step_counts", "chunk_size", "default_max_step", "plan_costs", "solver_tableau",
+           "DEFAULT_STEPS_PER_INTERVAL"]
 
-# The default cost budget: this many sub-steps on every interval (module docstring).
+# The default cost budget: as much as this many RK4 steps on every interval (module docstring).
 DEFAULT_STEPS_PER_INTERVAL = 10
-# A scan iteration (moments in and out, an observation update) costs about as much as this many
-# masked sub-steps (measured with value and gradient on the stochastic Lotka-Volterra model, d = 2:
-# EKF 5.2 us against 0.40 us per sub-step; cubature 5.9 us against 1.5 us).
-SEGMENT_COST = {"ekf": 12}
-SIGMA_POINT_SEGMENT_COST = 4
+# Costs in RK4 steps. A Runge-Kutta step costs its stages plus a quarter of its nonzero
+# tableau coefficients (the stage sums), in units of that for RK4 (measured with value and
+# gradient, EKF, d = 2: a Tsit5 step 2.0x an RK4 step; the rule gives 2.2x). A scan iteration
+# (moments in and out, an observation update) costs about as much as this many RK4 steps
+# (measured on the stochastic Lotka-Volterra model, d = 2: EKF 5.2 us per iteration against
+# 0.40 us per RK4 step; cubature 5.9 us against 1.5 us).
+SEGMENT_COST = {"ekf": 12.0}
+SIGMA_POINT_SEGMENT_COST = 4.0
 CHUNKS = (1, 2, 3, 4, 6, 8, 10, 12, 16, 24, 32, 48, 64)
 
 
@@ -142,29 +152,25 @@ def _substeps(step, carry, n, active, dtype):
     return jax.lax.scan(body, carry, jnp.arange(n, dtype=dtype))[0]
 
 
-def _propagate_moments(sde, rule, m, S, t0, t1, n, need_trans, active=None):
-    """RK4 on the moment ODEs over [t0, t1] in n steps -> (m, S, A, SQ); with a traced count
-    ``active <= n`` only the first ``active`` steps run, each of length ``(t1 - t0) / active``."""
+def _propagate_moments(sde, rule, m, S, t0, t1, n, need_trans, active=None, tab: Tableau = RK4):
+    """The moment ODEs over [t0, t1] in n explicit Runge-Kutta steps (tableau ``tab``) ->
+    (m, S, A, SQ); with a traced count ``active <= n`` only the first ``active`` steps run,
+    each of length ``(t1 - t0) / active``."""
     d = m.shape[0]
     h = (t1 - t0) / (n if active is None else active)
     P = S @ S.T
     Phi = jnp.eye(d, dtype=m.dtype)
 
-    def rhs(m, P, Phi, t):
+    def rhs(Y, t):
+        m, P, Phi = Y
         return _moment_rhs(sde, rule, m, symmetrize(P), Phi, t, need_trans)
 
     def step(carry, j):
-        m, P, Phi = carry
-        t = t0 + j * h
-        k1 = rhs(m, P, Phi, t)
-        k2 = rhs(*(a + 0.5 * h * b for a, b in zip((m, P, Phi), k1)), t + 0.5 * h)
-        k3 = rhs(*(a + 0.5 * h * b for a, b in zip((m, P, Phi), k2)), t + 0.5 * h)
-        k4 = rhs(*(a + h * b for a, b in zip((m, P, Phi), k3)), t + h)
-        new = tuple(a + h / 6.0 * (b1 + 2 * b2 + 2 * b3 + b4) for a, b1, b2, b3, b4 in zip((m, P, Phi), k1, k2, k3, k4))
-        mn, Pn, Phin = new
-        return mn, symmetrize(Pn), (Phin if need_trans else Phi)
+        Y, K = carry
+        (mn, Pn, Phin), _, Kn = rk_step(rhs, Y, K, t0 + j * h, h, tab)
+        return (mn, symmetrize(Pn), (Phin if need_trans else Y[2])), Kn
 
-    m1, P1, Phi1 = _substeps(step, (m, P, Phi), n, active, m.dtype)
+    (m1, P1, Phi1), _ = _substeps(step, ((m, P, Phi), rhs((m, P, Phi), t0)), n, active, m.dtype)
     S1 = psd_cholesky(P1)
     if not need_trans:
         return m1, S1, None, None
@@ -226,31 +232,60 @@ def step_counts(times, max_step: float) -> np.ndarray:
     return np.maximum(1, np.ceil(dt / max_step * (1.0 - 1e-12))).astype(np.int64)
 
 
-def _plan_cost(counts, chunk, segment_cost):
-    """Cost of ``counts`` run in segments of ``chunk`` masked sub-steps, in sub-step units."""
-    return int(np.sum(-(-counts // chunk))) * (chunk + segment_cost)
+def solver_tableau(solver=None) -> Tableau:
+    """The explicit Runge-Kutta tableau for the moment ODEs: ``None`` -> Tsit5 (fifth order),
+    ``"rk4"`` -> classical RK4, or any explicit diffrax Runge-Kutta solver instance."""
+    if solver is None:
+        import diffrax
+
+        solver = diffrax.Tsit5()
+    if isinstance(solver, str) and solver.lower() == "rk4":
+        return RK4
+    tab = explicit_tableau(solver) if not isinstance(solver, str) else None
+    if tab is None:
+        raise ValueError(f"solver must be 'rk4' or an explicit diffrax Runge-Kutta solver (Tsit5(), Dopri5(), "
+                         f"Bosh3(), ...), got {solver!r}")
+    return tab
 
 
-def chunk_size(counts, method: str = "ekf") -> int:
-    """The segment length (masked sub-steps per scan iteration) of least cost for ``counts``."""
-    cost = SEGMENT_COST.get(method, SIGMA_POINT_SEGMENT_COST)
+def _step_cost(tab: Tableau) -> float:
+    stages = len(tab.c) - int(tab.fsal)  # FSAL: the last stage is the next step's first
+    return stages + sum(c != 0.0 for row in tab.a + (tab.b,) for c in row) / 4
+
+
+def plan_costs(method: str = "ekf", propagation: str = "moments", solver=None) -> tuple[float, float]:
+    """(cost of a scan iteration, cost of a sub-step) in RK4 steps (module docstring)."""
+    segment = SEGMENT_COST.get(method, SIGMA_POINT_SEGMENT_COST)
+    if propagation != "moments":
+        return segment, 1.0
+    return segment, _step_cost(solver_tableau(solver)) / _step_cost(RK4)
+
+
+def _plan_cost(counts, chunk, costs):
+    """Cost of ``counts`` run in segments of ``chunk`` masked sub-steps."""
+    segment, step = costs
+    return float(np.sum(-(-counts // chunk))) * (chunk * step + segment)
+
+
+def chunk_size(counts, costs=(SEGMENT_COST["ekf"], 1.0)) -> int:
+    """The segment length (masked sub-steps per scan iteration) of least cost for ``counts``
+    (``costs`` from :func:`plan_costs`)."""
     top = int(counts.max(initial=1))
     candidates = [c for c in CHUNKS if c < top] + [min(top, CHUNKS[-1])]
-    return min(candidates, key=lambda c: _plan_cost(counts, c, cost))
+    return min(candidates, key=lambda c: _plan_cost(counts, c, costs))
 
 
-def default_max_step(times, method: str = "ekf") -> float:
+def default_max_step(times, costs=(SEGMENT_COST["ekf"], 1.0)) -> float:
     """The default step for concrete ``times``: the smallest ``h`` whose plan costs no more than
-    ``DEFAULT_STEPS_PER_INTERVAL`` steps on every interval (module docstring)."""
+    ``DEFAULT_STEPS_PER_INTERVAL`` RK4 steps on every interval (module docstring)."""
     t = np.asarray(times, np.float64)
     num = t.size - 1
-    seg = SEGMENT_COST.get(method, SIGMA_POINT_SEGMENT_COST)
-    budget = num * (DEFAULT_STEPS_PER_INTERVAL + seg)
+    budget = num * (DEFAULT_STEPS_PER_INTERVAL + costs[0])
     lo, hi = (t[-1] - t[0]) / (DEFAULT_STEPS_PER_INTERVAL * num) / 2, np.diff(t).max()  # lo over, hi within budget
 
     def cost(h):
         counts = step_counts(t, h)
-        return _plan_cost(counts, chunk_size(counts, method), seg)
+        return _plan_cost(counts, chunk_size(counts, costs), costs)
 
     if cost(lo) <= budget:
         return lo
@@ -287,7 +322,7 @@ def _check_steps(num_substeps, max_step, max_substeps):
 
 
 def _run_filter(sde, observation, times, y, m0, P0, method, propagation, num_substeps, max_step, max_substeps,
-                need_trans, ukf_params, gh_order):
+                solver, need_trans, ukf_params, gh_order):
     """The filter on the step plan of the module docstring -> (result at ``times``, the
     per-step ``(A, SQ)`` transitions of the grid it ran on or ``None``, and the indices of
     ``times`` in that grid or ``None`` when it is ``times`` itself)."""
@@ -295,10 +330,12 @@ def _run_filter(sde, observation, times, y, m0, P0, method, propagation, num_sub
     _check_steps(num_substeps, max_step, max_substeps)
     t_np = concrete(times)  # before any cast: inside jit a cast of concrete times is a tracer
     times, y, m0, P0, dtype = check_sde_inputs(sde, observation, times, y, m0, P0)
-    options = (method, propagation, need_trans, tuple(ukf_params), int(gh_order))
+    tab = solver_tableau(solver)
+    options = (method, propagation, tab, need_trans, tuple(ukf_params), int(gh_order))
     t_np = None if t_np is None else np.asarray(t_np, dtype)
     if num_substeps is not None or times.shape[0] == 1 or (t_np is None and max_step is None):
-        n = DEFAULT_STEPS_PER_INTERVAL if num_substeps is None else int(num_substeps)
+        budget = DEFAULT_STEPS_PER_INTERVAL / plan_costs(method, propagation, solver)[1]
+        n = max(1, round(budget)) if num_substeps is None else int(num_substeps)
         res, trans = _filter_core(sde, observation, times, y, m0, P0, n, None, *options)
         return res, trans, None
     if t_np is None:
@@ -310,8 +347,9 @@ def _run_filter(sde, observation, times, y, m0, P0, method, propagation, num_sub
         active = jnp.concatenate([jnp.ones(1, dtype), counts])
         res, trans = _filter_core(sde, observation, times, y, m0, P0, int(max_substeps), active, *options)
         return res, trans, None
-    counts = step_counts(t_np, default_max_step(t_np, method) if max_step is None else max_step)
-    chunk = chunk_size(counts, method)
+    costs = plan_costs(method, propagation, solver)
+    counts = step_counts(t_np, default_max_step(t_np, costs) if max_step is None else max_step)
+    chunk = chunk_size(counts, costs)
     grid, steps, idx = _refined_grid(t_np, counts, chunk)
     if grid.size == times.shape[0] and np.all(steps[1:] == chunk):  # n equal steps on every interval
         res, trans = _filter_core(sde, observation, times, y, m0, P0, chunk, None, *options)
@@ -329,12 +367,15 @@ def _at(res: GaussianFilterResult, idx) -> GaussianFilterResult:
 
 
 @eqx.filter_jit
-def _filter_core(sde, observation, times, y, m0, P0, n, active, method, propagation, need_trans,
+def _filter_core(sde, observation, times, y, m0, P0, n, active, method, propagation, tab, need_trans,
                  ukf_params, gh_order):
     dtype = m0.dtype
     d = m0.shape[0]
     rule = sigma_point_rule(method, d, dtype, ukf_params, gh_order)
-    prop = _propagate_moments if propagation == "moments" else _propagate_linearised
+    if propagation == "moments":
+        prop = functools.partial(_propagate_moments, tab=tab)
+    else:
+        prop = _propagate_linearised
     S0 = psd_cholesky(P0)
     t_prev = jnp.concatenate([times[:1], times[:-1]])
 
@@ -361,6 +402,7 @@ def filter(
     *,
     max_step: float | None = None,
     max_substeps: int | None = None,
+    solver=None,
     ukf_params: tuple = (1.0, 0.0, None),
     gh_order: int = 3,
 ) -> GaussianFilterResult:
@@ -379,12 +421,14 @@ def filter(
             ``(times[-1] - times[0]) / (10 (T - 1))`` (module docstring).
         max_substeps: bound on the steps of one interval, needed with ``max_step`` only where
             ``times`` are traced.
+        solver: explicit Runge-Kutta method for ``"moments"``: ``None`` (Tsit5, fifth order),
+            ``"rk4"``, or a diffrax solver instance (``Dopri5()``, ``Bosh3()``, ...).
         ukf_params: ``(alpha, beta, kappa)`` for ``"ukf"``; gh_order: points per dimension.
 
     Jit-, grad- and vmap-compatible (options are static Python values).
     """
     res, _, idx = _run_filter(sde, observation, times, y, m0, P0, method, propagation, num_substeps, max_step,
-                              max_substeps, False, ukf_params, gh_order)
+                              max_substeps, solver, False, ukf_params, gh_order)
     return res if idx is None else _at(res, idx)
 
 
@@ -409,13 +453,14 @@ def smoother(
     *,
     max_step: float | None = None,
     max_substeps: int | None = None,
+    solver=None,
     ukf_params: tuple = (1.0, 0.0, None),
     gh_order: int = 3,
 ) -> GaussianSmootherResult:
     """Gaussian RTS smoother over :func:`filter` (same arguments); see module docstring. On a
     refined grid it smooths over every grid point and reports the observation times."""
     f, trans, idx = _run_filter(sde, observation, times, y, m0, P0, method, propagation, num_substeps, max_step,
-                                max_substeps, True, ukf_params, gh_order)
+                                max_substeps, solver, True, ukf_params, gh_order)
     if f.mean.shape[0] == 1:
         return GaussianSmootherResult(f.mean, f.cov, f.log_likelihood, f)
     ms, Ps = _rts(f, *trans)

@@ -59,17 +59,17 @@ class SDEFilterDistribution(KalmanDistribution):
     interval, 10 when it is not given, ``x(times[0]) ~ N(m0, P0)``) and the observation model.
 
     Args: as :func:`~probdyn.inference.gaussian_filters.filter` (``method``, ``num_substeps``,
-    ``propagation``, ``max_step``, ``ukf_params``, ``gh_order``). ``event_shape`` is ``(T, p)``; the
+    ``propagation``, ``max_step``, ``solver``, ``ukf_params``, ``gh_order``). ``event_shape`` is ``(T, p)``; the
     parameters are not batched (``batch_shape == ()``); values with extra leading axes are
     vmapped.
     """
 
     arg_constraints = {}
     pytree_data_fields = ("sde", "observation", "times", "m0", "P0")
-    pytree_aux_fields = ("method", "num_substeps", "propagation", "max_step", "ukf_params", "gh_order")
+    pytree_aux_fields = ("method", "num_substeps", "propagation", "max_step", "solver", "ukf_params", "gh_order")
 
     def __init__(self, sde, observation, times, m0, P0, method: str = "ekf", num_substeps: int | None = None,
-                 propagation: str = "moments", *, max_step: float | None = None,
+                 propagation: str = "moments", *, max_step: float | None = None, solver=None,
                  ukf_params: tuple = (1.0, 0.0, None), gh_order: int = 3, validate_args=None):
         if not isinstance(sde, SDE):
             raise TypeError(f"sde must be a probdyn.sde.SDE, got {type(sde).__name__}")
@@ -88,6 +88,7 @@ class SDEFilterDistribution(KalmanDistribution):
         self.method, self.propagation = method, propagation
         self.num_substeps = None if num_substeps is None else int(num_substeps)
         self.max_step = None if max_step is None else float(max_step)
+        self.solver = solver
         self.ukf_params, self.gh_order = tuple(ukf_params), int(gh_order)
         super().__init__(batch_shape=(), event_shape=(self.times.shape[0], p), validate_args=validate_args)
 
@@ -97,7 +98,8 @@ class SDEFilterDistribution(KalmanDistribution):
 
     def _filter(self, y):
         return filter(self.sde, self.observation, self.times, y, self.m0, self.P0, self.method,
-                         self.num_substeps, self.propagation, max_step=self.max_step, ukf_params=self.ukf_params,
+                         self.num_substeps, self.propagation, max_step=self.max_step, solver=self.solver,
+                         ukf_params=self.ukf_params,
                          gh_order=self.gh_order)
 
     def _log_prob(self, value):
