@@ -387,7 +387,7 @@ def _fit_sde(a, t, y, names) -> int:
     print(f"fitting the {a.drift} SDE drift family to {', '.join(names)} ({len(t)} points) by the "
           f"continuous-discrete EKF likelihood", flush=True)
     t0 = time.perf_counter()
-    fkw = dict(num_substeps=10)
+    fkw = {}  # the CD filter's default step plan
     info = sysid.fit_map(model, ob, tt, yy, jax.random.PRNGKey(a.seed), num_steps=a.steps, learning_rate=a.lr,
                          filter_kwargs=fkw, progress_bar=not a.no_progress)
     fitted = {k: float(jnp.exp(v)) for k, v in info.model.drift.log_params.items()}

@@ -99,9 +99,12 @@ class SDEModel(eqx.Module):
     def sde(self) -> SDE:
         return SDE(self.drift, jnp.exp(self.log_diffusion), self.state_dim)
 
-    def filter(self, observation, times, y, m0, P0, method="ekf", num_substeps=10, propagation="moments"):
+    def filter(self, observation, times, y, m0, P0, method="ekf", num_substeps=None, propagation="moments",
+               max_step=None, solver=None):
+        """The CD Gaussian filter of this SDE (step options as :func:`probdyn.inference.gaussian_filters.filter`;
+        by default its step plan)."""
         return gf.filter(self.sde, observation, times, y, m0, P0, method=method, num_substeps=num_substeps,
-                         propagation=propagation)
+                         propagation=propagation, max_step=max_step, solver=solver)
 
     def log_likelihood(self, observation, times, y, m0, P0, **kw) -> Array:
         return self.filter(observation, times, y, m0, P0, **kw).log_likelihood
