@@ -10,13 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from probdyn._checks import is_concrete
+from probdyn._checks import check_int, concrete, is_concrete
 from probdyn.inference.gaussian_filters.observations import ObservationModel
 from probdyn.sde import SDE
 from probdyn.ssm import check_times
 
 __all__ = ["GaussianFilterResult", "GaussianSmootherResult", "METHODS", "PROPAGATIONS", "sigma_points", "SigmaPointRule",
-           "sigma_point_rule", "check_options", "check_inputs", "check_sde_inputs", "check_transition", "drift_at",
+           "sigma_point_rule", "check_options", "check_step_options", "check_inputs", "check_sde_inputs", "check_transition", "drift_at",
            "diffusion_at", "filter_scan"]
 
 METHODS = ("ekf", "ukf", "cubature", "gauss_hermite")
@@ -124,6 +124,19 @@ def check_options(method, propagation, num_substeps, allowed=METHODS) -> None:
         raise ValueError(f"propagation must be one of {PROPAGATIONS}, got {propagation!r}")
     if num_substeps is not None and (int(num_substeps) != num_substeps or int(num_substeps) < 1):
         raise ValueError(f"num_substeps must be an integer >= 1, got {num_substeps}")
+
+
+def check_step_options(num_substeps, max_step, max_substeps=None) -> None:
+    """The continuous-discrete filters' step options: ``num_substeps`` or ``max_step`` (a
+    positive finite number, not traced), ``max_substeps`` an integer >= 1; clear ``ValueError``."""
+    if num_substeps is not None and max_step is not None:
+        raise ValueError("give num_substeps (steps per interval) or max_step (step size), not both")
+    if max_step is not None:
+        h = concrete(max_step)
+        if h is None or h.ndim != 0 or not np.isfinite(h) or h <= 0:
+            raise ValueError(f"max_step must be a positive finite number (not traced), got {max_step!r}")
+    if max_substeps is not None:
+        check_int(max_substeps, "max_substeps", 1)
 
 
 def check_inputs(observation, y, m0, P0, d):

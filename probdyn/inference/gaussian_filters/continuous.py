@@ -65,22 +65,22 @@ engine's square-root backward kernels. For linear SDEs it equals
 
 from __future__ import annotations
 
+import functools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
-import functools
-
-import numpy as np
-
-from probdyn._checks import check_int, concrete
+from probdyn._checks import concrete
 from probdyn.inference import kalman
 from probdyn.inference.gaussian_filters.common import (
     GaussianFilterResult,
     GaussianSmootherResult,
     check_options,
     check_sde_inputs,
+    check_step_options,
     filter_scan,
     diffusion_at,
     drift_at,
@@ -144,7 +144,8 @@ def _moment_rhs(sde: SDE, rule, m, P, Phi, t, need_trans):
 
 def _substeps(step, carry, n, active, dtype):
     """``carry = step(carry, j)`` for ``j = 0..n-1`` (one ``lax.scan``); with a traced count
-    ``active`` the steps ``j >= active`` are skipped (``lax.cond``; a select under ``vmap``)."""
+    ``active`` the steps ``j >= active`` keep the carry (masked with ``where``: computed, not
+    kept, so the loop has one cost under ``jit``, ``grad`` and ``vmap``)."""
     def body(c, j):
         if active is None:
             return step(c, j), None
@@ -256,10 +257,12 @@ def _step_cost(tab: Tableau) -> float:
 
 def plan_costs(method: str = "ekf", propagation: str = "moments", solver=None) -> tuple[float, float]:
     """(cost of a scan iteration, cost of a sub-step) in RK4 steps (module docstring)."""
+    return _costs(method, propagation, solver_tableau(solver))
+
+
+def _costs(method, propagation, tab: Tableau) -> tuple[float, float]:
     segment = SEGMENT_COST.get(method, SIGMA_POINT_SEGMENT_COST)
-    if propagation != "moments":
-        return segment, 1.0
-    return segment, _step_cost(solver_tableau(solver)) / _step_cost(RK4)
+    return segment, (_step_cost(tab) / _step_cost(RK4) if propagation == "moments" else 1.0)
 
 
 def _plan_cost(counts, chunk, costs):
@@ -311,34 +314,35 @@ def _refined_grid(times, counts, chunk):
     return grid, np.concatenate([[1], done - (q - 1) * chunk]), idx
 
 
-def _check_steps(num_substeps, max_step, max_substeps):
-    if num_substeps is not None and max_step is not None:
-        raise ValueError("give num_substeps (steps per interval) or max_step (step size), not both")
-    if max_step is not None:
-        h = concrete(max_step)
-        if h is None or h.ndim != 0 or not np.isfinite(h) or h <= 0:
-            raise ValueError(f"max_step must be a positive finite number (not traced), got {max_step!r}")
-    if max_substeps is not None:
-        check_int(max_substeps, "max_substeps", 1)
+@functools.lru_cache(maxsize=64)
+def _cached_plan(times_bytes: bytes, dtype: str, max_step, costs):
+    """(grid, steps per segment, indices of the times, chunk) of the step plan for concrete
+    times (given as bytes, so repeated eager calls on one grid plan once)."""
+    t = np.frombuffer(times_bytes, dtype=dtype)
+    counts = step_counts(t, default_max_step(t, costs) if max_step is None else max_step)
+    chunk = chunk_size(counts, costs)
+    grid, steps, idx = _refined_grid(t, counts, chunk)
+    for a in (grid, steps, idx):
+        a.flags.writeable = False
+    return grid, steps, idx, chunk
 
 
 def _run_filter(sde, observation, times, y, m0, P0, method, propagation, num_substeps, max_step, max_substeps,
                 solver, need_trans, ukf_params, gh_order):
-    """The filter on the step plan of the module docstring -> (result at ``times``, the
-    per-step ``(A, SQ)`` transitions of the grid it ran on or ``None``, and the indices of
-    ``times`` in that grid or ``None`` when it is ``times`` itself)."""
+    """The filter on the step plan of the module docstring -> (result, the per-step ``(A, SQ)``
+    transitions of the grid it ran on or ``None``, and the indices of ``times`` in that grid or
+    ``None`` when it is ``times`` itself). Without ``need_trans`` the result is at ``times``;
+    with it, on the grid (the smoother subsamples after smoothing)."""
     check_options(method, propagation, num_substeps)
-    _check_steps(num_substeps, max_step, max_substeps)
+    check_step_options(num_substeps, max_step, max_substeps)
     t_np = concrete(times)  # before any cast: inside jit a cast of concrete times is a tracer
     times, y, m0, P0, dtype = check_sde_inputs(sde, observation, times, y, m0, P0)
     tab = solver_tableau(solver)
+    costs = _costs(method, propagation, tab)
     options = (method, propagation, tab, need_trans, tuple(ukf_params), int(gh_order))
-    t_np = None if t_np is None else np.asarray(t_np, dtype)
     if num_substeps is not None or times.shape[0] == 1 or (t_np is None and max_step is None):
-        budget = DEFAULT_STEPS_PER_INTERVAL / plan_costs(method, propagation, solver)[1]
-        n = max(1, round(budget)) if num_substeps is None else int(num_substeps)
-        res, trans = _filter_core(sde, observation, times, y, m0, P0, n, None, *options)
-        return res, trans, None
+        n = max(1, round(DEFAULT_STEPS_PER_INTERVAL / costs[1])) if num_substeps is None else int(num_substeps)
+        return _filter_core(sde, observation, times, y, m0, P0, n, None, None, *options) + (None,)
     if t_np is None:
         if max_substeps is None:
             raise ValueError("max_step with traced times (an argument of jit/vmap) needs max_substeps, the "
@@ -346,19 +350,16 @@ def _run_filter(sde, observation, times, y, m0, P0, method, propagation, num_sub
                              "use num_substeps)")
         counts = jnp.clip(jnp.ceil(jnp.diff(times) / jnp.asarray(max_step, dtype)), 1, max_substeps)
         active = jnp.concatenate([jnp.ones(1, dtype), counts])
-        res, trans = _filter_core(sde, observation, times, y, m0, P0, int(max_substeps), active, *options)
-        return res, trans, None
-    costs = plan_costs(method, propagation, solver)
-    counts = step_counts(t_np, default_max_step(t_np, costs) if max_step is None else max_step)
-    chunk = chunk_size(counts, costs)
-    grid, steps, idx = _refined_grid(t_np, counts, chunk)
+        return _filter_core(sde, observation, times, y, m0, P0, int(max_substeps), active, None, *options) + (None,)
+    t_np = np.ascontiguousarray(t_np, dtype)
+    grid, steps, idx, chunk = _cached_plan(t_np.tobytes(), t_np.dtype.str, None if max_step is None else float(max_step),
+                                           costs)
     if grid.size == times.shape[0] and np.all(steps[1:] == chunk):  # n equal steps on every interval
-        res, trans = _filter_core(sde, observation, times, y, m0, P0, chunk, None, *options)
-        return res, trans, None
-    y_grid = jnp.full((grid.size, y.shape[1]), jnp.nan, dtype).at[idx].set(y)  # NaN: nothing observed
-    res, trans = _filter_core(sde, observation, jnp.asarray(grid, dtype), y_grid, m0, P0, chunk,
-                              jnp.asarray(steps, dtype), *options)
-    return res, trans, idx
+        return _filter_core(sde, observation, times, y, m0, P0, chunk, None, None, *options) + (None,)
+    idx = jnp.asarray(idx)
+    res, trans = _filter_core(sde, observation, jnp.asarray(grid, dtype), y, m0, P0, chunk,
+                              jnp.asarray(steps, dtype), idx, *options)
+    return res, trans, (idx if need_trans else None)
 
 
 def _at(res: GaussianFilterResult, idx) -> GaussianFilterResult:
@@ -368,8 +369,11 @@ def _at(res: GaussianFilterResult, idx) -> GaussianFilterResult:
 
 
 @eqx.filter_jit
-def _filter_core(sde, observation, times, y, m0, P0, n, active, method, propagation, tab, need_trans,
+def _filter_core(sde, observation, times, y, m0, P0, n, active, idx, method, propagation, tab, need_trans,
                  ukf_params, gh_order):
+    """The scan over ``times`` (the observation times, or a refined grid with the observation
+    times at ``idx``: ``y`` (T, p) is placed there, NaN elsewhere, and without ``need_trans`` the
+    result is taken back at ``idx``)."""
     dtype = m0.dtype
     d = m0.shape[0]
     rule = sigma_point_rule(method, d, dtype, ukf_params, gh_order)
@@ -377,17 +381,20 @@ def _filter_core(sde, observation, times, y, m0, P0, n, active, method, propagat
         prop = functools.partial(_propagate_moments, tab=tab)
     else:
         prop = _propagate_linearised
+    if idx is not None:
+        y = jnp.full((times.shape[0], y.shape[1]), jnp.nan, y.dtype).at[idx].set(y)  # NaN: nothing observed
     S0 = psd_cholesky(P0)
     t_prev = jnp.concatenate([times[:1], times[:-1]])
 
-    def propagate(sde, m, S, t0, t1, act):
-        return prop(sde, rule, m, S, t0, t1, n, need_trans, act)
-
     def predict(m, S, k):
-        mp, Sp, A, SQ = propagate(sde, m, S, t_prev[k], times[k], None if active is None else active[k])
+        mp, Sp, A, SQ = prop(sde, rule, m, S, t_prev[k], times[k], n, need_trans,
+                             None if active is None else active[k])
         return mp, Sp, ((A, SQ) if need_trans else None)
 
-    return filter_scan(predict, observation, y, m0, S0, method)
+    res, trans = filter_scan(predict, observation, y, m0, S0, method)
+    if idx is not None and not need_trans:
+        res = _at(res, idx)
+    return res, trans
 
 
 def filter(
@@ -415,11 +422,11 @@ def filter(
         y: (T, p) observations (or (T,) when p = 1); NaN entries/rows are missing.
         method: ``"ekf" | "ukf" | "cubature" | "gauss_hermite"``.
         num_substeps: equal propagation steps per interval (instead of ``max_step``).
-        propagation: ``"moments"`` (RK4 moment ODEs) or ``"linearised"`` (exact
-            discretisation of the local linearisation).
+        propagation: ``"moments"`` (Runge-Kutta on the moment ODEs) or ``"linearised"``
+            (exact discretisation of the local linearisation).
         max_step: longest propagation step (time units); an interval of length ``dt`` takes
-            ``ceil(dt / max_step)`` equal steps. Default (neither given):
-            ``(times[-1] - times[0]) / (10 (T - 1))`` (module docstring).
+            ``ceil(dt / max_step)`` equal steps. Default (neither given): the step of
+            :func:`default_max_step` (module docstring).
         max_substeps: bound on the steps of one interval, needed with ``max_step`` only where
             ``times`` are traced.
         solver: explicit Runge-Kutta method for ``"moments"``: ``None`` (Tsit5, fifth order),
@@ -428,17 +435,18 @@ def filter(
 
     Jit-, grad- and vmap-compatible (options are static Python values).
     """
-    res, _, idx = _run_filter(sde, observation, times, y, m0, P0, method, propagation, num_substeps, max_step,
-                              max_substeps, solver, False, ukf_params, gh_order)
-    return res if idx is None else _at(res, idx)
+    return _run_filter(sde, observation, times, y, m0, P0, method, propagation, num_substeps, max_step,
+                       max_substeps, solver, False, ukf_params, gh_order)[0]
 
 
 @jax.jit
-def _rts(f: GaussianFilterResult, A, SQ):
-    """Gaussian RTS smoother over filter output with transitions ``x_{k+1} ≈ A x_k + b + q``."""
+def _rts(f: GaussianFilterResult, A, SQ, idx=None):
+    """Gaussian RTS smoother over filter output with transitions ``x_{k+1} ≈ A x_k + b + q``
+    -> (means, covariances, filter result), taken at ``idx`` when given (a refined grid)."""
     b = f.pred_mean[1:] - jnp.einsum("kij,kj->ki", A, f.mean[:-1])
     ms, Ss = kalman.rts_smooth(f.mean, f.chol, A, SQ, b, parallel=False)
-    return ms, Ss @ jnp.swapaxes(Ss, -1, -2)
+    Ps = Ss @ jnp.swapaxes(Ss, -1, -2)
+    return (ms, Ps, f) if idx is None else (ms[idx], Ps[idx], _at(f, idx))
 
 
 def smoother(
@@ -464,7 +472,5 @@ def smoother(
                                 max_substeps, solver, True, ukf_params, gh_order)
     if f.mean.shape[0] == 1:
         return GaussianSmootherResult(f.mean, f.cov, f.log_likelihood, f)
-    ms, Ps = _rts(f, *trans)
-    if idx is None:
-        return GaussianSmootherResult(ms, Ps, f.log_likelihood, f)
-    return GaussianSmootherResult(ms[idx], Ps[idx], f.log_likelihood, _at(f, idx))
+    ms, Ps, f = _rts(f, *trans, idx)
+    return GaussianSmootherResult(ms, Ps, f.log_likelihood, f)

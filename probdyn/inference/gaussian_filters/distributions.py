@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from probdyn.inference import kalman
 from probdyn.inference.distribution_base import KalmanDistribution, RealOrNaN
-from probdyn.inference.gaussian_filters.common import check_options
+from probdyn.inference.gaussian_filters.common import check_options, check_step_options
 from probdyn.inference.gaussian_filters.continuous import filter
 from probdyn.inference.gaussian_filters.discrete import discrete_filter
 from probdyn.inference.gaussian_filters.observations import ObservationModel
@@ -83,8 +83,7 @@ class SDEFilterDistribution(KalmanDistribution):
             raise ValueError(f"m0 and P0 must have shapes ({d},) and ({d}, {d}), got {self.m0.shape}, {self.P0.shape}")
         p = observation.obs_dim_for(d)
         self.sde, self.observation = sde, observation
-        if num_substeps is not None and max_step is not None:
-            raise ValueError("give num_substeps (steps per interval) or max_step (step size), not both")
+        check_step_options(num_substeps, max_step)
         self.method, self.propagation = method, propagation
         self.num_substeps = None if num_substeps is None else int(num_substeps)
         self.max_step = None if max_step is None else float(max_step)
