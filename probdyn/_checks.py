@@ -3,6 +3,8 @@
 * :func:`is_concrete` / :func:`concrete`: whether a value can be checked eagerly (not a JAX
   tracer) and its NumPy value if so — eager checks of user input skip traced values;
 * :func:`check_int`: a Python/NumPy integer ``>= minimum`` (bools refused);
+* :func:`check_observations`: concrete observations without infinities (NaN marks a
+  missing entry);
 * :func:`as_key`: a raw ``uint32[2]`` PRNG key from a raw or typed JAX key;
 * :func:`jit_method`: ``getattr(obj, name)(*args)`` through one ``eqx.filter_jit``, compiled
   once per structure of ``obj`` and the arguments.
@@ -15,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["is_concrete", "concrete", "check_int", "as_key", "jit_method"]
+__all__ = ["is_concrete", "concrete", "check_int", "check_observations", "as_key", "jit_method"]
 
 
 def is_concrete(x) -> bool:
@@ -33,6 +35,19 @@ def check_int(x, name: str, minimum: int) -> int:
     if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)) or x < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {x!r}")
     return int(x)
+
+
+def check_observations(y, name: str = "y") -> None:
+    """``ValueError`` naming ``name`` when a concrete ``y`` holds an infinity (NaN marks a
+    missing entry); a traced ``y`` is not checked and an infinity in it makes the
+    log-likelihood NaN (the engine's NaN contract, docs/numerics.md).
+
+    Not ``equinox.error_if`` inside ``jit``: its host callback, even on the branch not taken,
+    makes every call of a compiled CPU program slower by a fixed ~0.15 ms (measured: the
+    sequential Kalman log-likelihood at T = 2000 with traced ``y``, 0.18 -> 0.32 ms)."""
+    yc = concrete(y)
+    if yc is not None and np.any(np.isinf(yc)):
+        raise ValueError(f"{name} contains infinite values (use NaN for missing observations)")
 
 
 def as_key(key) -> jax.Array:

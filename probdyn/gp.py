@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from probdyn._checks import concrete
+from probdyn._checks import check_observations, concrete
 from probdyn.inference import kalman
 from probdyn.kernels import Kernel
 from probdyn.ssm import LinearGaussianSSM, check_noise_variance, check_positive_int, check_times
@@ -88,9 +88,7 @@ class MarkovGP(eqx.Module):
         y = jnp.asarray(y)
         if y.shape != self.times.shape:
             raise ValueError(f"y must have shape {self.times.shape} like times, got {y.shape}")
-        yc = concrete(y)
-        if yc is not None and np.any(np.isinf(yc)):
-            raise ValueError("y contains infinite values (use NaN for missing observations)")
+        check_observations(y)
         return y
 
     # Public methods validate eagerly, then run one compiled program (eqx.filter_jit) per

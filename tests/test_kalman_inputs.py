@@ -98,6 +98,16 @@ def test_valid_singular_and_rounding_level_inputs_pass():
         assert np.isfinite(float(kalman.log_likelihood(m, jnp.asarray(Y, dtype), parallel=False)))
 
 
+@pytest.mark.parametrize("parallel", [False, True])
+def test_traced_infinite_observation_makes_results_nan(parallel):
+    """A concrete infinite observation raises (see BAD); inside jit it cannot (no host
+    callback on the hot path, see _checks.check_observations): the log-likelihood is NaN,
+    never a finite number that silently dropped it."""
+    f = jax.jit(lambda y: kalman.log_likelihood(ssm(), y, parallel=parallel))
+    assert np.isnan(float(f(jnp.asarray(np.where(np.isnan(Y), np.inf, Y)))))
+    assert np.isfinite(float(f(jnp.asarray(Y))))
+
+
 @pytest.mark.parametrize("traced_nan", ["transition_cov", "emission_cov", "initial_cov"])
 def test_traced_nan_covariance_makes_results_nan(traced_nan):
     """Inside jit a NaN covariance cannot raise: every mean and the log-likelihood are NaN

@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from probdyn._checks import is_concrete
+from probdyn._checks import check_observations, is_concrete
 from probdyn.inference import fused
 from probdyn.linalg import psd_cholesky, psd_ldl, solve_lower, solve_upper_t, symmetrize, tria, tria_batched
 from probdyn.ssm import LinearGaussianSSM, TransitionBasis, check_positive_int
@@ -202,8 +202,7 @@ def _prepare(ssm: LinearGaussianSSM, y):
         raise ValueError(f"y must have shape (T, {ssm.obs_dim}) (time leading), got {y.shape}")
     if y.shape[0] < 1:
         raise ValueError("y must contain at least one time step")
-    if is_concrete(y) and np.any(np.isinf(np.asarray(y))):
-        raise ValueError("y contains infinite values (use NaN for missing observations)")
+    check_observations(y)
     dtype = jnp.result_type(ssm.initial_mean, ssm.transition_matrix, ssm.emission_matrix, y)
     if not jnp.issubdtype(dtype, jnp.floating):
         dtype = jnp.result_type(float)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from probdyn._checks import check_int, concrete, is_concrete
+from probdyn._checks import check_int, check_observations, concrete, is_concrete
 from probdyn.inference.gaussian_filters.observations import ObservationModel
 from probdyn.sde import SDE
 from probdyn.ssm import check_times
@@ -165,8 +165,7 @@ def check_inputs(observation, y, m0, P0, d):
             raise ValueError("P0 must be symmetric")
         if np.linalg.eigvalsh(0.5 * (Pn + Pn.T)).min() < -1e-8 * max(1.0, np.abs(Pn).max()):
             raise ValueError("P0 must be positive semi-definite")
-    if is_concrete(y) and np.any(np.isinf(np.asarray(y))):
-        raise ValueError("y contains infinite values (use NaN for missing observations)")
+    check_observations(y)
     observation.check_data(y)
     dtype = jnp.result_type(m0, P0, y if jnp.issubdtype(y.dtype, jnp.floating) else m0)
     if not jnp.issubdtype(dtype, jnp.floating):

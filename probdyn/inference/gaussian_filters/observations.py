@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from probdyn._checks import is_concrete
+from probdyn._checks import check_observations, is_concrete
 from probdyn.inference import kalman
 from probdyn.linalg import psd_cholesky, solve_lower, solve_upper_t, symmetrize, tria
 
@@ -86,8 +86,7 @@ class ObservationModel(eqx.Module):
 
     def check_data(self, y) -> None:
         """Raise ``ValueError`` for concrete data the model cannot have produced."""
-        if is_concrete(y) and np.any(np.isinf(np.asarray(y))):
-            raise ValueError("y contains infinite values (use NaN for missing observations)")
+        check_observations(y)
 
 
 def _check_H_state(H, d: int):

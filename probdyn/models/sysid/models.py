@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from probdyn._checks import is_concrete
+from probdyn._checks import check_observations, is_concrete
 from probdyn.inference import gaussian_filters as gf
 from probdyn.sde import SDE, euler_maruyama, euler_maruyama_interval, simulate_diffrax, solve_ode
 from probdyn.ssm import check_times
@@ -39,8 +39,7 @@ def check_data(times, y, p: int | None = None):
         raise ValueError(f"y must have shape (T, p) with T = len(times) = {jnp.shape(times)[0]}, got {y.shape}")
     if p is not None and y.shape[1] != p:
         raise ValueError(f"y must have {p} columns (the observation dimension), got {y.shape[1]}")
-    if is_concrete(y) and np.any(np.isinf(np.asarray(y))):
-        raise ValueError("y contains infinite values (use NaN for missing observations)")
+    check_observations(y)
     return jnp.asarray(times), y
 
 
