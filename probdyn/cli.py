@@ -28,7 +28,6 @@ from pathlib import Path
 __all__ = ["main", "CLIError", "read_series", "parse_kernel", "markdown_table"]
 
 DATASETS = ("lynx_hare", "co2", "nile")
-KERNELS = ("matern12", "matern32", "matern52", "sho", "periodic", "cosine", "constant")
 
 
 class CLIError(Exception):
@@ -139,48 +138,14 @@ def _prepare_out(out: str, files: list[str], force: bool) -> Path:
 # Kernels from a spec string
 # ----------------------------------------------------------------------------------
 def parse_kernel(spec: str) -> list[list[str]]:
-    """``"matern32+sho*periodic"`` -> ``[["matern32"], ["sho", "periodic"]]`` (sum of products)."""
-    terms = [[f.strip().lower() for f in term.split("*")] for term in spec.split("+")]
-    for term in terms:
-        for f in term:
-            if f not in KERNELS:
-                raise CLIError(f"unknown kernel {f!r} in {spec!r}; choose from {', '.join(KERNELS)}")
-    return terms
+    """``"matern32+sho*periodic"`` -> ``[["matern32"], ["sho", "periodic"]]`` (sum of products);
+    :func:`probdyn.gp_fit.parse_kernel` with a one-line :class:`CLIError`."""
+    from probdyn import gp_fit
 
-
-def _kernel_model(terms, span: float):
-    """A function building the kernel from numpyro sample sites (priors relative to ``span``)."""
-    import jax.numpy as jnp
-    import numpyro
-    import numpyro.distributions as dist
-
-    from probdyn import kernels
-
-    def site(name, loc):
-        return numpyro.sample(name, dist.LogNormal(jnp.log(loc), 1.0))
-
-    def build():
-        total = None
-        for i, term in enumerate(terms):
-            prod = None
-            for j, f in enumerate(term):
-                tag = f"{f}_{i}{j}" if len(terms) > 1 or len(term) > 1 else f
-                if f.startswith("matern"):
-                    k = getattr(kernels, f"Matern{f[-2:]}")(lengthscale=site(f"{tag}_lengthscale", span / 5), variance=1.0)
-                elif f == "sho":
-                    k = kernels.SHO(omega=site(f"{tag}_omega", 2 * jnp.pi / (span / 5)), quality=site(f"{tag}_quality", 3.0), variance=1.0)
-                elif f == "periodic":
-                    k = kernels.Periodic(period=site(f"{tag}_period", span / 5), lengthscale=site(f"{tag}_lengthscale", 1.0), variance=1.0)
-                elif f == "cosine":
-                    k = kernels.Cosine(period=site(f"{tag}_period", span / 5), variance=1.0)
-                else:
-                    k = kernels.Constant(variance=1.0)
-                prod = k if prod is None else prod * k
-            prod = prod * numpyro.sample(f"amplitude_{i}", dist.LogNormal(0.0, 1.0)) ** 2
-            total = prod if total is None else total + prod
-        return total
-
-    return build
+    try:
+        return gp_fit.parse_kernel(spec)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
 
 
 # ----------------------------------------------------------------------------------
@@ -265,85 +230,29 @@ def _write_fit_outputs(out: Path, idata, extra: dict, point_estimate: bool = Fal
 
 def _fit_markov_gp(a, t, y, names) -> int:
     import jax
-    import jax.numpy as jnp
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
-    import numpyro
-    import numpyro.distributions as dist
 
-    from probdyn import MarkovGP
-    from probdyn.inference import mcmc, variational
+    from probdyn import gp_fit, plotting
 
     if y.shape[1] != 1:
         raise CLIError(f"--model markov-gp fits one series; pick one with --columns (got {', '.join(names)})")
-    terms = parse_kernel(a.kernel)
+    parse_kernel(a.kernel)
     files = ["posterior.nc", "summary.csv", "summary.md", "forecast.png", "fit.json"]
     out = _prepare_out(a.out, files, a.force)
-    yv = y[:, 0]
-    mu, sd = np.nanmean(yv), np.nanstd(yv)
-    if not np.isfinite(sd) or sd == 0:
-        raise CLIError("the series is constant or empty; nothing to fit")
-    z = jnp.asarray((yv - mu) / sd)
-    tt = jnp.asarray(t)
-    span = float(t[-1] - t[0])
-    build = _kernel_model(terms, span)
-
-    def model(times, obs=None):
-        k = build()
-        noise = numpyro.sample("noise_sd", dist.LogNormal(jnp.log(0.1), 1.0))
-        numpyro.sample("y", MarkovGP(k, times, noise=noise**2).numpyro_dist(), obs=obs)
-
-    key = jax.random.PRNGKey(a.seed)
-    t0 = time.perf_counter()
     print(f"fitting a Markov GP ({a.kernel}) to {names[0]} ({len(t)} points) with engine={a.engine}", flush=True)
-    if a.engine == "nuts":
-        idata = mcmc.sample(model, key, tt, z, num_warmup=a.warmup, num_samples=a.samples, num_chains=a.chains,
-                            progress_bar=not a.no_progress)
-    else:
-        res = variational.svi(model, key, tt, z, guide="delta" if a.engine == "map" else "normal",
-                              optimizer=a.lr, num_steps=a.steps, progress_bar=not a.no_progress,
-                              num_posterior_samples=1 if a.engine == "map" else 200)
-        idata = res.idata
-    elapsed = time.perf_counter() - t0
-
-    # posterior predictive of the latent series on the data span plus a forecast horizon
-    horizon = a.horizon if a.horizon is not None else 0.1 * span
-    grid = jnp.linspace(t[0], t[-1] + horizon, 400)
-    post = idata.posterior
-    draws = {k: np.asarray(post[k]).reshape(-1, *post[k].shape[2:]) for k in post.data_vars}
-    n = next(iter(draws.values())).shape[0]
-    sel = np.linspace(0, n - 1, min(n, 50)).astype(int)
-    from numpyro import handlers
-
-    def predict_one(i):
-        params = {k: v[i] for k, v in draws.items()}
-        with handlers.seed(rng_seed=0), handlers.condition(data=params):
-            kern = build()
-        return MarkovGP(kern, tt, noise=float(params["noise_sd"]) ** 2).predict(z, grid)
-
-    ms, vs = zip(*(predict_one(i) for i in sel))
-    ms, vs = np.stack(ms), np.stack(vs)
-    mean = ms.mean(0)
-    var = vs.mean(0) + ms.var(0)
-    fig, ax = plt.subplots(figsize=(9, 3.5))
-    ax.plot(t, yv, ".", ms=3, color="k", label="data")
-    m = mu + sd * mean
-    s = sd * np.sqrt(var)
-    ax.plot(grid, m, color="C0", label=f"Markov GP ({a.engine})")
-    ax.fill_between(grid, m - 2 * s, m + 2 * s, color="C0", alpha=0.25, label="±2 sd")
-    ax.axvline(t[-1], color="gray", lw=0.8, ls="--")
-    ax.set_xlabel("time")
-    ax.set_ylabel(names[0])
-    ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "forecast.png", dpi=120)
-    plt.close(fig)
-    _write_fit_outputs(out, idata, {"model": "markov-gp", "kernel": a.kernel, "engine": a.engine, "series": names[0],
-                                    "n_points": int(len(t)), "wall_time_s": elapsed,
-                                    "standardisation": {"mean": float(mu), "sd": float(sd)}},
+    try:
+        fit = gp_fit.fit_gp(t, y[:, 0], jax.random.PRNGKey(a.seed), kernel=a.kernel, engine=a.engine,
+                            num_steps=a.steps, learning_rate=a.lr, num_warmup=a.warmup, num_samples=a.samples,
+                            num_chains=a.chains, progress_bar=not a.no_progress)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    horizon = a.horizon if a.horizon is not None else 0.1 * fit.span
+    grid = np.linspace(t[0], t[-1] + horizon, 400)
+    mean, sd = gp_fit.predict_gp(fit, t, y[:, 0], grid)
+    plotting.gp_forecast(out / "forecast.png", t, y[:, 0], grid, mean, sd, names[0], f"Markov GP ({a.engine})")
+    _write_fit_outputs(out, fit.idata, {"model": "markov-gp", "kernel": a.kernel, "engine": a.engine,
+                                        "series": names[0], "n_points": int(len(t)), "wall_time_s": fit.wall_time_s,
+                                        "standardisation": {"mean": fit.loc, "sd": fit.scale}},
                        point_estimate=a.engine == "map")
     print(f"\nwrote {', '.join(str(out / f) for f in files)}")
     return 0
@@ -353,149 +262,38 @@ def _fit_sde(a, t, y, names) -> int:
     """Fit a built-in mechanistic SDE drift family by its continuous–discrete EKF likelihood:
     maximum likelihood (``map``), or NUTS / SVI started there (``nuts``, ``svi``)."""
     import jax
-    import jax.numpy as jnp
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from probdyn.inference.gaussian_filters import observations as obs_lib
-    from probdyn.inference import gaussian_filters as gf
+    from probdyn import plotting
     from probdyn.models import sysid
 
     try:
         system = sysid.get_system(a.drift)
     except ValueError as e:
         raise CLIError(f"unknown --drift: {e}") from None
-    H = np.asarray(system.H, float)
-    if H.shape[0] != y.shape[1]:
-        raise CLIError(f"--drift {a.drift} observes {H.shape[0]} coordinate(s) but the data have {y.shape[1]} "
+    p = system.H.shape[0]
+    if p != y.shape[1]:
+        raise CLIError(f"--drift {a.drift} observes {p} coordinate(s) but the data have {y.shape[1]} "
                        f"column(s) ({', '.join(names)}); choose them with --columns")
     files = ["posterior.nc", "summary.csv", "summary.md", "forecast.png", "fit.json"]
     out = _prepare_out(a.out, files, a.force)
-    log_state = a.drift == "lotka_volterra"  # state = log populations; count data are log-normal
-    if log_state:
-        if np.any(y[np.isfinite(y)] <= 0):
-            raise CLIError("--drift lotka_volterra models positive populations; the data have values <= 0")
-        ob = obs_lib.LogNormal(jnp.asarray(H), 0.25 * jnp.ones(H.shape[0]))
-    else:
-        ob = obs_lib.LinearGaussian(jnp.asarray(H), (system.obs_sd**2) * jnp.ones(H.shape[0]))
-    model = sysid.SDEModel(sysid.MechanisticDrift(system.drift, dict(system.params)),
-                           float(np.mean(system.diffusion)), system.state_dim)
-    tt, yy = jnp.asarray(t), jnp.asarray(y)
     print(f"fitting the {a.drift} SDE drift family to {', '.join(names)} ({len(t)} points) by the "
-          f"continuous-discrete EKF likelihood", flush=True)
-    t0 = time.perf_counter()
-    fkw = {}  # the CD filter's default step plan
-    info = sysid.fit_map(model, ob, tt, yy, jax.random.PRNGKey(a.seed), num_steps=a.steps, learning_rate=a.lr,
-                         filter_kwargs=fkw, progress_bar=not a.no_progress)
-    fitted = {k: float(jnp.exp(v)) for k, v in info.model.drift.log_params.items()}
-    for i, v in enumerate(np.exp(np.asarray(info.model.log_diffusion))):
-        fitted[f"diffusion_{i}"] = float(v)
-    m0, P0 = sysid.initial_prior(ob, yy[0], system.state_dim, 1.0)
-    build = _sde_builder(info.model)
-    if a.engine == "map":
-        import arviz as az
-
-        idata = az.from_dict({"posterior": {k: np.array([[v]]) for k, v in fitted.items()}})
-    else:  # Bayesian: priors around the system's nominal parameters, the filter likelihood, MAP start
-        idata = _sde_posterior(a, system, build, ob, tt, yy, m0, P0, fkw, fitted)
-    elapsed = time.perf_counter() - t0
-
-    # smoothed path over the data and a forecast horizon (future rows are missing data)
-    span = float(t[-1] - t[0])
-    horizon = a.horizon if a.horizon is not None else 0.1 * span
-    dt = float(np.median(np.diff(t)))
-    n_h = max(1, int(round(horizon / dt)))
-    t_ext = jnp.concatenate([tt, tt[-1] + dt * jnp.arange(1, n_h + 1)])
-    y_ext = jnp.concatenate([yy, jnp.full((n_h, y.shape[1]), jnp.nan)])
-    post = idata.posterior
-    draws = {k: np.asarray(post[k]).reshape(-1) for k in post.data_vars}
-    n = len(next(iter(draws.values())))
-    sel = np.linspace(0, n - 1, min(n, 32)).astype(int)
-    Hj = jnp.asarray(H)
-
-    def smooth(pars):  # observed-coordinate mean (T, p) and variance (T, p) of the smoother
-        sm = gf.smoother(build(pars), ob, t_ext, y_ext, m0, P0, method="ekf", **fkw)
-        return sm.mean @ Hj.T, jnp.einsum("pd,tde,pe->tp", Hj, sm.cov, Hj)
-
-    ms, vs = jax.vmap(smooth)({k: jnp.asarray(v[sel]) for k, v in draws.items()})
-    ms, vs = np.asarray(ms), np.asarray(vs)
-    mean = ms.mean(0)
-    sd = np.sqrt(vs.mean(0) + ms.var(0))  # mixture over posterior draws
-    fig, axes = plt.subplots(len(names), 1, figsize=(9, 2.8 * len(names)), squeeze=False)
-    for i, (ax, nm) in enumerate(zip(axes[:, 0], names)):
-        lo, mid, hi = mean[:, i] - 2 * sd[:, i], mean[:, i], mean[:, i] + 2 * sd[:, i]
-        if log_state:
-            lo, mid, hi = np.exp(lo), np.exp(mid), np.exp(hi)
-        ax.plot(t, y[:, i], "k.", ms=4, label="data")
-        ax.plot(np.asarray(t_ext), mid, color="C0", label=f"{a.drift} SDE (smoothed / forecast)")
-        ax.fill_between(np.asarray(t_ext), lo, hi, color="C0", alpha=0.25, label="±2 sd")
-        ax.axvline(t[-1], color="gray", lw=0.8, ls="--")
-        ax.set_ylabel(nm)
-    axes[0, 0].legend(fontsize=8)
-    axes[-1, 0].set_xlabel("time")
-    fig.tight_layout()
-    fig.savefig(out / "forecast.png", dpi=120)
-    plt.close(fig)
-
-    _write_fit_outputs(out, idata, {"model": "sde", "drift": a.drift, "engine": a.engine, "series": names,
-                                    "n_points": int(len(t)), "wall_time_s": elapsed,
-                                    "map_log_likelihood": float(info.log_likelihood), "map_parameters": fitted},
+          f"continuous-discrete EKF likelihood{'' if a.engine == 'map' else f', then its posterior by {a.engine}'}",
+          flush=True)
+    try:
+        fit = sysid.fit_sde(system, t, y, jax.random.PRNGKey(a.seed), engine=a.engine, num_steps=a.steps,
+                            learning_rate=a.lr, num_warmup=a.warmup, num_samples=a.samples, num_chains=a.chains,
+                            progress_bar=not a.no_progress)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    fc = sysid.forecast_sde(fit, t, y, a.horizon)
+    plotting.sde_forecast(out / "forecast.png", t, y, fc, names, f"{a.drift} SDE (smoothed / forecast)")
+    _write_fit_outputs(out, fit.idata, {"model": "sde", "drift": a.drift, "engine": a.engine, "series": names,
+                                        "n_points": int(len(t)), "wall_time_s": fit.wall_time_s,
+                                        "map_log_likelihood": float(fit.map.log_likelihood),
+                                        "map_parameters": fit.parameters},
                        point_estimate=a.engine == "map")
     print(f"\nwrote {', '.join(str(out / f) for f in files)}")
     return 0
-
-
-def _sde_builder(model):
-    """``pars -> SDE``: the fitted model's drift/diffusion with parameters from a dict of
-    positive values (drift names and ``diffusion_i``); traceable, so usable in numpyro/vmap."""
-    import equinox as eqx
-    import jax.numpy as jnp
-
-    from probdyn.sde import SDE
-
-    names = list(model.drift.log_params)
-
-    def build(pars):
-        drift = eqx.tree_at(lambda m: m.log_params, model.drift, {k: jnp.log(pars[k]) for k in names})
-        diffusion = jnp.stack([pars[f"diffusion_{i}"] for i in range(model.state_dim)])
-        return SDE(drift, diffusion, model.state_dim)
-
-    return build
-
-
-def _sde_posterior(a, system, build, ob, tt, yy, m0, P0, fkw, start: dict):
-    """NUTS or SVI (mean-field normal guide) over the positive drift parameters and the
-    diffusions, priors ``LogNormal(log nominal, 1)``, likelihood the continuous-discrete EKF
-    (``SDEFilterDistribution``); chains / guide start at the maximum-likelihood values."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    import numpyro
-    import numpyro.distributions as dist
-    from numpyro.infer import init_to_value
-
-    from probdyn.inference.gaussian_filters import SDEFilterDistribution
-    from probdyn.inference import mcmc, variational
-
-    loc = {k: float(np.log(v)) for k, v in system.params.items()}
-    loc.update({f"diffusion_{i}": float(np.log(np.mean(system.diffusion))) for i in range(system.state_dim)})
-
-    def model(times, obs=None):
-        pars = {k: numpyro.sample(k, dist.LogNormal(jnp.asarray(m, jnp.result_type(float)), 1.0)) for k, m in loc.items()}
-        numpyro.sample("y", SDEFilterDistribution(build(pars), ob, times, m0, P0, method="ekf", **fkw), obs=obs)
-
-    init = init_to_value(values={k: jnp.asarray(v) for k, v in start.items()})
-    key = jax.random.PRNGKey(a.seed + 1)
-    print(f"posterior by {a.engine} (starting at the maximum-likelihood fit)", flush=True)
-    if a.engine == "nuts":
-        return mcmc.sample(model, key, tt, yy, num_warmup=a.warmup, num_samples=a.samples, num_chains=a.chains,
-                           init_strategy=init, progress_bar=not a.no_progress)
-    return variational.svi(model, key, tt, yy, guide="normal", guide_kwargs={"init_loc_fn": init},
-                           optimizer=a.lr, num_steps=a.steps, progress_bar=not a.no_progress,
-                           num_posterior_samples=200).idata
 
 
 def _compare_figures(res, out: Path) -> list[Path]:
@@ -599,6 +397,8 @@ def _cmd_compare(a) -> int:
 # Parser
 # ----------------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
+    from probdyn.gp_fit import KERNEL_NAMES
+
     fmt = argparse.RawDescriptionHelpFormatter
     p = argparse.ArgumentParser(prog="probdyn", description="probabilistic dynamical systems in JAX", formatter_class=fmt,
                                 epilog="examples:\n  probdyn compare --quick\n  probdyn fit --dataset co2 --kernel matern52+sho\n"
@@ -637,7 +437,7 @@ def _parser() -> argparse.ArgumentParser:
     common(f)
     f.add_argument("--dataset", choices=DATASETS, default="nile", help="embedded dataset when no --csv (default: nile)")
     f.add_argument("--model", choices=["markov-gp", "sde"], default="markov-gp")
-    f.add_argument("--kernel", default="matern32", help="sum/product of " + ", ".join(KERNELS) + " (e.g. matern32+sho)")
+    f.add_argument("--kernel", default="matern32", help="sum/product of " + ", ".join(KERNEL_NAMES) + " (e.g. matern32+sho)")
     f.add_argument("--drift", default="ornstein_uhlenbeck",
                    help="built-in drift family for --model sde: ornstein_uhlenbeck, damped_pendulum, van_der_pol, "
                         "lotka_volterra, double_well")

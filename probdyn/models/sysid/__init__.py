@@ -29,6 +29,8 @@ Modules:
 * :mod:`~probdyn.models.sysid.models`: :class:`ODEModel`, :class:`SDEModel`,
   :class:`DiscreteModel`, :func:`check_data`, :func:`simulate_observations`;
 * :mod:`~probdyn.models.sysid.fit`: :func:`fit_map`, :func:`forecast`, :func:`initial_prior`;
+* :mod:`~probdyn.models.sysid.sde_fit`: :func:`fit_sde` (a built-in drift family fitted to one
+  series: maximum likelihood, then NUTS / SVI) and :func:`forecast_sde` (the smoothed forecast);
 * :mod:`~probdyn.models.sysid.systems`: the built-in ground-truth systems (:data:`SYSTEMS`);
 * :mod:`~probdyn.models.sysid.equivalence`: the exact OU / AR(1) check :func:`ou_ar1_check`;
 * :mod:`~probdyn.models.sysid.harness`: :func:`compare` = :func:`simulate_data` ->
@@ -46,6 +48,7 @@ from probdyn.models.sysid import fit as _fit
 from probdyn.models.sysid import harness as _harness
 from probdyn.models.sysid import lotka_volterra as _lotka_volterra
 from probdyn.models.sysid import models as _models
+from probdyn.models.sysid import sde_fit as _sde_fit
 from probdyn.models.sysid import systems as _systems
 from probdyn.models.sysid.drifts import *  # noqa: F401,F403
 from probdyn.models.sysid.equivalence import *  # noqa: F401,F403
@@ -53,11 +56,12 @@ from probdyn.models.sysid.fit import *  # noqa: F401,F403
 from probdyn.models.sysid.harness import *  # noqa: F401,F403
 from probdyn.models.sysid.lotka_volterra import *  # noqa: F401,F403
 from probdyn.models.sysid.models import *  # noqa: F401,F403
+from probdyn.models.sysid.sde_fit import *  # noqa: F401,F403
 from probdyn.models.sysid.systems import *  # noqa: F401,F403
 from probdyn.sde.ode import SolverFailureCounter, solver_failures  # noqa: F401
 
 __all__ = (list(_drifts.__all__) + list(_models.__all__) + list(_fit.__all__) + list(_equivalence.__all__)
-           + list(_harness.__all__) + list(_systems.__all__) + list(_lotka_volterra.__all__)
+           + list(_harness.__all__) + list(_systems.__all__) + list(_lotka_volterra.__all__) + list(_sde_fit.__all__)
            + ["solver_failures", "SolverFailureCounter"])
 
 

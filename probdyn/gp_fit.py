@@ -1,0 +1,176 @@
+"""Bayesian Markov-GP regression of one series from a kernel spec string.
+
+What ``probdyn fit --model markov-gp`` runs, as library functions:
+
+* :func:`parse_kernel`: ``"matern32+sho*periodic"`` -> a sum of products of kernel names;
+* :func:`kernel_prior`: the kernel built from numpyro sample sites, priors relative to the
+  data's time span;
+* :func:`gp_model`: the numpyro program (kernel prior, ``noise_sd``, :class:`MarkovGP` likelihood);
+* :func:`fit_gp`: MAP, SVI or NUTS on the standardised series, as a :class:`GPFit`;
+* :func:`predict_gp`: the latent posterior mean and sd on a grid, mixed over posterior draws,
+  in the data's units.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Float, PRNGKeyArray
+
+from probdyn import kernels
+from probdyn.gp import MarkovGP
+
+__all__ = ["KERNEL_NAMES", "ENGINES", "parse_kernel", "kernel_prior", "gp_model", "GPFit", "fit_gp", "predict_gp"]
+
+KERNEL_NAMES = ("matern12", "matern32", "matern52", "sho", "periodic", "cosine", "constant")
+ENGINES = ("map", "svi", "nuts")
+
+
+def parse_kernel(spec: str) -> list[list[str]]:
+    """``"matern32+sho*periodic"`` -> ``[["matern32"], ["sho", "periodic"]]`` (a sum of
+    products of :data:`KERNEL_NAMES`, case-insensitive); ``ValueError`` naming an unknown one."""
+    terms = [[f.strip().lower() for f in term.split("*")] for term in spec.split("+")]
+    for term in terms:
+        for f in term:
+            if f not in KERNEL_NAMES:
+                raise ValueError(f"unknown kernel {f!r} in {spec!r}; choose from {', '.join(KERNEL_NAMES)}")
+    return terms
+
+
+def kernel_prior(spec: str, span: float) -> Callable[[], kernels.Kernel]:
+    """A function that builds the kernel of ``spec`` from numpyro sample sites (call it inside a
+    numpyro program). Every factor has unit variance; each product term ``i`` is scaled by
+    ``amplitude_i^2``. Priors are ``LogNormal(log loc, 1)`` with ``loc``: lengthscales and
+    periods ``span / 5``, SHO frequency ``2 pi / (span / 5)``, quality 3, periodic lengthscale 1,
+    amplitudes 1. Sites are named ``{factor}_{param}`` for a single factor, else
+    ``{factor}_{i}{j}_{param}`` (term ``i``, factor ``j``)."""
+    import numpyro
+    import numpyro.distributions as dist
+
+    terms = parse_kernel(spec)
+
+    def site(name, loc):
+        return numpyro.sample(name, dist.LogNormal(jnp.log(loc), 1.0))
+
+    def factor(f: str, tag: str) -> kernels.Kernel:
+        if f.startswith("matern"):
+            return getattr(kernels, f"Matern{f[-2:]}")(lengthscale=site(f"{tag}_lengthscale", span / 5), variance=1.0)
+        if f == "sho":
+            return kernels.SHO(omega=site(f"{tag}_omega", 2 * jnp.pi / (span / 5)),
+                               quality=site(f"{tag}_quality", 3.0), variance=1.0)
+        if f == "periodic":
+            return kernels.Periodic(period=site(f"{tag}_period", span / 5),
+                                    lengthscale=site(f"{tag}_lengthscale", 1.0), variance=1.0)
+        if f == "cosine":
+            return kernels.Cosine(period=site(f"{tag}_period", span / 5), variance=1.0)
+        return kernels.Constant(variance=1.0)
+
+    def build() -> kernels.Kernel:
+        total = None
+        for i, term in enumerate(terms):
+            prod = None
+            for j, f in enumerate(term):
+                k = factor(f, f"{f}_{i}{j}" if len(terms) > 1 or len(term) > 1 else f)
+                prod = k if prod is None else prod * k
+            prod = prod * numpyro.sample(f"amplitude_{i}", dist.LogNormal(0.0, 1.0)) ** 2
+            total = prod if total is None else total + prod
+        return total
+
+    return build
+
+
+def gp_model(spec: str, span: float) -> Callable:
+    """The numpyro program ``model(times, obs=None)``: the kernel of :func:`kernel_prior`,
+    observation noise sd ``noise_sd ~ LogNormal(log 0.1, 1)``, and the :class:`MarkovGP`
+    marginal likelihood of ``obs`` (N,) (NaN = missing). Meant for standardised data."""
+    import numpyro
+    import numpyro.distributions as dist
+
+    build = kernel_prior(spec, span)
+
+    def model(times, obs=None):
+        k = build()
+        noise = numpyro.sample("noise_sd", dist.LogNormal(jnp.log(0.1), 1.0))
+        numpyro.sample("y", MarkovGP(k, times, noise=noise**2).numpyro_dist(), obs=obs)
+
+    return model
+
+
+class GPFit(NamedTuple):
+    """Result of :func:`fit_gp`: ``idata`` (posterior of the standardised model; one draw for
+    MAP), ``kernel`` (the spec), ``span``, the standardisation ``loc`` / ``scale`` (data =
+    loc + scale * standardised), ``engine`` and ``wall_time_s``."""
+
+    idata: Any
+    kernel: str
+    span: float
+    loc: float
+    scale: float
+    engine: str
+    wall_time_s: float
+
+
+def fit_gp(times, y, key: PRNGKeyArray, kernel: str = "matern32", engine: str = "map", num_steps: int = 1500,
+           learning_rate: float = 0.02, num_warmup: int = 500, num_samples: int = 500, num_chains: int = 4,
+           progress_bar: bool = False) -> GPFit:
+    """Fit :func:`gp_model` to ``y`` (N,) at sorted ``times`` (N,) after standardising ``y``
+    (NaN = missing): ``engine="map"`` (a delta guide: the MAP in the constrained space),
+    ``"svi"`` (mean-field normal guide, 200 draws) or ``"nuts"`` (``num_chains`` chains).
+    ``ValueError`` for an unknown kernel or engine, or a constant / empty series."""
+    from probdyn.inference import mcmc, variational
+
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    parse_kernel(kernel)
+    t, yv = np.asarray(times, float), np.asarray(y, float)
+    if yv.ndim != 1 or yv.shape != t.shape:
+        raise ValueError(f"y must be one series of shape {t.shape} like times, got {yv.shape}")
+    loc, scale = np.nanmean(yv), np.nanstd(yv)
+    if not np.isfinite(scale) or scale == 0:
+        raise ValueError("the series is constant or empty; nothing to fit")
+    span = float(t[-1] - t[0])
+    model = gp_model(kernel, span)
+    tt, z = jnp.asarray(t), jnp.asarray((yv - loc) / scale)
+    t0 = time.perf_counter()
+    if engine == "nuts":
+        idata = mcmc.sample(model, key, tt, z, num_warmup=num_warmup, num_samples=num_samples,
+                            num_chains=num_chains, progress_bar=progress_bar)
+    else:
+        idata = variational.svi(model, key, tt, z, guide="delta" if engine == "map" else "normal",
+                                optimizer=learning_rate, num_steps=num_steps, progress_bar=progress_bar,
+                                num_posterior_samples=1 if engine == "map" else 200).idata
+    return GPFit(idata, kernel, span, float(loc), float(scale), engine, time.perf_counter() - t0)
+
+
+def predict_gp(fit: GPFit, times, y, grid, num_draws: int = 50
+               ) -> tuple[Float[np.ndarray, " M"], Float[np.ndarray, " M"]]:
+    """Posterior mean and sd (each (M,), data units) of the latent series at ``grid`` (M,) given
+    the data ``times``, ``y`` (N,) that ``fit`` was fitted to: the GP posterior for each of up
+    to ``num_draws`` evenly spaced posterior draws, mixed (mean of means; mean variance plus
+    variance of means)."""
+    from numpyro import handlers
+
+    build = kernel_prior(fit.kernel, fit.span)
+    post = fit.idata.posterior
+    draws = {k: np.asarray(post[k]).reshape(-1, *post[k].shape[2:]) for k in post.data_vars}
+    n = next(iter(draws.values())).shape[0]
+    sel = np.linspace(0, n - 1, min(n, num_draws)).astype(int)
+    tt = jnp.asarray(times, float)
+    z = jnp.asarray((np.asarray(y, float) - fit.loc) / fit.scale)
+    grid = jnp.asarray(grid, tt.dtype)
+
+    def one(i):
+        params = {k: v[i] for k, v in draws.items()}
+        with handlers.seed(rng_seed=0), handlers.condition(data=params):
+            kern = build()
+        return MarkovGP(kern, tt, noise=float(params["noise_sd"]) ** 2).predict(z, grid)
+
+    ms, vs = zip(*(one(i) for i in sel))
+    ms, vs = np.stack(ms), np.stack(vs)
+    mean = fit.loc + fit.scale * ms.mean(0)
+    sd = fit.scale * np.sqrt(vs.mean(0) + ms.var(0))
+    return mean, sd
+
