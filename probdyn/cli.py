@@ -296,51 +296,15 @@ def _fit_sde(a, t, y, names) -> int:
     return 0
 
 
-def _compare_figures(res, out: Path) -> list[Path]:
-    """NLPD/RMSE against lead time per model and spacing, and one forecast per model."""
-    import matplotlib
+def _compare_figures(res, out: Path, names=None) -> list[Path]:
+    """NLPD/RMSE against lead time, and the forecasts at the test spacing."""
+    from probdyn import plotting
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    df = res.table
-    figs = []
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for (model, spacing), g in df.groupby(["model", "spacing"]):
-        g = g.sort_values("horizon_time")
-        ls = "-" if spacing == "test" else ":"
-        for ax, col in zip(axes, ("nlpd", "rmse")):
-            ax.plot(g["horizon_time"], g[col], ls, marker="o", ms=3, label=f"{model} [{spacing} spacing]")
-    for ax, col in zip(axes, ("NLPD", "RMSE")):
-        ax.set_xlabel("lead time")
-        ax.set_ylabel(col)
-    axes[1].set_yscale("log")  # diverging discrete models would flatten the others
-    axes[0].legend(fontsize=7)
-    fig.suptitle("forecast scores (solid: test spacing, dotted: training spacing)")
-    fig.tight_layout()
-    figs.append(out / "scores.png")
-    fig.savefig(figs[-1], dpi=120)
-    plt.close(fig)
-
-    keys = [k for k in res.forecasts if k[1] == "test"]
-    if keys:
-        fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), sharey=True, squeeze=False)
-        for ax, key in zip(axes[0], keys):
-            f = res.forecasts[key]
-            m, v = np.asarray(f["mean"])[:, 0], np.asarray(f["cov"])[:, 0, 0]
-            ax.plot(f["ctx_times"], np.asarray(f["ctx_y"])[:, 0], "k.", ms=4, label="context")
-            ax.plot(f["times"], np.asarray(f["truth"])[:, 0], "kx", ms=4, label="held out")
-            ax.plot(f["times"], m, color="C0")
-            ax.fill_between(f["times"], m - 2 * np.sqrt(v), m + 2 * np.sqrt(v), color="C0", alpha=0.3)
-            ax.set_title(key[0], fontsize=9)
-            ax.set_xlabel("time")
-        axes[0][0].legend(fontsize=7)
-        fig.suptitle("forecasts at the test spacing (mean ± 2 sd, first observed coordinate)")
-        fig.tight_layout()
+    figs = [out / "scores.png"]
+    plotting.compare_scores(figs[-1], res.table)
+    if any(k[1] == "test" for k in res.forecasts):
         figs.append(out / "forecasts.png")
-        fig.savefig(figs[-1], dpi=120)
-        plt.close(fig)
+        plotting.compare_forecasts(figs[-1], res.forecasts, names)
     return figs
 
 
@@ -362,6 +326,7 @@ def _cmd_compare(a) -> int:
                            f"{y.shape[1]} column(s) ({', '.join(names)})")
         kwargs.update(system=system, times=t, y=y)
         title = f"{a.csv} ({', '.join(names)}), {name} drift family"
+        coords = names
     else:
         name = a.system or "lotka_volterra"
         try:
@@ -374,6 +339,7 @@ def _cmd_compare(a) -> int:
                 raise CLIError("--test-spacing must be positive")
             kwargs["dt_test"] = a.test_spacing
         title = f"simulated {name}"
+        coords = None
     print(f"probdyn compare: {title}{' (quick)' if a.quick else ''}", flush=True)
     t0 = time.perf_counter()
     res = sysid.compare(**kwargs)
@@ -381,7 +347,7 @@ def _cmd_compare(a) -> int:
     table = res.to_markdown()
     print(table)
     res.table.to_csv(out / "comparison.csv", index=False)
-    figs = _compare_figures(res, out)
+    figs = _compare_figures(res, out, coords)
     lines = [f"# probdyn compare: {title}", "",
              "Continuous-time (SDE, continuous-discrete filter) and discrete-time models fitted by the same",
              "engine (maximum likelihood of their Gaussian-filter likelihoods); forecasts scored against",
