@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from probdyn.tables import markdown_table
+
 __all__ = ["main", "CLIError", "read_series", "parse_kernel", "markdown_table"]
 
 DATASETS = ("lynx_hare", "co2", "nile")
@@ -108,19 +110,6 @@ def load_dataset(name: str):
         df = sm.datasets.nile.load_pandas().data
         return df["year"].to_numpy(float), df["volume"].to_numpy(float)[:, None], ["volume"]
     raise CLIError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
-
-
-def markdown_table(df, floatfmt: str = ".4g") -> str:
-    """A pandas DataFrame as a GitHub markdown table (index as the first column)."""
-
-    def fmt(v):
-        return format(v, floatfmt) if isinstance(v, float) else str(v)
-
-    head = [str(df.index.name or "")] + [str(c) for c in df.columns]
-    rows = [[fmt(i)] + [fmt(v) for v in r] for i, r in zip(df.index, df.itertuples(index=False))]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def _prepare_out(out: str, files: list[str], force: bool) -> Path:
@@ -351,7 +340,8 @@ def _cmd_compare(a) -> int:
     lines = [f"# probdyn compare: {title}", "",
              "Continuous-time (SDE, continuous-discrete filter) and discrete-time models fitted by the same",
              "engine (maximum likelihood of their Gaussian-filter likelihoods); forecasts scored against",
-             "held-out data at the training spacing and at a different test spacing.", "", table, ""]
+             "held-out data at the training spacing and at a different test spacing.", "", table, "",
+             "One row per model, spacing and lead time: `comparison.csv`.", ""]
     lines += [f"![{f.stem}]({f.name})" for f in figs]
     lines += ["", f"Run time: {elapsed:.0f} s."]
     (out / "report.md").write_text("\n".join(lines) + "\n")

@@ -91,7 +91,6 @@ wall["ou_ar1"] = time.perf_counter() - t0
 t0 = time.perf_counter()
 res = sysid.compare("van_der_pol", quick=SMOKE, num_steps=FIT_STEPS, key=0, verbose=True)
 wall["compare"] = time.perf_counter() - t0
-print(res.summary().round(3).to_string())
 print(res.to_markdown())
 tab = res.table
 test = tab[tab.spacing == "test"]

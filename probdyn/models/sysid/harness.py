@@ -72,13 +72,33 @@ class CompareResult(NamedTuple):
         return self.table.pivot_table(index=["model", "kind", "spacing"], columns="horizon_time",
                                       values=["nlpd", "rmse"])
 
-    def to_markdown(self, floatfmt: str = ".3f") -> str:
-        """The table as GitHub markdown (no ``tabulate`` needed)."""
-        df = self.table
-        cols = list(df.columns)
-        fmt = lambda v: (f"{v:{floatfmt}}" if isinstance(v, (float, np.floating)) else str(v))  # noqa: E731
-        lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    def scores(self, metric: str):
+        """``metric`` (``"nlpd"`` or ``"rmse"``) as model x spacing (rows in the table's order,
+        the spacing labelled with its ``dt``) by lead time (columns)."""
+        t = self.table.assign(spacing=[f"{s} (dt {d:g})" for s, d in zip(self.table["spacing"], self.table["dt"])])
+        out = t.pivot(index=["model", "spacing"], columns="horizon_time", values=metric)
+        out = out.loc[list(dict.fromkeys(zip(t["model"], t["spacing"])))]
+        out.columns.name = None
+        return out
+
+    def per_model(self):
+        """One row per model: ``kind``, ``param_rel_error``, ``fit_time_s``, ``train_loglik``."""
+        cols = ["model", "kind", "param_rel_error", "fit_time_s", "train_loglik"]
+        return self.table[cols].drop_duplicates("model").set_index("model")
+
+    def to_markdown(self, floatfmt: str = ".3f", long: bool = False) -> str:
+        """What a person reads at a glance, as GitHub markdown: NLPD and RMSE as model x
+        spacing by lead time, one row per model for the per-model quantities, and the
+        extras. ``long=True``: the long table instead (one row per model, spacing and lead
+        time, as in ``comparison.csv``)."""
+        from probdyn.tables import markdown_table
+
+        if long:
+            lines = [markdown_table(self.table, floatfmt, index=False)]
+        else:
+            lines = ["NLPD (nats per observation) by lead time (columns, in time units of the data):", "", markdown_table(self.scores("nlpd"), floatfmt),
+                     "", "RMSE by lead time:", "", markdown_table(self.scores("rmse"), floatfmt), "",
+                     "Per model:", "", markdown_table(self.per_model(), floatfmt)]
         extra = [f"{k} = {v:.3g}" if isinstance(v, float) else f"{k} = {v}" for k, v in self.extras.items()]
         return "\n".join(lines + ([""] + extra if extra else []))
 
@@ -350,7 +370,8 @@ def compare(
     ``engine``: ``"map"`` (default). ``quick=True`` uses shorter series and fewer steps.
 
     Returns:
-        :class:`CompareResult` (``.table`` DataFrame, ``.to_markdown()``, ``.summary()``).
+        :class:`CompareResult` (``.table`` DataFrame, ``.to_markdown()``, ``.scores(metric)``,
+        ``.per_model()``, ``.summary()``).
     """
     if engine != "map":
         raise ValueError("engine must be 'map' (fit by the filters' likelihoods with optimize.fit); "
