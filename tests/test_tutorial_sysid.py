@@ -19,4 +19,4 @@ def test_tutorial_smoke(tmp_path):
     assert m["lv_theta_mean"][0] > 0 and np.isfinite(m["lv_max_abs_z_vs_stan"])
     assert set(m["lv_sde_params"]) == {"alpha", "beta", "gamma", "delta"}
     pngs = {p.name for p in out.glob("*.png")}
-    assert {"vdp_forecasts.png", "vdp_nlpd.png", "lynx_hare_three_models.png"} <= pngs
+    assert {"vdp_forecasts.png", "vdp_scores.png", "lynx_hare_three_models.png"} <= pngs
