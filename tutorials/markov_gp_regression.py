@@ -31,19 +31,15 @@ import json
 import os
 import time
 
-import matplotlib
-
-matplotlib.use("Agg")
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-import statsmodels.api as sm  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import statsmodels.api as sm
 
 jax.config.update("jax_enable_x64", True)
 
-from probdyn import MarkovGP, kernels  # noqa: E402
+from probdyn import MarkovGP, kernels, plotting  # noqa: E402
 
 SMOKE = os.environ.get("PROBDYN_SMOKE", "0") == "1"
 OUT = os.environ.get("PROBDYN_OUT", os.path.join("probdyn-out", "tutorials", "markov_gp_regression"))
@@ -130,19 +126,18 @@ nlpd = float(np.mean(0.5 * np.log(2 * np.pi * pred_var) + 0.5 * resid**2 / pred_
 cover = float(np.mean(np.abs(resid) < 1.96 * np.sqrt(pred_var)))
 print(f"5-year forecast: RMSE {rmse:.3f} ppm, NLPD {nlpd:.3f}, 95% coverage {cover:.2f}")
 
-fig, ax = plt.subplots(2, 1, figsize=(9, 6))
-for a, lo in zip(ax, [t[0], split - 6]):
+fig, ax = plotting.new_figure(2, 1, panel=(9.0, 3.0))
+for a, lo in zip(ax[:, 0], [t[0], split - 6]):
     sel = grid >= lo
-    sd = np.sqrt(np.asarray(var))
-    a.fill_between(grid[sel], (mu - 2 * sd)[sel], (mu + 2 * sd)[sel], alpha=0.3, label="95% band")
-    a.plot(grid[sel], np.asarray(mu)[sel], lw=1, label="posterior mean")
+    plotting.band(a, grid[sel], np.asarray(mu)[sel], np.sqrt(np.asarray(var))[sel], label="posterior mean (latent)")
     a.plot(t[t >= lo], y[t >= lo], ".", ms=2, color="k", label="training")
-    a.plot(t_test, y_test, ".", ms=2, color="r", label="held out")
+    a.plot(t_test, y_test, ".", ms=2, color="C3", label="held out")
+    plotting.mark_forecast_start(a, split)
     a.set_ylabel("CO2 (ppm)")
-ax[0].legend(loc="upper left")
-ax[1].set_xlabel("year")
-fig.tight_layout()
-fig.savefig(os.path.join(OUT, "forecast.png"), dpi=110)
+ax[0, 0].legend(loc="upper left", fontsize=8)
+ax[0, 0].set_title("Mauna Loa CO2: whole record (top), the last six years and the 5-year forecast (bottom)", fontsize=9)
+ax[1, 0].set_xlabel("year")
+plotting.save(fig, os.path.join(OUT, "forecast.png"))
 
 # %% [markdown]
 # ## Sequential vs parallel-in-time schedules (same numbers; speed depends on the device)
