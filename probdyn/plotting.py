@@ -40,15 +40,15 @@ def save(fig: Figure, path: str | Path | None) -> Figure:
     return fig
 
 
-def band(ax, x, mean, sd, color="C0", label=None, transform=None, z: float = 2.0):
-    """``mean`` with a ``mean +- z sd`` band (labelled ``"+-2 sd"`` for the default ``z``,
-    unlabelled otherwise); ``transform`` (e.g. ``np.exp``) is applied to the line and both
-    band edges."""
+def band(ax, x, mean, sd, color="C0", label=None, transform=None, z: float = 2.0, band_label="default"):
+    """``mean`` (labelled ``label``) with a ``mean +- z sd`` band labelled ``band_label`` (by
+    default ``"+-2 sd"`` for ``z = 2``, none otherwise); ``transform`` (e.g. ``np.exp``) is
+    applied to the line and both band edges."""
     f = (lambda v: v) if transform is None else transform
     x, mean, sd = np.asarray(x), np.asarray(mean), np.asarray(sd)
     ax.plot(x, f(mean), color=color, label=label)
     ax.fill_between(x, f(mean - z * sd), f(mean + z * sd), color=color, alpha=0.25, lw=0,
-                    label="±2 sd" if z == 2.0 else None)
+                    label=("±2 sd" if z == 2.0 else None) if band_label == "default" else band_label)
 
 
 def mark_forecast_start(ax, t) -> None:

@@ -29,17 +29,14 @@ import json
 import os
 import time
 
-import matplotlib
-
-matplotlib.use("Agg")
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 
 jax.config.update("jax_enable_x64", True)
 
+from probdyn import plotting  # noqa: E402
 from probdyn.datasets import moving_digits  # noqa: E402
 from probdyn.inference import kalman  # noqa: E402
 from probdyn.models import fractional as fs  # noqa: E402
@@ -88,19 +85,16 @@ metrics["bridge_max_mean_abs_err"] = float(np.max(np.abs(m_vi - m_ref)))
 metrics["bridge_euler_vs_continuous_sd_rel"] = float(np.max(np.abs(sd_ref / np.asarray(sd_ct) - 1)))
 print({k: v for k, v in metrics.items() if k.startswith("bridge")})
 
-fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
+fig, ax = plotting.new_figure(1, 2, panel=(5.0, 3.5))
 tt = np.asarray(times)
-for m_, s_, lab, st in ((m_ref, sd_ref, "Kalman (Euler prior)", "-"), (m_vi, sd_vi, "variational", "--")):
-    ax[0].plot(tt, m_, st, label=lab)
-    ax[0].fill_between(tt, m_ - 2 * s_, m_ + 2 * s_, alpha=0.2)
-ax[0].plot(tt[iobs], 0.8, "kx")
-ax[0].set_title("fOU bridge: posterior mean ± 2 sd")
-ax[0].legend()
-ax[1].plot(res.losses)
-ax[1].set_title("negative ELBO / T")
-fig.tight_layout()
-fig.savefig(os.path.join(OUT, "bridge.png"))
-plt.close(fig)
+for m_, s_, lab, c in ((m_ref, sd_ref, "Kalman (Euler prior)", "C0"), (m_vi, sd_vi, "variational", "C1")):
+    plotting.band(ax[0, 0], tt, m_, s_, color=c, label=lab, band_label=None)
+ax[0, 0].plot(tt[iobs], 0.8, "kx", ms=8, label="observation")
+ax[0, 0].set(title="fOU bridge: posterior mean ± 2 sd", xlabel="time", ylabel="x(t)")
+ax[0, 0].legend(fontsize=8, loc="lower center")
+ax[0, 1].plot(res.losses)
+ax[0, 1].set(title="training", xlabel="step", ylabel="negative ELBO / T")
+plotting.save(fig, os.path.join(OUT, "bridge.png"))
 
 # %% [markdown]
 # ## 2. Hurst estimation on exact fBM
@@ -149,14 +143,14 @@ if not SMOKE:  # NUTS posterior over (H, sigma) for one data set
     metrics["nuts_H_mean"], metrics["nuts_H_sd"] = float(post_H.mean()), float(post_H.std())
     print("NUTS H posterior:", post_H.mean(), "+-", post_H.std())
 
-fig, ax = plt.subplots(figsize=(4, 4))
+fig, ax = plotting.new_figure(panel=(4.0, 4.0))
+ax = ax[0, 0]
 ax.errorbar(hurst_true, hurst_est, yerr=2 * np.array(hurst_se), fmt="o", label="ML (Kalman, MA-fBM) ± 2 se")
-ax.plot([0, 1], [0, 1], "k:")
-ax.set_xlabel("true H")
+ax.plot([0, 1], [0, 1], "k:", label="estimate = truth")
+ax.set_xlabel("true Hurst index H")
 ax.set_ylabel("estimated H")
-ax.legend()
-fig.savefig(os.path.join(OUT, "hurst.png"))
-plt.close(fig)
+ax.legend(fontsize=8, loc="upper left")
+plotting.save(fig, os.path.join(OUT, "hurst.png"))
 
 # %% [markdown]
 # ## 3. Latent video model on stochastic moving digits
@@ -172,7 +166,7 @@ pred = np.asarray(fv.predict_frames(vres.params, jax.random.PRNGKey(2), vt, jnp.
 metrics["video_final_loss"] = float(vres.losses[-1])
 metrics["video_hurst_learned"] = float(vres.params.sde.hurst)
 metrics["video_pred_mse"] = float(np.mean((pred[nc:] - data.frames[0, nc:]) ** 2))
-fig, ax = plt.subplots(2, VIDEO["frames"], figsize=(1.2 * VIDEO["frames"], 2.6))
+fig, ax = plotting.new_figure(2, VIDEO["frames"], panel=(1.2, 1.3))
 for i in range(VIDEO["frames"]):
     ax[0, i].imshow(data.frames[0, i], cmap="gray", vmin=0, vmax=1)
     ax[1, i].imshow(pred[i], cmap="gray", vmin=0, vmax=1)
@@ -180,9 +174,7 @@ for i in range(VIDEO["frames"]):
     ax[1, i].axis("off")
 ax[0, 0].set_title("data", fontsize=8, loc="left")
 ax[1, 0].set_title(f"model (first {nc} frames seen)", fontsize=8, loc="left")
-fig.tight_layout()
-fig.savefig(os.path.join(OUT, "video_frames.png"))
-plt.close(fig)
+plotting.save(fig, os.path.join(OUT, "video_frames.png"))
 
 # %%
 metrics["wall_time_s"] = time.time() - t_start

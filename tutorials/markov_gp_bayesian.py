@@ -41,7 +41,7 @@ import statsmodels.api as sm  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 
-from probdyn import MarkovGP, kernels  # noqa: E402
+from probdyn import MarkovGP, kernels, plotting  # noqa: E402
 from probdyn.inference import mcmc, variational  # noqa: E402
 
 import arviz as az  # noqa: E402
@@ -146,9 +146,10 @@ az.plot_dist(results["blackjax"], var_names=["period", "sigma"], backend="matplo
     os.path.join(OUT, "posterior_blackjax.png"), dpi=80)
 plt.close("all")
 
-fig, ax = plt.subplots(1, 2, figsize=(11, 3.5))
+fig, ax = plotting.new_figure(1, 2, panel=(5.5, 3.5))
+ax = ax[0]
 ax[0].plot(np.asarray(fit.elbo))
-ax[0].set(xlabel="step", ylabel="ELBO", title="SVI (AutoMultivariateNormal)")
+ax[0].set(xlabel="SVI step", ylabel="ELBO (nats)", title="SVI (AutoMultivariateNormal)")
 post = results["numpyro"].posterior
 i = int(np.argmax(results["numpyro"].sample_stats["lp"].values.ravel()))
 pick = {"ell": 1.5, "s1": 0.5, **{p: float(post[p].values.ravel()[i]) for p in params[:-1]}}
@@ -157,13 +158,10 @@ kern = kern if SMOKE else kernels.Matern32(pick["ell"], pick["s1"] ** 2) + kern
 tt = np.linspace(t[0], t[-1], 400)
 mu, var = MarkovGP(kern, t, pick["sigma"] ** 2).predict(y, tt)
 ax[1].plot(t, y, ".", ms=3, label="detrended CO2")
-ax[1].plot(tt, mu, "C1", label="posterior mean (MAP draw)")
-ax[1].fill_between(tt, mu - 2 * np.sqrt(var), mu + 2 * np.sqrt(var), color="C1", alpha=0.3)
-ax[1].set(xlabel="years", ylabel="ppm")
-ax[1].legend()
-plt.tight_layout()
-plt.savefig(os.path.join(OUT, "elbo_and_fit.png"), dpi=80)
-plt.close("all")
+plotting.band(ax[1], tt, np.asarray(mu), np.sqrt(np.asarray(var)), color="C1", label="GP posterior at the highest-lp NUTS draw")
+ax[1].set(xlabel="years since the first point", ylabel="detrended CO2 (ppm)")
+fig.legend(*ax[1].get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=8)
+plotting.save(fig, os.path.join(OUT, "elbo_and_fit.png"))
 
 # %% [markdown]
 # ## Key numbers

@@ -26,18 +26,14 @@ import json
 import os
 import time
 
-import matplotlib
-
-matplotlib.use("Agg")
-import equinox as eqx  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
 
 jax.config.update("jax_enable_x64", True)  # float64 for the exactness check; training is float32
 
-from probdyn import kernels  # noqa: E402
+from probdyn import kernels, plotting  # noqa: E402
 from probdyn.datasets import rotating_digits  # noqa: E402
 from probdyn.models import mgpvae as mg  # noqa: E402
 
@@ -133,7 +129,7 @@ print("importance-weighted test log-likelihood per sequence:", {k: round(v, 1) f
 i = 0
 rows = [("truth", test.clean[i]), ("observed", np.where(test.mask[i][:, None, None], test.clean[i], np.nan)),
         ("MGPVAE", imp_mgp[i]), ("linear interp.", imp_lin[i]), ("i.i.d. VAE", imp_iid[i])]
-fig, axes = plt.subplots(len(rows), T, figsize=(T * 0.9, len(rows) * 1.0))
+fig, axes = plotting.new_figure(len(rows), T, panel=(0.9, 1.0))
 for r, (label, imgs) in enumerate(rows):
     for t in range(T):
         ax = axes[r, t]
@@ -147,18 +143,15 @@ for r, (label, imgs) in enumerate(rows):
             ax.set_ylabel(label, fontsize=7)
         if r == 0:
             ax.set_title(f"t={test.times[i, t]:.1f}", fontsize=6)
-fig.suptitle("missing frames outlined in red")
-fig.tight_layout()
-fig.savefig(os.path.join(OUT, "imputations.png"), dpi=90)
+fig.suptitle("missing frames outlined in red", fontsize=9)
+plotting.save(fig, os.path.join(OUT, "imputations.png"))
 
-fig, ax = plt.subplots(figsize=(5, 3))
+fig, ax = plotting.new_figure(panel=(5.0, 3.0))
 for name, f in fits.items():
-    ax.plot(f.losses, label=name, lw=0.8)
-ax.set_xlabel("step")
-ax.set_ylabel("-ELBO per observed frame")
-ax.legend()
-fig.tight_layout()
-fig.savefig(os.path.join(OUT, "training.png"), dpi=90)
+    ax[0, 0].plot(f.losses, label=name, lw=0.8)
+ax[0, 0].set(xlabel="training step", ylabel="-ELBO per observed frame (nats)")
+ax[0, 0].legend()
+plotting.save(fig, os.path.join(OUT, "training.png"))
 
 # %% [markdown]
 # ## Metrics

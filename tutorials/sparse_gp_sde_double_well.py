@@ -26,17 +26,13 @@ import json
 import os
 import time
 
-import matplotlib
-
-matplotlib.use("Agg")
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
 
 jax.config.update("jax_enable_x64", True)
 
-from probdyn import MarkovGP, kernels  # noqa: E402
+from probdyn import MarkovGP, kernels, plotting  # noqa: E402
 from probdyn.models import sde_posteriors as sg  # noqa: E402
 from probdyn.inference.gaussian_filters import particle_smoother_scalar  # noqa: E402
 from probdyn.sde.base import SDE  # noqa: E402
@@ -145,22 +141,19 @@ metrics["dw_sd_ratio_median"] = float(np.median(np.sqrt(post.cov[:, 0, 0] / np.m
 print({k: metrics[k] for k in metrics if k.startswith("dw")})
 
 # %%
-fig, ax = plt.subplots(figsize=(10, 4))
-sd = np.sqrt(np.asarray(post.cov[:, 0, 0]))
-ax.fill_between(grid, post.mean[:, 0] - 2 * sd, post.mean[:, 0] + 2 * sd, alpha=0.3, label="CVI ±2sd")
-ax.plot(grid, post.mean[:, 0], label="CVI mean")
+fig, ax = plotting.new_figure(panel=(10.0, 4.0))
+ax = ax[0, 0]
+plotting.band(ax, grid, np.asarray(post.mean[:, 0]), np.sqrt(np.asarray(post.cov[:, 0, 0])), label="CVI mean")
 rs = np.sqrt(ref_v.mean(0))
 ax.plot(grid, ref_m.mean(0), "k--", lw=1, label="particle smoother mean")
-ax.plot(grid, ref_m.mean(0) + 2 * rs, "k:", lw=0.8)
+ax.plot(grid, ref_m.mean(0) + 2 * rs, "k:", lw=0.8, label="particle smoother ±2 sd")
 ax.plot(grid, ref_m.mean(0) - 2 * rs, "k:", lw=0.8)
 ax.plot(dw["time_grid"], dw["latent_process"][:, 0], color="gray", lw=0.5, label="latent path")
 ax.plot(t_obs, y_obs, "r.", label="train")
 ax.plot(t_test, y_test, "gx", label="test")
-ax.legend(ncol=3, fontsize=8)
-ax.set_xlabel("t")
-fig.tight_layout()
-fig.savefig(os.path.join(OUT, "posterior_vs_reference.png"), dpi=100)
-plt.close(fig)
+fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=7, fontsize=8)
+ax.set(xlabel="time t", ylabel="state x(t)", title="double well: CVI Gauss-Markov posterior vs particle smoother")
+plotting.save(fig, os.path.join(OUT, "posterior_vs_reference.png"))
 
 # %% [markdown]
 # ## 3. Learning the double-well parameter by variational EM
@@ -194,19 +187,17 @@ if not SMOKE:
     metrics["learned_parameter_laplace_sd"] = float(1.0 / np.sqrt(-(F[0] - 2 * F[1] + F[2]) / h**2))
 print("learned c =", c_hat, "true c =", c_true, "Laplace sd", metrics.get("learned_parameter_laplace_sd"))
 
-fig, axs = plt.subplots(1, 2, figsize=(10, 3.5))
+fig, axs = plotting.new_figure(1, 2, panel=(5.0, 3.5))
+axs = axs[0]
 xx = np.linspace(-1.5, 1.5, 200)
 axs[0].plot(xx, 4 * xx * (c_true - xx**2), "k", label=f"true drift (c={c_true})")
 axs[0].plot(xx, 4 * xx * (metrics["learned_parameter"] - xx**2), "C1--", label=f"learned (c={metrics['learned_parameter']:.3f})")
 axs[0].plot(xx, 4 * xx * (c_init - xx**2), "C2:", label=f"initial (c={c_init})")
 axs[0].legend(fontsize=8)
-axs[0].set_xlabel("x")
+axs[0].set(xlabel="state x", ylabel="drift f(x) = 4x(c - x²)")
 axs[1].plot(em.elbo)
-axs[1].set_xlabel("variational-EM step")
-axs[1].set_ylabel("ELBO (after the E-step)")
-fig.tight_layout()
-fig.savefig(os.path.join(OUT, "learned_drift.png"), dpi=100)
-plt.close(fig)
+axs[1].set(xlabel="variational-EM step", ylabel="ELBO (after the E-step)")
+plotting.save(fig, os.path.join(OUT, "learned_drift.png"))
 
 # %%
 metrics["wall_time_s"] = time.perf_counter() - t_start

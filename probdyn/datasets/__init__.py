@@ -11,6 +11,10 @@ _WHERE = {
     "rotating_digits": "probdyn.datasets.digits_video",
     "pendulum_sensors": "probdyn.datasets.digits_video",
     "moving_digits": "probdyn.datasets.moving_digits_video",
+    "load_series": "probdyn.datasets.series",
+    "read_csv_series": "probdyn.datasets.series",
+    "SERIES": "probdyn.datasets.series",
+    "SERIES_UNITS": "probdyn.datasets.series",
 }
 
 __all__ = sorted(_WHERE)
