@@ -18,11 +18,11 @@ import numpy as np
 __all__ = ["SERIES", "SERIES_UNITS", "load_series", "read_csv_series"]
 
 SERIES = ("lynx_hare", "co2", "nile")
-#: ``(time axis label, value label)`` of each embedded series
+#: ``(time axis label, unit of the values)`` of each embedded series
 SERIES_UNITS = {
-    "lynx_hare": ("years since 1900", "pelts (thousands)"),
-    "co2": ("year", "CO2 (ppm)"),
-    "nile": ("year", "annual flow (10^8 m^3)"),
+    "lynx_hare": ("years since 1900", "thousands of pelts"),
+    "co2": ("year", "ppm"),
+    "nile": ("year", "10^8 m^3 per year"),
 }
 
 
