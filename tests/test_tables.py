@@ -35,7 +35,7 @@ def test_scores_and_per_model():
     pm = res.per_model()
     assert list(pm.index) == ["sde", "naive"] and list(pm["fit_time_s"]) == [3.0, 1.0]
     md = res.to_markdown()
-    assert md.count("\n| naive, test (dt 0.5) | 0.500 | inf |") == 1  # NLPD row: 1 - 0.5, then diverged
+    assert md.count("\n| naive, test (dt 0.5) | 0.500 | diverged |") == 1  # NLPD row: 1 - 0.5, then inf
     assert "| sde | continuous | 0.100 | 3.000 | -3.000 |" in md
     assert md.rstrip().endswith("extra = 0.5")
     assert len(res.to_markdown(long=True).splitlines()) == 2 + len(df) + 2

@@ -101,6 +101,10 @@ metrics["nlpd_discrete_time_aware"] = nl("discrete time-aware")
 metrics["nlpd_continuous_train_spacing"] = nl("continuous (SDE)", "train")
 metrics["nlpd_discrete_train_spacing"] = nl("discrete naive Euler", "train")
 metrics["fitted_params"] = res.params
+# a forecast whose moments overflow is flagged and scored inf (never NaN)
+metrics["diverged_forecasts"] = [f"{r.model}, {r.spacing} spacing, lead {r.horizon_time:g}"
+                                 for r in tab[tab.diverged].itertuples()]
+assert not tab[["rmse", "nlpd"]].isna().any().any()
 
 # %% [markdown]
 # Each panel keeps the scale of its own data: the naive Euler forecast leaves it within a few

@@ -54,7 +54,9 @@ class CompareResult(NamedTuple):
 
     ``table``: pandas DataFrame in long format — one row per (model, test spacing, horizon)
     with columns ``system, model, kind ("continuous"/"discrete"), spacing ("train"/"test"),
-    dt, horizon_time, horizon_steps, rmse, nlpd, param_rel_error, fit_time_s, train_loglik``.
+    dt, horizon_time, horizon_steps, rmse, nlpd, diverged, param_rel_error, fit_time_s,
+    train_loglik``; a diverged forecast (non-finite or non-positive-definite predictive
+    moments) has ``diverged = True`` and ``inf`` scores, never NaN.
     ``params``: fitted mechanistic parameters per model (and ``"truth"``); ``extras``: e.g.
     ``ou_ar1_max_abs_diff`` and the AR(1)/OU parameter match; ``forecasts``: per model and
     spacing ``(mean, cov, truth, times)`` of the first origins for plotting; ``data``.
@@ -88,23 +90,28 @@ class CompareResult(NamedTuple):
 
     def to_markdown(self, floatfmt: str = ".3f", long: bool = False) -> str:
         """What a person reads at a glance, as GitHub markdown: NLPD and RMSE as model x
-        spacing by lead time, one row per model for the per-model quantities, and the
-        extras. ``long=True``: the long table instead (one row per model, spacing and lead
+        spacing by lead time (a diverged forecast shows ``diverged``), one row per model for
+        the per-model quantities, and the extras. ``long=True``: the long table instead (one row per model, spacing and lead
         time, as in ``comparison.csv``)."""
         from probdyn.tables import markdown_table
 
         if long:
             lines = [markdown_table(self.table, floatfmt, index=False)]
         else:
-            lines = ["NLPD (nats per observation) by lead time (columns, in time units of the data):", "", markdown_table(self.scores("nlpd"), floatfmt),
-                     "", "RMSE by lead time:", "", markdown_table(self.scores("rmse"), floatfmt), "",
-                     "Per model:", "", markdown_table(self.per_model(), floatfmt)]
+            div = lambda df: df.map(lambda v: "diverged" if np.isinf(v) else v)  # noqa: E731
+            lines = ["NLPD (nats per observation) by lead time (columns, in time units of the data):", "",
+                     markdown_table(div(self.scores("nlpd")), floatfmt), "", "RMSE by lead time:", "",
+                     markdown_table(div(self.scores("rmse")), floatfmt), "", "Per model:", "",
+                     markdown_table(self.per_model(), floatfmt)]
         extra = [f"{k} = {v:.3g}" if isinstance(v, float) else f"{k} = {v}" for k, v in self.extras.items()]
         return "\n".join(lines + ([""] + extra if extra else []))
 
 
 def _scores(mean, cov, truth):
-    """RMSE and NLPD (per observation vector; missing truth skipped) by horizon."""
+    """RMSE, NLPD (per observation vector; missing truth skipped) and a diverged flag by
+    horizon. A horizon has diverged when, from any origin, the predictive mean or covariance
+    is not finite, the covariance is not positive definite, or a score overflows: its RMSE
+    and NLPD are then ``inf``, never NaN."""
     err = truth - mean
     ok = ~jnp.isnan(truth)
     rmse = jnp.sqrt(jnp.nanmean(jnp.where(ok, err, jnp.nan) ** 2, axis=(0, 2)))
@@ -115,7 +122,12 @@ def _scores(mean, cov, truth):
         return 0.5 * jnp.sum(z**2) + jnp.sum(jnp.log(jnp.diag(L))) + 0.5 * e.shape[0] * jnp.log(2 * jnp.pi)
 
     nl = jax.vmap(jax.vmap(nlpd1))(jnp.where(ok, err, 0.0), cov)
-    return np.asarray(rmse), np.asarray(jnp.mean(nl, axis=0))
+    moments_ok = jnp.all(jnp.isfinite(mean), axis=-1) & jnp.all(jnp.isfinite(cov), axis=(-2, -1))
+    nlpd = jnp.mean(nl, axis=0)
+    diverged = ~jnp.all(moments_ok & jnp.isfinite(nl), axis=0) | ~jnp.isfinite(rmse) | ~jnp.isfinite(nlpd)
+    inf = jnp.asarray(jnp.inf, nlpd.dtype)
+    return (np.asarray(jnp.where(diverged, inf, rmse)), np.asarray(jnp.where(diverged, inf, nlpd)),
+            np.asarray(diverged))
 
 
 def _simulate_series(system: System, key, t_end, dt, x0, irregular: bool, num_substeps: int = 20):
@@ -276,7 +288,8 @@ def score_forecasts(
 
     Returns:
         ``(rows, forecasts)``: one dict per (model, spacing, lead time) with keys ``model,
-        kind, spacing, dt, horizon_time, horizon_steps, rmse, nlpd``; and per ``(model,
+        kind, spacing, dt, horizon_time, horizon_steps, rmse, nlpd, diverged`` (a diverged
+        forecast scores ``inf``, see :func:`_scores`); and per ``(model,
         spacing)`` the first origin's forecast (``mean, cov, truth, times, ctx_times, ctx_y``)
         for plotting.
     """
@@ -295,7 +308,7 @@ def score_forecasts(
             last = ty.shape[0] - H_max - 1
             origins = np.unique(np.linspace(ctx - 1, last, n_orig).astype(int))
             mean, cov, tru = forecast(info.model, ob, tt, ty, origins, H_max, ctx, P0_SCALE, fkw)
-            rmse, nlpd = _scores(mean, cov, tru)
+            rmse, nlpd, diverged = _scores(mean, cov, tru)
             forecasts[(name, spacing)] = dict(mean=np.asarray(mean[0]), cov=np.asarray(cov[0]),
                                               truth=np.asarray(tru[0]),
                                               times=np.asarray(tt[origins[0] + 1: origins[0] + 1 + H_max]),
@@ -304,7 +317,7 @@ def score_forecasts(
             for hs in sorted(set(hsteps)):  # lead time actually scored: hs steps of this spacing
                 rows.append(dict(model=name, kind=_kind(info.model), spacing=spacing, dt=dt,
                                  horizon_time=round(hs * dt, 10), horizon_steps=hs, rmse=float(rmse[hs - 1]),
-                                 nlpd=float(nlpd[hs - 1])))
+                                 nlpd=float(nlpd[hs - 1]), diverged=bool(diverged[hs - 1])))
     return rows, forecasts
 
 
