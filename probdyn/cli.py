@@ -56,10 +56,12 @@ def _user_errors(prefix: str = ""):
 
 def _series(a, min_points: int = 5):
     """``(times, values (T, k), names)`` from ``--csv`` or ``--dataset``."""
+    if a.csv and getattr(a, "dataset", None):
+        raise CLIError("--csv and --dataset are alternatives; give one")
     with _user_errors():
         if a.csv:
             return read_csv_series(a.csv, a.time_col, a.columns, min_points)
-        return load_series(a.dataset)
+        return load_series(a.dataset or "nile")
 
 
 def _prepare_out(out: str, files: list[str], force: bool) -> Path:
@@ -191,8 +193,10 @@ def _fit_sde(a, t, y, names, axis_labels: tuple) -> None:
 
 
 def _cmd_fit(a) -> int:
+    if a.horizon is not None and not (np.isfinite(a.horizon) and a.horizon >= 0):
+        raise CLIError(f"--horizon must be a finite number >= 0, got {a.horizon}")
     t, y, names = _series(a)
-    time_label, unit = ("time", None) if a.csv else SERIES_UNITS[a.dataset]
+    time_label, unit = ("time", None) if a.csv else SERIES_UNITS[a.dataset or "nile"]
     axis_labels = (time_label, [n if unit is None else f"{n} ({unit})" for n in names])
     (_fit_markov_gp if a.model == "markov-gp" else _fit_sde)(a, t, y, names, axis_labels)
     return 0
@@ -225,8 +229,8 @@ def _cmd_compare(a) -> int:
     from probdyn import plotting
     from probdyn.models import sysid
 
-    out = _prepare_out(a.out, ["report.md", "comparison.csv", "scores.png", "forecasts.png"], a.force)
     kwargs, title, coords = _compare_inputs(a, sysid)
+    out = _prepare_out(a.out, ["report.md", "comparison.csv", "scores.png", "forecasts.png"], a.force)
     print(f"probdyn compare: {title}{' (quick)' if a.quick else ''}", flush=True)
     t0 = time.perf_counter()
     res = sysid.compare(**kwargs)

@@ -15,7 +15,8 @@ FMT = argparse.RawDescriptionHelpFormatter
 
 
 def _common(sp) -> None:
-    sp.add_argument("--csv", help="CSV file with a header row")
+    sp.add_argument("--csv", help="CSV file with a header row; times are shifted to start at 0 internally, so any "
+                                  "offset (e.g. Unix seconds) is fine, and keep their unit")
     sp.add_argument("--time-col", help="name of the time column (default: the first column)")
     sp.add_argument("--columns", help="comma-separated value columns (default: all others)")
     sp.add_argument("--out", default="probdyn-out", help="output folder (default: ./probdyn-out)")
@@ -46,7 +47,7 @@ def _add_fit(sub) -> None:
                               "  probdyn fit --dataset lynx_hare --model sde --drift lotka_volterra --steps 300\n"
                               "  probdyn fit --dataset lynx_hare --model sde --drift lotka_volterra --engine nuts --chains 2")
     _common(f)
-    f.add_argument("--dataset", choices=SERIES, default="nile", help="embedded dataset when no --csv (default: nile)")
+    f.add_argument("--dataset", choices=SERIES, help="embedded dataset, instead of --csv (default: nile)")
     f.add_argument("--model", choices=["markov-gp", "sde"], default="markov-gp")
     f.add_argument("--kernel", default="matern32",
                    help="sum/product of " + ", ".join(KERNEL_NAMES) + " (e.g. matern32+sho)")
@@ -59,7 +60,7 @@ def _add_fit(sub) -> None:
     f.add_argument("--samples", type=int, default=500)
     f.add_argument("--steps", type=int, default=1500, help="optimisation steps (map, svi)")
     f.add_argument("--lr", type=float, default=0.02)
-    f.add_argument("--horizon", type=float, help="forecast horizon in time units (default: 10%% of the span)")
+    f.add_argument("--horizon", type=float, help="forecast horizon >= 0 in time units (default: 10%% of the span)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -119,7 +119,8 @@ def fit_gp(times, y, key: PRNGKeyArray, kernel: str = "matern32", engine: str = 
     """Fit :func:`gp_model` to ``y`` (N,) at sorted ``times`` (N,) after standardising ``y``
     (NaN = missing): ``engine="map"`` (a delta guide: the MAP in the constrained space),
     ``"svi"`` (mean-field normal guide, 200 draws) or ``"nuts"`` (``num_chains`` chains).
-    ``ValueError`` for an unknown kernel or engine, or a constant / empty series."""
+    Times are shifted to start at 0 (so an offset such as Unix seconds loses no precision in
+    float32); the priors scale with their span. ``ValueError`` for an unknown kernel or engine, or a constant / empty series."""
     from probdyn.inference import mcmc, variational
 
     if engine not in ENGINES:
@@ -133,7 +134,7 @@ def fit_gp(times, y, key: PRNGKeyArray, kernel: str = "matern32", engine: str = 
         raise ValueError("the series is constant or empty; nothing to fit")
     span = float(t[-1] - t[0])
     model = gp_model(kernel, span)
-    tt, z = jnp.asarray(t), jnp.asarray((yv - loc) / scale)
+    tt, z = jnp.asarray(t - t[0]), jnp.asarray((yv - loc) / scale)  # shifted: float32 keeps spacings
     t0 = time.perf_counter()
     if engine == "nuts":
         idata = mcmc.sample(model, key, tt, z, num_warmup=num_warmup, num_samples=num_samples,
@@ -158,9 +159,10 @@ def predict_gp(fit: GPFit, times, y, grid, num_draws: int = 50
     draws = {k: np.asarray(post[k]).reshape(-1, *post[k].shape[2:]) for k in post.data_vars}
     n = next(iter(draws.values())).shape[0]
     sel = np.linspace(0, n - 1, min(n, num_draws)).astype(int)
-    tt = jnp.asarray(times, float)
+    t = np.asarray(times, float)
+    tt = jnp.asarray(t - t[0])  # shifted as in fit_gp: large offsets (e.g. Unix seconds) keep their spacings
     z = jnp.asarray((np.asarray(y, float) - fit.loc) / fit.scale)
-    grid = jnp.asarray(grid, tt.dtype)
+    grid = jnp.asarray(np.asarray(grid, float) - t[0], tt.dtype)
 
     def one(i):
         params = {k: v[i] for k, v in draws.items()}

@@ -44,7 +44,8 @@ def write_csv(path, rows, header="t,y"):
     return path
 
 
-@pytest.mark.parametrize("case", ["missing", "column", "nonnumeric", "unsorted", "few", "kernel", "notime"])
+@pytest.mark.parametrize("case", ["missing", "column", "nonnumeric", "unsorted", "few", "kernel", "notime",
+                                  "horizon", "both", "drift", "chains", "system", "spacing", "sde_columns"])
 def test_bad_input_one_line_error(tmp_path, case, cli_inproc):
     good = [(i, np.sin(i)) for i in range(20)]
     args = {
@@ -55,6 +56,13 @@ def test_bad_input_one_line_error(tmp_path, case, cli_inproc):
         "few": ["fit", "--csv", "d.csv"],
         "kernel": ["fit", "--csv", "d.csv", "--kernel", "matern32+rbf"],
         "notime": ["fit", "--csv", "d.csv", "--time-col", "time"],
+        "horizon": ["fit", "--csv", "d.csv", "--horizon", "-1"],
+        "both": ["fit", "--csv", "d.csv", "--dataset", "co2"],
+        "drift": ["fit", "--csv", "d.csv", "--model", "sde", "--drift", "lorenz"],
+        "chains": ["fit", "--csv", "d.csv", "--chains", "0"],
+        "system": ["compare", "--system", "lorenz"],
+        "spacing": ["compare", "--test-spacing", "-0.5"],
+        "sde_columns": ["fit", "--dataset", "lynx_hare", "--model", "sde", "--drift", "double_well"],
     }[case]
     rows = {"nonnumeric": good[:5] + [(5, "abc")] + good[6:], "unsorted": good[:5] + [(3, 0.1)] + good[6:],
             "few": good[:3]}.get(case, good)
@@ -65,7 +73,10 @@ def test_bad_input_one_line_error(tmp_path, case, cli_inproc):
     assert len(err) == 1 and err[0].startswith("probdyn: error:"), r.stderr
     assert "Traceback" not in r.stderr
     expect = {"missing": "not found", "column": "unknown column", "nonnumeric": "non-numeric", "unsorted": "increasing",
-              "few": "too few", "kernel": "unknown kernel", "notime": "unknown time column"}[case]
+              "few": "too few", "kernel": "unknown kernel", "notime": "unknown time column",
+              "horizon": "--horizon must be a finite number >= 0", "both": "--csv and --dataset are alternatives",
+              "drift": "unknown --drift", "chains": "--chains must be >= 1", "system": "unknown system 'lorenz'",
+              "spacing": "--test-spacing must be positive", "sde_columns": "observes 1 coordinate"}[case]
     assert expect in err[0]
 
 
@@ -239,3 +250,24 @@ def test_fit_sde_nuts_and_svi_match_dense_ou_posterior(tmp_path):
     for name, (m, sd) in ref.items():
         assert abs(float(post[name].mean()) - m) < 0.5 * sd, (name, float(post[name].mean()), m, sd)
     assert json.loads((tmp_path / "svi" / "fit.json").read_text())["engine"] == "svi"
+
+
+@pytest.mark.slow
+def test_fit_times_with_a_huge_offset(tmp_path):
+    """Times in Unix-like seconds (offset 1e12, spacing 1): the command runs in float32, where
+    1e12 + k cannot be told apart; times are shifted internally, so the MAP fit equals the fit
+    of the same data with times starting at 0."""
+    rng = np.random.default_rng(0)
+    t = np.arange(40.0)
+    y = np.sin(t / 4) + 0.1 * rng.normal(size=40)
+    write_csv(tmp_path / "big.csv", [(f"{1e12 + a:.1f}", b) for a, b in zip(t, y)])
+    write_csv(tmp_path / "zero.csv", list(zip(t, y)))
+    summ = {}
+    for name in ("big", "zero"):
+        r = cli("fit", "--csv", f"{name}.csv", "--steps", "200", "--no-progress", "--out", name, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-2000:]
+        rows = (tmp_path / name / "summary.csv").read_text().splitlines()[1:]
+        summ[name] = {ln.split(",")[0]: float(ln.split(",")[1]) for ln in rows}
+    for k, v in summ["zero"].items():
+        assert summ["big"][k] == pytest.approx(v, rel=1e-3), k
+

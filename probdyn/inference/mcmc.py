@@ -145,6 +145,33 @@ def _timed_compile(fn, *args):
     return out, t1 - t0, time.perf_counter() - t1, t1
 
 
+def check_initial_points(model, args, kwargs, z, potential_energy) -> None:
+    """``ValueError`` when a chain starts where the log density is not finite (numpyro's
+    initialisation found no valid point), naming the sample sites whose log density is NaN or
+    ``-inf`` there. ``z``: the chains' unconstrained initial points (leading axis chains),
+    ``potential_energy`` (chains,)."""
+    bad = np.flatnonzero(~np.isfinite(np.asarray(potential_energy)))
+    if bad.size:
+        from numpyro.infer.util import constrain_fn
+
+        params = constrain_fn(model, args, kwargs, jax.tree.map(lambda x: x[bad[0]], z))
+        _no_valid_start(model, args, kwargs, params, f"{bad.size} of {np.size(potential_energy)} chain(s)")
+
+
+def _no_valid_start(model, args, kwargs, params: dict, chains: str):
+    from numpyro.infer.util import log_density
+
+    with warnings.catch_warnings():  # numpyro's out-of-support notes: the error below says it
+        warnings.simplefilter("ignore")
+        _, tr = log_density(model, args, kwargs, params)
+        sites = [name for name, site in tr.items() if site["type"] == "sample"
+                 and not np.all(np.isfinite(np.asarray(site["fn"].log_prob(site["value"]))))]
+    where = f"at site(s) {', '.join(map(repr, sites))}" if sites else "in a factor or a transform's Jacobian"
+    raise ValueError(f"the model's log density is not finite at the initial point of {chains} (no valid "
+                     f"starting point was found); it is NaN or -inf {where}: check those sites' parameters, "
+                     "priors and observed values, or pass an init_strategy")
+
+
 # ----------------------------------------------------------------------------------
 # backends: each returns (z (chain, draw, ...), stats dict (chain, draw), timings)
 # ----------------------------------------------------------------------------------
@@ -188,6 +215,7 @@ def _run_numpyro(model, key, args, kwargs, sampler, num_warmup, num_samples, num
         state = jax.jit(init)(keys)
         jax.block_until_ready(state)
         init_time = time.perf_counter() - t0
+        check_initial_points(model, args, kwargs, state.z, state.potential_energy)
         state = _put(state, sharding)
         with _Progress(progress_bar, total, f"warmup+sample (numpyro, {num_warmup} warmup)") as prog:
             (z, stats), comp, _, start = _timed_compile(run, state)
@@ -207,9 +235,16 @@ def _run_blackjax(model, key, args, kwargs, sampler, num_warmup, num_samples, nu
 
     kinit, kwarm, ksamp = jax.random.split(key, 3)
     t0 = time.perf_counter()
-    info = initialize_model(jax.random.split(kinit, num_chains), model, init_strategy=init_strategy,
-                            dynamic_args=True, model_args=args, model_kwargs=kwargs)
+    try:
+        info = initialize_model(jax.random.split(kinit, num_chains), model, init_strategy=init_strategy,
+                                dynamic_args=True, model_args=args, model_kwargs=kwargs)
+    except RuntimeError as e:  # numpyro: "Cannot find valid initial parameters"
+        tr = handlers.trace(handlers.seed(model, kinit)).get_trace(*args, **kwargs)
+        prior = {k: v["value"] for k, v in tr.items() if v["type"] == "sample" and not v.get("is_observed")}
+        _no_valid_start(model, args, kwargs, prior, f"all {num_chains} chain(s)")
+        raise e
     init_time = time.perf_counter() - t0
+    check_initial_points(model, args, kwargs, info.param_info.z, info.param_info.potential_energy)
     potential = info.potential_fn(*args, **kwargs)
     post_gen = info.postprocess_fn
     logdensity = lambda z: -potential(z)  # noqa: E731

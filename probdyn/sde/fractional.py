@@ -54,6 +54,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import gammaln
 
+from probdyn._checks import check_int
+
 Kind = Literal["type1", "type2"]
 Normalization = Literal["standard", "paper"]
 
@@ -74,10 +76,27 @@ __all__ = [
     "optimal_weights",
     "relative_integrated_mse",
     "sample_fbm",
+    "check_fbm_params",
 ]
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def check_fbm_params(hurst=None, **nonnegative) -> None:
+    """``ValueError`` naming the argument for a concrete ``hurst`` outside the open interval
+    (0, 1) (fBM is defined there; ``H = 0`` and ``H = 1`` are degenerate) or a concrete
+    negative value of any keyword (e.g. ``theta=...``, ``noise_std=...``). Traced values are
+    not checked (the engine's NaN contract applies to them)."""
+    checks = [] if hurst is None else [("hurst", hurst, lambda v: np.all((v > 0) & (v < 1)),
+                                        "in the open interval (0, 1)")]
+    checks += [(k, v, lambda v: np.all(v >= 0), ">= 0") for k, v in nonnegative.items()]
+    for name, value, ok, what in checks:
+        if isinstance(value, jax.core.Tracer):
+            continue
+        v = np.asarray(value, float)
+        if not np.all(np.isfinite(v)) or not ok(v):
+            raise ValueError(f"{name} must be finite and {what}, got {value}")
 
 
 def _check_kind(kind: str) -> None:
@@ -207,8 +226,7 @@ def gamma_grid(num_components: int, gamma_max: float = 20.0) -> jax.Array:
     :math:`\gamma_k = \gamma_{\max}^{-1 + 2(k-1)/(K-1)}`, ``k = 1..K`` (``K = 1`` gives ``[1]``).
     ``gamma_grid(5, 20) = [0.05, 0.2236, 1, 4.472, 20]``. Returns shape ``(K,)``.
     """
-    if int(num_components) < 1:
-        raise ValueError(f"num_components must be >= 1, got {num_components}")
+    check_int(num_components, "num_components", 1)
     if isinstance(gamma_max, (int, float)) and gamma_max <= 0:
         raise ValueError(f"gamma_max must be positive, got {gamma_max}")
     out, comp = _dtypes(gamma_max)
@@ -628,6 +646,8 @@ def sample_fbm(
     _check_normalization(normalization)
     if method not in ("auto", "cholesky", "davies-harte"):
         raise ValueError(f"unknown method {method!r}")
+    check_fbm_params(hurst)
+    num_samples = check_int(num_samples, "num_samples", 1)
     out, comp = _dtypes(times, hurst)
     grid = None
     if kind == "type1" and method != "cholesky":

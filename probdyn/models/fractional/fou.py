@@ -27,6 +27,7 @@ from probdyn._checks import is_concrete
 from probdyn.inference import kalman
 from probdyn.inference.optimize import backoff_ascent
 from probdyn.sde.fractional import (
+    check_fbm_params,
     gamma_grid_for,
     ma_fbm_initial_cov,
     ma_fbm_linear_sde,
@@ -47,7 +48,9 @@ __all__ = [
 
 
 def fou_ltisde(theta, sigma, hurst, gammas, horizon, kind: str = "type1"):
-    """Fractional OU ``dX = -theta X dt + sigma dB^H`` (scalar) as an augmented ``LTISDE``."""
+    """Fractional OU ``dX = -theta X dt + sigma dB^H`` (scalar) as an augmented ``LTISDE``;
+    ``hurst`` in (0, 1), ``theta >= 0`` (0: scaled fBM), ``sigma >= 0``."""
+    check_fbm_params(hurst, theta=theta, sigma=sigma)
     theta = jnp.asarray(theta)
     return ma_fbm_linear_sde(jnp.reshape(-theta, (1, 1)), sigma, hurst, gammas, horizon, kind)
 
@@ -63,6 +66,7 @@ def _fou_ssm(theta, sigma, hurst, times, gammas, horizon, kind, x0_std, noise_st
     ``2e-5`` in float32) times the largest per-step variance on ``Q`` keeps every pivot
     regular (measured change of the log-likelihood: 7e-9 on 4 x 101 observations).
     """
+    check_fbm_params(x0_std=x0_std, noise_std=noise_std)
     sde = fou_ltisde(theta, sigma, hurst, gammas, horizon, kind)
     dtype = sde.F.dtype
     rel = 1e-12 if dtype == jnp.float64 else 2e-5

@@ -194,7 +194,8 @@ def simulate_data(
     ``dt_train`` ("train" spacing) and at ``dt_test`` ("test" spacing). With user data
     (``times`` (T,), ``y`` (T, p); ``system`` must then be a :class:`System` giving the drift
     family and initial parameters), the first 70 % is training data and the rest test data,
-    observed as given ("train") and with every other point dropped ("test", twice the spacing).
+    observed as given ("train") and with every other point dropped ("test", twice the spacing);
+    user times are shifted to start at 0.
     """
     key = jax.random.PRNGKey(key) if isinstance(key, int) else key
     user = times is not None or y is not None
@@ -210,6 +211,8 @@ def simulate_data(
         raise ValueError(f"system.H must have shape (p, {d}), got {H.shape}")
     ob = obs_lib.LinearGaussian(H, system.obs_sd**2 * jnp.ones(H.shape[0]))
     if user:
+        if times is not None:  # shifted to start at 0: an offset (e.g. Unix seconds) keeps its spacings
+            times = np.asarray(times, float) - float(np.asarray(times, float)[0])
         times, y = check_data(times, y, H.shape[0])
         if times.shape[0] < 30:
             raise ValueError("need at least 30 observations to split into training and test data")

@@ -130,18 +130,27 @@ def fit_sde(system, times, y, key: PRNGKeyArray, engine: str = "map", num_steps:
     """Fit the drift family of a built-in ``system`` (name or System) to ``times`` (T,), ``y``
     (T, p) by its continuous–discrete EKF likelihood: maximum likelihood by Adam
     (``num_steps``, ``learning_rate``) from the system's nominal parameters, then, for
-    ``engine="nuts"`` / ``"svi"``, the posterior of :func:`sde_posterior` started there."""
+    ``engine="nuts"`` / ``"svi"``, the posterior of :func:`sde_posterior` started there.
+    Times are shifted to start at 0 (the built-in drifts do not depend on time); their unit
+    is the unit of the drift's rates."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     system = get_system(system) if isinstance(system, str) else system
     ob = observation_for(system, y)
-    tt, yy = jnp.asarray(times), jnp.asarray(y)
+    t = np.asarray(times, float)
+    tt, yy = jnp.asarray(t - t[0]), jnp.asarray(y)  # shifted: an offset (e.g. Unix seconds) keeps its spacings
     model = SDEModel(MechanisticDrift(system.drift, dict(system.params)), float(np.mean(system.diffusion)),
                      system.state_dim)
     t0 = time.perf_counter()
     k_map, k_post = jax.random.split(key)
-    info = fit_map(model, ob, tt, yy, k_map, num_steps=num_steps, learning_rate=learning_rate,
-                   progress_bar=progress_bar)
+    try:
+        info = fit_map(model, ob, tt, yy, k_map, num_steps=num_steps, learning_rate=learning_rate,
+                       progress_bar=progress_bar)
+    except FloatingPointError as e:
+        spacing = float(np.median(np.diff(t)))
+        raise ValueError(f"the {system.name} fit failed ({e}); its starting rates {dict(system.params)} are per unit "
+                         f"of time and suit spacings near {system.dt_train}, the data's median spacing is "
+                         f"{spacing:.3g}: give times in a unit where the spacing is of that order") from None
     fitted = {k: float(jnp.exp(v)) for k, v in info.model.drift.log_params.items()}
     for i, v in enumerate(np.exp(np.asarray(info.model.log_diffusion))):
         fitted[f"diffusion_{i}"] = float(v)
@@ -183,7 +192,7 @@ def forecast_sde(fit: SDEFit, times, y, horizon: float | None = None, num_draws:
         raise ValueError(f"horizon must be a finite number >= 0, got {horizon}")
     dt = float(np.median(np.diff(t)))
     n_h = int(round(horizon / dt))
-    tt, yy = jnp.asarray(t), jnp.asarray(y)
+    tt, yy = jnp.asarray(t - t[0]), jnp.asarray(y)  # shifted as in fit_sde
     t_ext = jnp.concatenate([tt, tt[-1] + dt * jnp.arange(1, n_h + 1, dtype=tt.dtype)])
     y_ext = jnp.concatenate([yy, jnp.full((n_h, yy.shape[1]), jnp.nan, yy.dtype)])
     post = fit.idata.posterior
@@ -199,5 +208,5 @@ def forecast_sde(fit: SDEFit, times, y, horizon: float | None = None, num_draws:
     ms, vs = jax.vmap(smooth)({k: jnp.asarray(v[sel]) for k, v in draws.items()})
     ms, vs = np.asarray(ms), np.asarray(vs)
     sd = np.sqrt(vs.mean(0) + ms.var(0))  # the mixture over posterior draws
-    return SDEForecast(np.asarray(t_ext), ms.mean(0), sd, isinstance(fit.observation, obs_lib.LogNormal),
+    return SDEForecast(np.asarray(t_ext, float) + t[0], ms.mean(0), sd, isinstance(fit.observation, obs_lib.LogNormal),
                        float(t[-1]))
