@@ -50,14 +50,17 @@ def _add_fit(sub) -> None:
     f.add_argument("--dataset", choices=SERIES, help="embedded dataset, instead of --csv (default: nile)")
     f.add_argument("--model", choices=["markov-gp", "sde"], default="markov-gp")
     f.add_argument("--kernel", default="matern32",
-                   help="sum/product of " + ", ".join(KERNEL_NAMES) + " (e.g. matern32+sho)")
+                   help="sum/product of " + ", ".join(KERNEL_NAMES) + " (e.g. matern32+sho); priors on the "
+                        "standardised series: lengthscales and periods log-normal with 1%% of their mass below the "
+                        "median spacing (periods: twice it) and 1%% above the time span, amplitudes and SHO quality "
+                        "LogNormal(0 | log 3, 1), noise sd LogNormal(log 0.1, 1)")
     f.add_argument("--drift", default="ornstein_uhlenbeck", help=f"built-in drift family for --model sde: {SYSTEMS_HELP}")
     f.add_argument("--engine", choices=["map", "svi", "nuts"], default="map",
                    help="map: maximum a posteriori (markov-gp) / maximum likelihood (sde); svi: mean-field "
                         "normal guide; nuts: NUTS with --chains chains (sde: started at the ML fit)")
     f.add_argument("--chains", type=int, default=4)
     f.add_argument("--warmup", type=int, default=500)
-    f.add_argument("--samples", type=int, default=500)
+    f.add_argument("--samples", type=int, default=1000)
     f.add_argument("--steps", type=int, default=1500, help="optimisation steps (map, svi)")
     f.add_argument("--lr", type=float, default=0.02)
     f.add_argument("--horizon", type=float, help="forecast horizon >= 0 in time units (default: 10%% of the span)")

@@ -121,6 +121,8 @@ def test_fit_csv_end_to_end_and_no_overwrite(tmp_path):
     ok = ~np.isnan(z)
     tt, zz = t[ok], z[ok]
     span = t[-1] - t[0]
+    sp = np.median(np.diff(t))  # lengthscale prior: 1 % below the median spacing, 1 % above the span
+    ell_loc, ell_sd = 0.5 * np.log(sp * span), np.log(span / sp) / (2 * 2.3263479)
 
     def neg_log_post(log_p):
         ell, amp, sn = np.exp(log_p)
@@ -129,7 +131,7 @@ def test_fit_csv_end_to_end_and_no_overwrite(tmp_path):
         L = np.linalg.cholesky(K)
         a = np.linalg.solve(L, zz)
         ll = -0.5 * a @ a - np.log(np.diag(L)).sum() - 0.5 * len(tt) * np.log(2 * np.pi)
-        lp = (stats.lognorm(1.0, scale=span / 5).logpdf(ell) + stats.lognorm(1.0, scale=1.0).logpdf(amp)
+        lp = (stats.lognorm(ell_sd, scale=np.exp(ell_loc)).logpdf(ell) + stats.lognorm(1.0, scale=1.0).logpdf(amp)
               + stats.lognorm(1.0, scale=0.1).logpdf(sn))
         return -(ll + lp)  # MAP in the constrained space, as numpyro's AutoDelta reports it
 

@@ -22,9 +22,9 @@ def test_parse_kernel():
 def test_kernel_prior_builds_the_named_sum_of_products():
     """Conditioned on site values, the spec's kernel has the covariance of the same sum of
     products built by hand (each product term scaled by its amplitude squared)."""
-    values = {"matern32_00_lengthscale": 1.7, "amplitude_0": 0.8, "sho_10_omega": 2.1, "sho_10_quality": 4.0,
+    values = {"matern32_00_lengthscale": 1.7, "amplitude_0": 0.8, "sho_10_period": 2 * np.pi / 2.1, "sho_10_quality": 4.0,
               "periodic_11_period": 3.0, "periodic_11_lengthscale": 0.9, "amplitude_1": 1.3}
-    build = gp_fit.kernel_prior("matern32+sho*periodic", span=10.0)
+    build = gp_fit.kernel_prior("matern32+sho*periodic", span=10.0, spacing=0.1)
     with handlers.seed(rng_seed=0), handlers.trace() as tr, handlers.condition(data=values):
         k = build()
     assert set(tr) == set(values)
@@ -79,6 +79,17 @@ def test_predict_gp_equals_dense_regression(engine):
     np.testing.assert_allclose(sd, fit.scale * np.sqrt(vs.mean(0) + ms.var(0)), rtol=1e-8)
 
 
+def test_time_scale_prior_tails():
+    """1 % of the prior mass below the spacing and 1 % above the span (scipy's log-normal)."""
+    from scipy import stats
+
+    loc, sd = gp_fit.time_scale_prior(0.05, 200.0)
+    d = stats.lognorm(sd, scale=np.exp(loc))
+    np.testing.assert_allclose([d.cdf(0.05), d.sf(200.0)], [0.01, 0.01], rtol=1e-4)
+    with pytest.raises(ValueError, match="spacing < span"):
+        gp_fit.time_scale_prior(1.0, 1.0)
+
+
 def test_fit_gp_bad_input():
     t = np.arange(10.0)
     with pytest.raises(ValueError, match="constant"):
@@ -87,3 +98,31 @@ def test_fit_gp_bad_input():
         gp_fit.fit_gp(t, np.sin(t), jax.random.PRNGKey(0), engine="hmc")
     with pytest.raises(ValueError, match="one series"):
         gp_fit.fit_gp(t, np.ones((10, 2)), jax.random.PRNGKey(0))
+
+
+def _series(kind):
+    rng = np.random.default_rng(0)
+    if kind == "lynx_hare":
+        from probdyn.datasets import load_series
+
+        t, y, _ = load_series("lynx_hare")
+        return t, y[:, 0]
+    ts, vs, n = {"short times, large values": (1e-3, 1e3, 60), "long times, small values": (1e3, 1e-3, 60),
+                 "10 points": (1.0, 1.0, 10)}[kind]
+    t = np.sort(rng.uniform(0, 20, n)) * ts
+    return t, vs * (np.sin(0.7 * t / ts) + 0.2 * rng.normal(size=n)) + 5 * vs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["lynx_hare", "short times, large values", "long times, small values", "10 points"])
+def test_default_nuts_converges(kind):
+    """The default NUTS fit (4 chains, 500 warmup + 1000 draws, target acceptance 0.9, priors
+    scaled to the data) converges: R-hat < 1.01, no divergences, on a bundled series and on
+    simulated ones whose time and value scales span 1e-3 .. 1e3."""
+    import arviz as az
+
+    t, y = _series(kind)
+    fit = gp_fit.fit_gp(t, y, jax.random.PRNGKey(0), engine="nuts", progress_bar=False)
+    summ = az.summary(fit.idata, kind="diagnostics")
+    assert float(summ["r_hat"].max()) < 1.01, summ
+    assert int(fit.idata.attrs["num_divergences"]) == 0
