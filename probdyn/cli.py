@@ -64,7 +64,38 @@ def _series(a, min_points: int = 5):
         return load_series(a.dataset or "nile")
 
 
-def _prepare_out(out: str, files: list[str], force: bool) -> Path:
+class _Outputs:
+    """The files a command writes into one folder. Each is written under a temporary name in
+    that folder (``staged(name)``: ``.partial-NAME``) and all are renamed to their final names
+    together when the command succeeds; on an error or Ctrl-C the temporary files are removed,
+    so no final name ever holds a half-written file and earlier results are kept."""
+
+    def __init__(self, folder: Path, names: list[str]):
+        self.folder, self.names = folder, list(names)
+        self.earlier = [n for n in names if (folder / n).exists()]
+
+    def staged(self, name: str) -> Path:
+        return self.folder / f".partial-{name}"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        staged = [n for n in self.names if self.staged(n).exists()]
+        if exc_type is None:
+            for n in staged:
+                os.replace(self.staged(n), self.folder / n)
+            return False
+        for n in staged:
+            self.staged(n).unlink()
+        if exc_type is KeyboardInterrupt:
+            kept = f"; the earlier {', '.join(self.earlier)} kept as they were" if self.earlier else ""
+            print(f"probdyn: interrupted before writing its results: no file written in {self.folder}{kept}",
+                  file=sys.stderr)
+        return False
+
+
+def _prepare_out(out: str, files: list[str], force: bool) -> _Outputs:
     p = Path(out)
     if p.exists() and not p.is_dir():
         raise CLIError(f"--out {out} exists and is not a directory")
@@ -72,7 +103,7 @@ def _prepare_out(out: str, files: list[str], force: bool) -> Path:
     if clash and not force:
         raise CLIError(f"{p / clash[0]} already exists; use --force to overwrite or choose another --out")
     p.mkdir(parents=True, exist_ok=True)
-    return p
+    return _Outputs(p, files)
 
 
 # ----------------------------------------------------------------------------------
@@ -106,7 +137,7 @@ def _cmd_run(a) -> int:
     name = a.name[:-3] if a.name.endswith(".py") else a.name
     if name not in tuts:
         raise CLIError(f"unknown tutorial {a.name!r}; `probdyn tutorials` lists: {', '.join(tuts)}")
-    out = _prepare_out(os.path.join(a.out, name), ["metrics.json"], a.force)
+    out = _prepare_out(os.path.join(a.out, name), ["metrics.json"], a.force).folder
     env = {**os.environ, "PROBDYN_OUT": str(out), "PROBDYN_METRICS": str(out / "metrics.json"), "MPLBACKEND": "Agg"}
     if a.smoke:
         env["PROBDYN_SMOKE"] = "1"
@@ -124,22 +155,21 @@ def _cmd_run(a) -> int:
 # ----------------------------------------------------------------------------------
 # fit
 # ----------------------------------------------------------------------------------
-def _write_fit_outputs(out: Path, idata, extra: dict, point_estimate: bool = False) -> None:
+def _write_fit_outputs(out: _Outputs, idata, extra: dict, point_estimate: bool = False) -> None:
     import warnings
 
     with warnings.catch_warnings():  # arviz's notes on a single draw (a point estimate)
         warnings.simplefilter("ignore", UserWarning)
         import arviz as az
 
-        idata.to_netcdf(str(out / "posterior.nc"))
+        idata.to_netcdf(str(out.staged("posterior.nc")))
         summ = az.summary(idata, kind="all" if idata.posterior.sizes.get("chain", 1) > 1 else "stats")
     if point_estimate:
         summ = summ[["mean"]].rename(columns={"mean": "MAP"})
-    summ.to_csv(out / "summary.csv")
-    (out / "summary.md").write_text(markdown_table(summ))
+    summ.to_csv(out.staged("summary.csv"))
+    out.staged("summary.md").write_text(markdown_table(summ))
     print(summ.to_string())
-    (out / "fit.json").write_text(json.dumps(extra, indent=2))
-    print(f"\nwrote {', '.join(str(out / f) for f in FIT_FILES)}")
+    out.staged("fit.json").write_text(json.dumps(extra, indent=2))
 
 
 def _fit_markov_gp(a, t, y, names, axis_labels: tuple) -> None:
@@ -149,20 +179,20 @@ def _fit_markov_gp(a, t, y, names, axis_labels: tuple) -> None:
         raise CLIError(f"--model markov-gp fits one series; pick one with --columns (got {', '.join(names)})")
     with _user_errors():
         gp_fit.parse_kernel(a.kernel)
-    out = _prepare_out(a.out, FIT_FILES, a.force)
-    print(f"fitting a Markov GP ({a.kernel}) to {names[0]} ({len(t)} points) with engine={a.engine}", flush=True)
-    with _user_errors():
-        fit = gp_fit.fit_gp(t, y[:, 0], jax.random.PRNGKey(a.seed), kernel=a.kernel, engine=a.engine,
-                            num_steps=a.steps, learning_rate=a.lr, num_warmup=a.warmup, num_samples=a.samples,
-                            num_chains=a.chains, progress_bar=not a.no_progress)
-    grid = np.linspace(t[0], t[-1] + (a.horizon if a.horizon is not None else 0.1 * fit.span), 400)
-    mean, sd = gp_fit.predict_gp(fit, t, y[:, 0], grid)
-    plotting.gp_forecast(out / "forecast.png", t, y[:, 0], grid, mean, sd, axis_labels[1][0], f"Markov GP ({a.engine})",
-                         axis_labels[0])
-    _write_fit_outputs(out, fit.idata, {"model": "markov-gp", "kernel": a.kernel, "engine": a.engine,
-                                        "series": names[0], "n_points": int(len(t)), "wall_time_s": fit.wall_time_s,
-                                        "standardisation": {"mean": fit.loc, "sd": fit.scale}},
-                       point_estimate=a.engine == "map")
+    with _prepare_out(a.out, FIT_FILES, a.force) as out:
+        print(f"fitting a Markov GP ({a.kernel}) to {names[0]} ({len(t)} points) with engine={a.engine}", flush=True)
+        with _user_errors():
+            fit = gp_fit.fit_gp(t, y[:, 0], jax.random.PRNGKey(a.seed), kernel=a.kernel, engine=a.engine,
+                                num_steps=a.steps, learning_rate=a.lr, num_warmup=a.warmup, num_samples=a.samples,
+                                num_chains=a.chains, progress_bar=not a.no_progress)
+        grid = np.linspace(t[0], t[-1] + (a.horizon if a.horizon is not None else 0.1 * fit.span), 400)
+        mean, sd = gp_fit.predict_gp(fit, t, y[:, 0], grid)
+        plotting.gp_forecast(out.staged("forecast.png"), t, y[:, 0], grid, mean, sd, axis_labels[1][0], f"Markov GP ({a.engine})",
+                             axis_labels[0])
+        _write_fit_outputs(out, fit.idata, {"model": "markov-gp", "kernel": a.kernel, "engine": a.engine,
+                                            "series": names[0], "n_points": int(len(t)), "wall_time_s": fit.wall_time_s,
+                                            "standardisation": {"mean": fit.loc, "sd": fit.scale}},
+                           point_estimate=a.engine == "map")
 
 
 def _fit_sde(a, t, y, names, axis_labels: tuple) -> None:
@@ -174,22 +204,22 @@ def _fit_sde(a, t, y, names, axis_labels: tuple) -> None:
     if system.H.shape[0] != y.shape[1]:
         raise CLIError(f"--drift {a.drift} observes {system.H.shape[0]} coordinate(s) but the data have "
                        f"{y.shape[1]} column(s) ({', '.join(names)}); choose them with --columns")
-    out = _prepare_out(a.out, FIT_FILES, a.force)
-    then = "" if a.engine == "map" else f", then its posterior by {a.engine}"
-    print(f"fitting the {a.drift} SDE drift family to {', '.join(names)} ({len(t)} points) by the "
-          f"continuous-discrete EKF likelihood{then}", flush=True)
-    with _user_errors():
-        fit = sysid.fit_sde(system, t, y, jax.random.PRNGKey(a.seed), engine=a.engine, num_steps=a.steps,
-                            learning_rate=a.lr, num_warmup=a.warmup, num_samples=a.samples, num_chains=a.chains,
-                            progress_bar=not a.no_progress)
-    fc = sysid.forecast_sde(fit, t, y, a.horizon)
-    plotting.sde_forecast(out / "forecast.png", t, y, fc, axis_labels[1], f"{a.drift} SDE (smoothed / forecast)",
-                          axis_labels[0])
-    _write_fit_outputs(out, fit.idata, {"model": "sde", "drift": a.drift, "engine": a.engine, "series": names,
-                                        "n_points": int(len(t)), "wall_time_s": fit.wall_time_s,
-                                        "map_log_likelihood": float(fit.map.log_likelihood),
-                                        "map_parameters": fit.parameters},
-                       point_estimate=a.engine == "map")
+    with _prepare_out(a.out, FIT_FILES, a.force) as out:
+        then = "" if a.engine == "map" else f", then its posterior by {a.engine}"
+        print(f"fitting the {a.drift} SDE drift family to {', '.join(names)} ({len(t)} points) by the "
+              f"continuous-discrete EKF likelihood{then}", flush=True)
+        with _user_errors():
+            fit = sysid.fit_sde(system, t, y, jax.random.PRNGKey(a.seed), engine=a.engine, num_steps=a.steps,
+                                learning_rate=a.lr, num_warmup=a.warmup, num_samples=a.samples, num_chains=a.chains,
+                                progress_bar=not a.no_progress)
+        fc = sysid.forecast_sde(fit, t, y, a.horizon)
+        plotting.sde_forecast(out.staged("forecast.png"), t, y, fc, axis_labels[1], f"{a.drift} SDE (smoothed / forecast)",
+                              axis_labels[0])
+        _write_fit_outputs(out, fit.idata, {"model": "sde", "drift": a.drift, "engine": a.engine, "series": names,
+                                            "n_points": int(len(t)), "wall_time_s": fit.wall_time_s,
+                                            "map_log_likelihood": float(fit.map.log_likelihood),
+                                            "map_parameters": fit.parameters},
+                           point_estimate=a.engine == "map")
 
 
 def _cmd_fit(a) -> int:
@@ -199,6 +229,7 @@ def _cmd_fit(a) -> int:
     time_label, unit = ("time", None) if a.csv else SERIES_UNITS[a.dataset or "nile"]
     axis_labels = (time_label, [n if unit is None else f"{n} ({unit})" for n in names])
     (_fit_markov_gp if a.model == "markov-gp" else _fit_sde)(a, t, y, names, axis_labels)
+    print(f"\nwrote {', '.join(str(Path(a.out) / f) for f in FIT_FILES)}")
     return 0
 
 
@@ -230,27 +261,26 @@ def _cmd_compare(a) -> int:
     from probdyn.models import sysid
 
     kwargs, title, coords = _compare_inputs(a, sysid)
-    out = _prepare_out(a.out, ["report.md", "comparison.csv", "scores.png", "forecasts.png"], a.force)
-    print(f"probdyn compare: {title}{' (quick)' if a.quick else ''}", flush=True)
-    t0 = time.perf_counter()
-    res = sysid.compare(**kwargs)
-    elapsed = time.perf_counter() - t0
-    table = res.to_markdown()
-    print(table)
-    res.table.to_csv(out / "comparison.csv", index=False)
-    figs = [out / "scores.png"]
-    plotting.compare_scores(figs[0], res.table)
-    if any(k[1] == "test" for k in res.forecasts):
-        figs.append(out / "forecasts.png")
-        plotting.compare_forecasts(figs[1], res.forecasts, coords)
-    lines = [f"# probdyn compare: {title}", "",
-             "Continuous-time (SDE, continuous-discrete filter) and discrete-time models fitted by the same",
-             "engine (maximum likelihood of their Gaussian-filter likelihoods); forecasts scored against",
-             "held-out data at the training spacing and at a different test spacing.", "", table, "",
-             "One row per model, spacing and lead time: `comparison.csv`.", ""]
-    lines += [f"![{f.stem}]({f.name})" for f in figs] + ["", f"Run time: {elapsed:.0f} s."]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
-    print(f"\nwrote {out / 'report.md'}, {out / 'comparison.csv'} and {len(figs)} figures in {out}")
+    with _prepare_out(a.out, ["report.md", "comparison.csv", "scores.png", "forecasts.png"], a.force) as out:
+        print(f"probdyn compare: {title}{' (quick)' if a.quick else ''}", flush=True)
+        t0 = time.perf_counter()
+        res = sysid.compare(**kwargs)
+        elapsed = time.perf_counter() - t0
+        table = res.to_markdown()
+        print(table)
+        res.table.to_csv(out.staged("comparison.csv"), index=False)
+        figs = ["scores.png"] + (["forecasts.png"] if any(k[1] == "test" for k in res.forecasts) else [])
+        plotting.compare_scores(out.staged(figs[0]), res.table)
+        if len(figs) > 1:
+            plotting.compare_forecasts(out.staged(figs[1]), res.forecasts, coords)
+        lines = [f"# probdyn compare: {title}", "",
+                 "Continuous-time (SDE, continuous-discrete filter) and discrete-time models fitted by the same",
+                 "engine (maximum likelihood of their Gaussian-filter likelihoods); forecasts scored against",
+                 "held-out data at the training spacing and at a different test spacing.", "", table, "",
+                 "One row per model, spacing and lead time: `comparison.csv`.", ""]
+        lines += [f"![{f[:-4]}]({f})" for f in figs] + ["", f"Run time: {elapsed:.0f} s."]
+        out.staged("report.md").write_text("\n".join(lines) + "\n")
+    print(f"\nwrote report.md, comparison.csv and {len(figs)} figures in {out.folder}")
     return 0
 
 

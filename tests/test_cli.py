@@ -273,3 +273,51 @@ def test_fit_times_with_a_huge_offset(tmp_path):
     for k, v in summ["zero"].items():
         assert summ["big"][k] == pytest.approx(v, rel=1e-3), k
 
+
+
+def test_interrupt_while_writing_keeps_earlier_results(tmp_path, cli_inproc, monkeypatch):
+    """Ctrl-C after some outputs are written (simulated: the markdown summary raises
+    KeyboardInterrupt): exit 130, the earlier results under the final names are untouched,
+    no temporary file is left, and the message says what was kept."""
+    import probdyn.cli as cli_mod
+
+    rows = [(i, np.sin(i / 3)) for i in range(30)]
+    write_csv(tmp_path / "d.csv", rows)
+    out = tmp_path / "out"
+    out.mkdir()
+    earlier = {f: f"earlier {f}" for f in ("posterior.nc", "summary.csv", "summary.md", "forecast.png", "fit.json")}
+    for f, text in earlier.items():
+        (out / f).write_text(text)
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_mod, "markdown_table", interrupt)
+    r = cli_inproc("fit", "--csv", "d.csv", "--steps", "20", "--no-progress", "--force", "--out", "out", cwd=tmp_path)
+    assert r.returncode == 130
+    assert {p.name: p.read_text() for p in out.iterdir()} == earlier  # nothing new, nothing partial
+    assert "no file written" in r.stderr and "posterior.nc" in r.stderr and "kept" in r.stderr
+
+
+@pytest.mark.slow
+def test_sigint_during_nuts(tmp_path):
+    """A real Ctrl-C (SIGINT to the process) during `fit --engine nuts`: exit 130, no file under
+    a final name, no temporary file, and a line saying nothing was written."""
+    import signal
+    import time
+
+    rows = [(i, np.sin(i / 3)) for i in range(40)]
+    write_csv(tmp_path / "d.csv", rows)
+    env = {**os.environ, "PYTHONPATH": ROOT, "MPLBACKEND": "Agg"}
+    p = subprocess.Popen([sys.executable, "-m", "probdyn", "fit", "--csv", "d.csv", "--engine", "nuts", "--out", "out",
+                          "--no-progress"], cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    first = p.stdout.readline()  # "fitting a Markov GP ..." : the run has started
+    assert "fitting" in first, first
+    time.sleep(3.0)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 130, err[-2000:]
+    out = tmp_path / "out"
+    assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
+    assert "interrupted" in err and "Traceback" not in err
