@@ -74,8 +74,9 @@ def _step_time(K, n_steps, d=4, batch=16, reps=10, num_obs=10):
     model = fs.FractionalSDE(_Drift(drift), ctrl, lik, d, num_components=K, hurst=0.3)
     y = jnp.zeros((num_obs + 1, d))
     nsub = max(n_steps // num_obs, 1)
-    f = eqx.filter_jit(eqx.filter_value_and_grad(
-        lambda m, k: -fs.elbo(m, k, times, y, num_samples=batch, num_substeps=nsub)))
+    f = eqx.filter_jit(
+        eqx.filter_value_and_grad(lambda m, k: -fs.elbo(m, k, times, y, num_samples=batch, num_substeps=nsub))
+    )
     v, _ = f(model, key)
     jax.block_until_ready(v)
     best = np.inf
@@ -103,8 +104,10 @@ def timing_tables(Ks, steps):
     print("|---|" + "---|" * len(Ks))
     for n in steps:
         print(f"| {n} | " + " | ".join(f"{ms[n, K] / ms[n, 0]:.2f}" for K in Ks) + " |")
-    print("\nTime per Euler step (ms / steps, K = 5): "
-          + ", ".join(f"{n}: {ms[n, 5] / n * 1e3:.1f} us" for n in steps if (n, 5) in ms))
+    print(
+        "\nTime per Euler step (ms / steps, K = 5): "
+        + ", ".join(f"{n}: {ms[n, 5] / n * 1e3:.1f} us" for n in steps if (n, 5) in ms)
+    )
 
 
 # ---------------------------------------------------------------------------- bias
@@ -154,14 +157,23 @@ def bias_table(Ns):
     for N in Ns:
         dt = 1.0 / N
         grids = [("gamma_grid(5, 20)", np.asarray(fr.gamma_grid(5, 20.0)))]
-        for slow, fast, per in [(0.005, 5.0, 1.5), (0.005, 5.0, 1.0), (0.005, 5.0, 2.0), (0.005, 0.5, 1.5),
-                                (0.1, 5.0, 1.5), (0.005, 2.0, 1.5)]:
-            grids.append((f"slow={slow}, fast={fast}, per_decade={per}",
-                          np.asarray(fr.gamma_grid_for(dt, 1.0, per, slow, fast))))
+        for slow, fast, per in [
+            (0.005, 5.0, 1.5),
+            (0.005, 5.0, 1.0),
+            (0.005, 5.0, 2.0),
+            (0.005, 0.5, 1.5),
+            (0.1, 5.0, 1.5),
+            (0.005, 2.0, 1.5),
+        ]:
+            grids.append(
+                (f"slow={slow}, fast={fast}, per_decade={per}", np.asarray(fr.gamma_grid_for(dt, 1.0, per, slow, fast)))
+            )
         for name, g in grids:
             b = [pseudo_true_hurst(H, g, N) - H for H in HURSTS]
-            print(f"| {N} | {name} | {len(g)} | " + " | ".join(f"{v:+.4f}" for v in b)
-                  + f" | {max(map(abs, b)):.4f} |", flush=True)
+            print(
+                f"| {N} | {name} | {len(g)} | " + " | ".join(f"{v:+.4f}" for v in b) + f" | {max(map(abs, b)):.4f} |",
+                flush=True,
+            )
 
 
 # --------------------------------------------------------------------------- hurst
@@ -199,8 +211,10 @@ def hurst_table(num_paths=16, consistency=(4, 16, 64), N=100):
         dt = time.perf_counter() - t0
         ex = exact_fbm_mle(t[1:], ys[:, 1:])
         h = float(r.hurst)
-        print(f"| {H} | {h:.3f} +- {float(r.hurst_sd):.3f} | {h - H:+.3f} | {ex:.3f} | {r.num_iterations} | {dt:.1f} |",
-              flush=True)
+        print(
+            f"| {H} | {h:.3f} +- {float(r.hurst_sd):.3f} | {h - H:+.3f} | {ex:.3f} | {r.num_iterations} | {dt:.1f} |",
+            flush=True,
+        )
     if consistency:
         print("\nConsistency: the same estimator on the first P of the paths (nested data sets); the")
         print("estimate approaches the truth (within the asymptotic bias of the `bias` table) and its")
@@ -228,23 +242,50 @@ def nuts_table(Hs=(0.35,), num_paths=16, N=100, warmup=300, samples=300, chains=
     for H in Hs:
         ys = fr.sample_fbm(jax.random.PRNGKey(int(100 * H)), t, H, num_paths)
         t0 = time.perf_counter()
-        idata = mcmc.sample(fs.fou_numpyro_model, jax.random.PRNGKey(3), t, ys, g, 1.0, estimate_theta=False,
-                            num_warmup=warmup, num_samples=samples, num_chains=chains, progress_bar=False,
-                            chain_method="sequential", report=False, log_likelihood=False)
+        idata = mcmc.sample(
+            fs.fou_numpyro_model,
+            jax.random.PRNGKey(3),
+            t,
+            ys,
+            g,
+            1.0,
+            estimate_theta=False,
+            num_warmup=warmup,
+            num_samples=samples,
+            num_chains=chains,
+            progress_bar=False,
+            chain_method="sequential",
+            report=False,
+            log_likelihood=False,
+        )
         dt = time.perf_counter() - t0
         post = np.asarray(idata.posterior["H"]).ravel()
         ess = float(az.ess(idata, var_names=["H"])["H"])
         rhat = float(max(az.rhat(idata)[v].max() for v in ("H", "sigma")))
         r = fs.fou_mle(t, ys, g)
-        print(f"| {H} | {post.mean():.3f} +- {post.std():.3f} | {float(r.hurst):.3f} +- {float(r.hurst_sd):.3f} "
-              f"| {ess:.0f} | {rhat:.3f} | {dt:.0f} |", flush=True)
+        print(
+            f"| {H} | {post.mean():.3f} +- {post.std():.3f} | {float(r.hurst):.3f} +- {float(r.hurst_sd):.3f} "
+            f"| {ess:.0f} | {rhat:.3f} | {dt:.0f} |",
+            flush=True,
+        )
 
 
 # ------------------------------------------------------------------------------ vi
 
 
-def vi_estimate(H, num_paths=4, N=100, rho=1.0, num_substeps=10, steps=2500, knots_per_interval=2,
-                lr_control=1.0, lr_hyper=0.02, num_samples=8, seed=None):
+def vi_estimate(
+    H,
+    num_paths=4,
+    N=100,
+    rho=1.0,
+    num_substeps=10,
+    steps=2500,
+    knots_per_interval=2,
+    lr_control=1.0,
+    lr_hyper=0.02,
+    num_samples=8,
+    seed=None,
+):
     """Variational H: FractionalSDE (H learnable, sigma at the sampling interval) + fit_elbo.
 
     Data: exact fBM plus N(0, (rho Delta^H)^2) noise (rho = noise sd / one-step increment sd).
@@ -262,22 +303,47 @@ def vi_estimate(H, num_paths=4, N=100, rho=1.0, num_substeps=10, steps=2500, kno
     ml = fs.fou_mle(times, ys, g, noise_std=noise)
     lik = fs.GaussianLikelihood(jnp.log(jnp.array([noise])), learn_noise=False)
     scale = jnp.concatenate([jnp.ones(1), 1 / jnp.sqrt(2 * g)])
-    ctrl = fs.AffineControl(jnp.linspace(0.0, T, N * knots_per_interval + 1), 1, K, num_paths=num_paths,
-                            state_scale=scale)
+    ctrl = fs.AffineControl(
+        jnp.linspace(0.0, T, N * knots_per_interval + 1), 1, K, num_paths=num_paths, state_scale=scale
+    )
     inc2 = float(np.mean(np.diff(np.asarray(ys), axis=1) ** 2))
     s0 = np.sqrt(max(inc2 - 2 * noise**2, 0.1 * inc2)) / dt**0.5
-    model = fs.FractionalSDE(lambda x, t: jnp.zeros_like(x), ctrl, lik, 1, hurst=0.5, gammas=g, horizon=T,
-                             sigma=float(s0), x0_std=1e-2, sigma_scale_time=dt, num_paths=num_paths)
+    model = fs.FractionalSDE(
+        lambda x, t: jnp.zeros_like(x),
+        ctrl,
+        lik,
+        1,
+        hurst=0.5,
+        gammas=g,
+        horizon=T,
+        sigma=float(s0),
+        x0_std=1e-2,
+        sigma_scale_time=dt,
+        num_paths=num_paths,
+    )
 
     def labels(p):
         lab = jax.tree.map(lambda _: "control", p)
         return eqx.tree_at(lambda m: (m.hurst_logit, m.log_sigma), lab, ("hyper", "hyper"))
 
     opt = optax.multi_transform(
-        {"control": optax.adam(optax.cosine_decay_schedule(lr_control, steps, 0.05)),
-         "hyper": optax.adam(optax.cosine_decay_schedule(lr_hyper, steps, 0.05))}, labels)
-    res = fs.fit_elbo(model, jax.random.PRNGKey(0), times, ys[..., None], steps, opt, num_samples=num_samples,
-                      num_substeps=num_substeps, batched=True)
+        {
+            "control": optax.adam(optax.cosine_decay_schedule(lr_control, steps, 0.05)),
+            "hyper": optax.adam(optax.cosine_decay_schedule(lr_hyper, steps, 0.05)),
+        },
+        labels,
+    )
+    res = fs.fit_elbo(
+        model,
+        jax.random.PRNGKey(0),
+        times,
+        ys[..., None],
+        steps,
+        opt,
+        num_samples=num_samples,
+        num_substeps=num_substeps,
+        batched=True,
+    )
     m = res.params
     # gap: exact log-likelihood of the Euler-discretised prior (what the scan simulates) - ELBO
     ssm, idx = fs.euler_lgssm(m.for_path(0), times, num_substeps, noise, jnp.zeros((1, 1)))
@@ -287,11 +353,30 @@ def vi_estimate(H, num_paths=4, N=100, rho=1.0, num_substeps=10, steps=2500, kno
         return kalman.log_likelihood(ssm, jnp.full((n_fine, 1), jnp.nan).at[idx, 0].set(y))
 
     ll = float(jnp.sum(jax.lax.map(eul_ll, ys)))
-    el = float(jnp.sum(jax.lax.map(
-        lambda a: fs.elbo(m.for_path(a[1]), jax.random.fold_in(jax.random.PRNGKey(5), a[1]), times, a[0][:, None],
-                          a[1], 64, num_substeps), (ys, jnp.arange(num_paths)))))
-    return (float(m.hurst), float(ml.hurst), float(ml.hurst_sd), (ll - el) / num_paths, res.time_s,
-            res.time_s / steps * 1e3)
+    el = float(
+        jnp.sum(
+            jax.lax.map(
+                lambda a: fs.elbo(
+                    m.for_path(a[1]),
+                    jax.random.fold_in(jax.random.PRNGKey(5), a[1]),
+                    times,
+                    a[0][:, None],
+                    a[1],
+                    64,
+                    num_substeps,
+                ),
+                (ys, jnp.arange(num_paths)),
+            )
+        )
+    )
+    return (
+        float(m.hurst),
+        float(ml.hurst),
+        float(ml.hurst_sd),
+        (ll - el) / num_paths,
+        res.time_s,
+        res.time_s / steps * 1e3,
+    )
 
 
 def vi_table(Hs, num_paths=4, steps=2500, substeps=(10,), extra=()):
@@ -304,8 +389,9 @@ def vi_table(Hs, num_paths=4, steps=2500, substeps=(10,), extra=()):
     print("|---|---|---|---|---|---|---|")
     for H, nsub in [(H, n) for n in substeps for H in Hs] + list(extra):
         vi, ml, se, gap, sec, _ = vi_estimate(H, num_paths, num_substeps=nsub, steps=steps)
-        print(f"| {H} | {nsub} | {vi:.3f} | {ml:.3f} +- {se:.3f} | {vi - ml:+.3f} | {gap:.1f} | {sec:.0f} |",
-              flush=True)
+        print(
+            f"| {H} | {nsub} | {vi:.3f} | {ml:.3f} +- {se:.3f} | {vi - ml:+.3f} | {gap:.1f} | {sec:.0f} |", flush=True
+        )
 
 
 if __name__ == "__main__":

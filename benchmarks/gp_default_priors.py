@@ -49,8 +49,11 @@ def main(words):
         el = time.perf_counter() - t0
         s = az.summary(fit.idata, kind="diagnostics")
         ell = float(np.median(fit.idata.posterior["matern32_lengthscale"].values))
-        print(f"| {name} | {len(t)} | {s['r_hat'].max():.3f} | {s['ess_bulk'].min():.0f} | "
-              f"{int(fit.idata.attrs['num_divergences'])} | {ell:.3g} | {t[-1] - t[0]:.3g} | {el:.1f} |", flush=True)
+        print(
+            f"| {name} | {len(t)} | {s['r_hat'].max():.3f} | {s['ess_bulk'].min():.0f} | "
+            f"{int(fit.idata.attrs['num_divergences'])} | {ell:.3g} | {t[-1] - t[0]:.3g} | {el:.1f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

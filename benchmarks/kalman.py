@@ -85,13 +85,21 @@ def make_fns(t, y, kname="Matern32"):
             initial=ParamsLGSSMInitial(mean=jnp.zeros(d), cov=k.stationary_cov()),
             dynamics=ParamsLGSSMDynamics(weights=A, bias=jnp.zeros(d), input_weights=jnp.zeros((d, 0)), cov=Q),
             emissions=ParamsLGSSMEmissions(
-                weights=k.observation(), bias=jnp.zeros(1), input_weights=jnp.zeros((1, 0)),
+                weights=k.observation(),
+                bias=jnp.zeros(1),
+                input_weights=jnp.zeros((1, 0)),
                 cov=jnp.exp(p[2]) * jnp.eye(1),
             ),
         )
         return lgssm_filter(params, y[:, None]).marginal_loglik
 
-    return {"probdyn (seq)": pd(False), "probdyn (par)": pd(True), "tinygp quasisep": tg, "dynamax": dyn, "dense": dense}
+    return {
+        "probdyn (seq)": pd(False),
+        "probdyn (par)": pd(True),
+        "tinygp quasisep": tg,
+        "dynamax": dyn,
+        "dense": dense,
+    }
 
 
 def main():
@@ -100,11 +108,17 @@ def main():
     ap.add_argument("--repeats", type=int, default=11)
     ap.add_argument("--dense-max", type=int, default=5000)
     ap.add_argument("--kernel", default="Matern32", choices=["Matern32", "Matern52"])
-    ap.add_argument("--par-max", type=int, default=10000,
-                    help="largest N for the parallel schedule (its reverse pass at 1e5 exhausts 24 GB here)")
+    ap.add_argument(
+        "--par-max",
+        type=int,
+        default=10000,
+        help="largest N for the parallel schedule (its reverse pass at 1e5 exhausts 24 GB here)",
+    )
     args = ap.parse_args()
-    print(f"# {args.kernel} MarkovGP, float64, {jax.default_backend()} ({platform.processor() or platform.machine()}, "
-          f"{jax.device_count()} device(s), jax {jax.__version__})")
+    print(
+        f"# {args.kernel} MarkovGP, float64, {jax.default_backend()} ({platform.processor() or platform.machine()}, "
+        f"{jax.device_count()} device(s), jax {jax.__version__})"
+    )
     rng = np.random.default_rng(0)
     p = jnp.array([0.3, 0.0, -2.0])
     rows = []
@@ -113,18 +127,24 @@ def main():
         y = jnp.asarray(np.sin(np.asarray(t)) + 0.1 * rng.normal(size=N))
         fns = make_fns(t, y, args.kernel)
         ref = float(jax.jit(fns["tinygp quasisep"])(p))
-        fns = {k: f for k, f in fns.items()
-               if not ((k == "dense" and N > args.dense_max) or (k == "probdyn (par)" and N > args.par_max))}
+        fns = {
+            k: f
+            for k, f in fns.items()
+            if not ((k == "dense" and N > args.dense_max) or (k == "probdyn (par)" and N > args.par_max))
+        }
         lls = interleaved_median_ms({k: jax.jit(f) for k, f in fns.items()}, p, repeats=args.repeats)
         print(f"  done N={N} log-likelihoods", flush=True)
-        vgs = interleaved_median_ms({k: jax.jit(jax.value_and_grad(f)) for k, f in fns.items()}, p,
-                                    repeats=args.repeats)
+        vgs = interleaved_median_ms(
+            {k: jax.jit(jax.value_and_grad(f)) for k, f in fns.items()}, p, repeats=args.repeats
+        )
         print(f"  done N={N} values+gradients", flush=True)
         for name, fn in fns.items():
             val = float(jax.jit(fn)(p))
             rows.append((N, name, lls[name], vgs[name], abs(val - ref) / abs(ref)))
     base = {(r[0]): (r[2], r[3]) for r in rows if r[1] == "tinygp quasisep"}
-    print("\n| N | implementation | loglik (ms) | ratio vs tinygp | value+grad (ms) | ratio vs tinygp | rel. diff of loglik |")
+    print(
+        "\n| N | implementation | loglik (ms) | ratio vs tinygp | value+grad (ms) | ratio vs tinygp | rel. diff of loglik |"
+    )
     print("|---|---|---|---|---|---|---|")
     for N, name, ll, vg, diff in rows:
         b = base[N]

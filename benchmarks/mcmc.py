@@ -71,15 +71,32 @@ def simulate(n: int, seed: int = 0):
 
 
 def run_one(name, model, backend, t, y, args):
-    idata = mcmc.sample(model, jax.random.PRNGKey(1), t, y=y, backend=backend, num_warmup=args.warmup,
-                        num_samples=args.samples, num_chains=args.chains, progress_bar=False, report=False,
-                        log_likelihood=False)
+    idata = mcmc.sample(
+        model,
+        jax.random.PRNGKey(1),
+        t,
+        y=y,
+        backend=backend,
+        num_warmup=args.warmup,
+        num_samples=args.samples,
+        num_chains=args.chains,
+        progress_bar=False,
+        report=False,
+        log_likelihood=False,
+    )
     tab = mcmc.diagnostics(idata, var_names=["ell", "amp", "sigma"])
     a = idata.attrs
     wall = a["warmup_time_s"] + a["sampling_time_s"]
     ess = float(tab["ess_bulk"].min())
-    return dict(name=name, ess=ess, wall=wall, compile=a["compile_time_s"] + a["init_time_s"],
-                ess_s=ess / wall, rhat=float(tab["r_hat"].max()), div=int(a["num_divergences"]))
+    return dict(
+        name=name,
+        ess=ess,
+        wall=wall,
+        compile=a["compile_time_s"] + a["init_time_s"],
+        ess_s=ess / wall,
+        rhat=float(tab["r_hat"].max()),
+        div=int(a["num_divergences"]),
+    )
 
 
 def main(argv=None):
@@ -95,8 +112,12 @@ def main(argv=None):
     if args.x64:
         jax.config.update("jax_enable_x64", True)
     warnings.simplefilter("ignore", mcmc.ConvergenceWarning)
-    contenders = [("probdyn-numpyro", model_probdyn, "numpyro"), ("probdyn-blackjax", model_probdyn, "blackjax"),
-                  ("tinygp-qs", model_tinygp, "numpyro"), ("dense", model_dense, "numpyro")]
+    contenders = [
+        ("probdyn-numpyro", model_probdyn, "numpyro"),
+        ("probdyn-blackjax", model_probdyn, "blackjax"),
+        ("tinygp-qs", model_tinygp, "numpyro"),
+        ("dense", model_dense, "numpyro"),
+    ]
     rows = []
     for n in args.n:
         t, y = simulate(n)
@@ -108,16 +129,22 @@ def main(argv=None):
             r.update(n=n, total=time.perf_counter() - t0)
             rows.append(r)
             print(f"[N={n}] {name}: {r}", flush=True)
-    print(f"\ndevice: {jax.devices()[0].platform}, chains={args.chains}, warmup={args.warmup}, "
-          f"samples={args.samples}, x64={args.x64}\n")
-    print("| N | method | min bulk ESS | wall (warmup+sampling) s | compile+init s | ESS/s | ratio vs tinygp-qs | max R-hat | divergences |")
+    print(
+        f"\ndevice: {jax.devices()[0].platform}, chains={args.chains}, warmup={args.warmup}, "
+        f"samples={args.samples}, x64={args.x64}\n"
+    )
+    print(
+        "| N | method | min bulk ESS | wall (warmup+sampling) s | compile+init s | ESS/s | ratio vs tinygp-qs | max R-hat | divergences |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for n in args.n:
         ref = next((r["ess_s"] for r in rows if r["n"] == n and r["name"] == "tinygp-qs"), None)
         for r in (r for r in rows if r["n"] == n):
             ratio = f"{r['ess_s'] / ref:.2f}" if ref else "-"
-            print(f"| {n} | {r['name']} | {r['ess']:.0f} | {r['wall']:.2f} | {r['compile']:.1f} | {r['ess_s']:.1f} | "
-                  f"{ratio} | {r['rhat']:.3f} | {r['div']} |")
+            print(
+                f"| {n} | {r['name']} | {r['ess']:.0f} | {r['wall']:.2f} | {r['compile']:.1f} | {r['ess_s']:.1f} | "
+                f"{ratio} | {r['rhat']:.3f} | {r['div']} |"
+            )
     return rows
 
 

@@ -71,15 +71,19 @@ def main():
     ap.add_argument("--dense-max", type=int, default=3000)
     ap.add_argument("--dense-repeats", type=int, default=3)
     args = ap.parse_args()
-    print(f"jax {jax.__version__}, backend {jax.default_backend()}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs, OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}, "
-          f"L={args.latent}, D={D}, float64")
+    print(
+        f"jax {jax.__version__}, backend {jax.default_backend()}, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs, OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}, "
+        f"L={args.latent}, D={D}, float64"
+    )
     rng = np.random.default_rng(0)
     key = jax.random.PRNGKey(0)
     base = mg.make_model(mg.MarkovGPVAE, (D,), args.latent, key, width=64, parallel=False)
     rows = {}
-    print(f"{'T':>6} | {'Markov step ms':>14} {'compile s':>9} | {'dense step ms':>13} {'compile s':>9} | "
-          f"{'dense/Markov':>12}")
+    print(
+        f"{'T':>6} | {'Markov step ms':>14} {'compile s':>9} | {'dense step ms':>13} {'compile s':>9} | "
+        f"{'dense/Markov':>12}"
+    )
     for T in args.sizes:
         times = jnp.asarray(np.cumsum(rng.uniform(0.05, 0.15, T)))
         mask = jnp.asarray(rng.uniform(size=T) > 0.5)

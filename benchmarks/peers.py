@@ -67,8 +67,11 @@ def problem(T: int, seed: int = 0):
     for tk in times:
         while t < tk - 1e-12:
             h = min(1e-3, tk - t)
-            x = x + np.array([a - b * np.exp(x[1]) - SIGMA**2 / 2, -c + d * np.exp(x[0]) - SIGMA**2 / 2]) * h \
+            x = (
+                x
+                + np.array([a - b * np.exp(x[1]) - SIGMA**2 / 2, -c + d * np.exp(x[0]) - SIGMA**2 / 2]) * h
                 + SIGMA * np.sqrt(h) * rng.normal(size=2)
+            )
             t += h
         xs.append(x.copy())
     return times, np.array(xs) + 0.1 * rng.normal(size=(T, 2))
@@ -128,17 +131,21 @@ def dynestyx_ll(times, y, dt0):
     import dynestyx as dsx
     from dynestyx.inference.configs.filter import ContinuousTimeEKFConfig
 
-    cfg = ContinuousTimeEKFConfig(diffeqsolve_dt0=dt0, diffeqsolve_max_steps=int(1.1 / dt0) + 16,
-                                  diffeqsolve_kwargs=dict(solver=diffrax.Dopri5(),
-                                                          stepsize_controller=diffrax.ConstantStepSize()))
+    cfg = ContinuousTimeEKFConfig(
+        diffeqsolve_dt0=dt0,
+        diffeqsolve_max_steps=int(1.1 / dt0) + 16,
+        diffeqsolve_kwargs=dict(solver=diffrax.Dopri5(), stepsize_controller=diffrax.ConstantStepSize()),
+    )
     t, yy = jnp.asarray(times), jnp.asarray(y)
 
     def model(theta):
         dyn = dsx.DynamicalModel(
             initial_condition=dist.MultivariateNormal(jnp.asarray(X0), 0.1 * jnp.eye(2)),
-            state_evolution=dsx.ContinuousTimeStateEvolution(drift=lambda x, u, tt: drift_fn(theta, x),
-                                                             diffusion=dsx.FullDiffusion(SIGMA * jnp.eye(2))),
-            observation_model=dsx.LinearGaussianObservation(H=jnp.eye(2), R=0.01 * jnp.eye(2)))
+            state_evolution=dsx.ContinuousTimeStateEvolution(
+                drift=lambda x, u, tt: drift_fn(theta, x), diffusion=dsx.FullDiffusion(SIGMA * jnp.eye(2))
+            ),
+            observation_model=dsx.LinearGaussianObservation(H=jnp.eye(2), R=0.01 * jnp.eye(2)),
+        )
         with dsx.Filter(filter_config=cfg):
             dsx.sample("f", dyn, obs_times=t, obs_values=yy)
 
@@ -159,12 +166,24 @@ def sweep(name, make, settings, reference, times, steps_of, repeats):
         f, g = jax.jit(ll), jax.jit(jax.value_and_grad(ll))
         comp = compile_s(jax.value_and_grad(ll), theta)
         err = abs(float(f(theta)) - ref) / abs(ref)
-        rows.append(dict(lib=name, setting=label, steps=steps_of(setting), err=err, compile=comp,
-                         value=median_ms(f, theta, repeats=repeats), vg=median_ms(g, theta, repeats=repeats),
-                         kw=setting))
+        rows.append(
+            dict(
+                lib=name,
+                setting=label,
+                steps=steps_of(setting),
+                err=err,
+                compile=comp,
+                value=median_ms(f, theta, repeats=repeats),
+                vg=median_ms(g, theta, repeats=repeats),
+                kw=setting,
+            )
+        )
         r = rows[-1]
-        print(f"| {name} | {label} | {r['steps']} | {r['err']:.1e} | {r['value']:.2f} | {r['vg']:.2f} | "
-              f"{r['compile']:.2f} |", flush=True)
+        print(
+            f"| {name} | {label} | {r['steps']} | {r['err']:.1e} | {r['value']:.2f} | {r['vg']:.2f} | "
+            f"{r['compile']:.2f} |",
+            flush=True,
+        )
     return ref, rows
 
 
@@ -172,8 +191,13 @@ def nuts(name, model_fn, warmup, samples, seed):
     """numpyro NUTS on theta; (ESS/s, means, sds, sampling seconds)."""
     # init_to_median (the prior median is the truth): numpyro's uniform initialisation sends
     # dynestyx's filter to NaN moments, which its distribution validation turns into an error
-    mcmc = MCMC(NUTS(model_fn, init_strategy=init_to_median), num_warmup=warmup, num_samples=samples, num_chains=1,
-                progress_bar=False)
+    mcmc = MCMC(
+        NUTS(model_fn, init_strategy=init_to_median),
+        num_warmup=warmup,
+        num_samples=samples,
+        num_chains=1,
+        progress_bar=False,
+    )
     key = jax.random.PRNGKey(seed)
     t0 = time.perf_counter()
     mcmc.warmup(key)
@@ -184,8 +208,10 @@ def nuts(name, model_fn, warmup, samples, seed):
     th = np.asarray(mcmc.get_samples()["theta"])
     ess = numpyro.diagnostics.effective_sample_size(th[None])
     div = int(np.asarray(mcmc.get_extra_fields()["diverging"]).sum())
-    print(f"| {name} | {t1 - t0:.1f} | {t2 - t1:.1f} | {ess.min():.0f} | {ess.min() / (t2 - t1):.1f} | {div} |",
-          flush=True)
+    print(
+        f"| {name} | {t1 - t0:.1f} | {t2 - t1:.1f} | {ess.min():.0f} | {ess.min() / (t2 - t1):.1f} | {div} |",
+        flush=True,
+    )
     return ess.min() / (t2 - t1), th.mean(0), th.std(0)
 
 
@@ -202,27 +228,47 @@ def main(argv=None):
 
     times, y = problem(args.T)
     gaps = np.diff(times)
-    print(f"# {platform.node()} {time.strftime('%Y-%m-%d')}, jax {jax.__version__}, numpyro {numpyro.__version__}, "
-          f"T = {args.T}, gaps {gaps.min():.1e}..{gaps.max():.2f}, span {times[-1]:.1f}")
+    print(
+        f"# {platform.node()} {time.strftime('%Y-%m-%d')}, jax {jax.__version__}, numpyro {numpyro.__version__}, "
+        f"T = {args.T}, gaps {gaps.min():.1e}..{gaps.max():.2f}, span {times[-1]:.1f}"
+    )
     print("\n| library | setting | RK steps | rel. error | value ms | value+grad ms | compile s |")
     print("|---|---|---|---|---|---|---|")
-    settings = [("RK4, num_substeps=10 (old default)", dict(num_substeps=10, solver="rk4")),
-                ("RK4, max_step=0.02", dict(max_step=0.02, solver="rk4")),
-                ("default (Tsit5)", {}), ("Tsit5, max_step=0.1", dict(max_step=0.1)),
-                ("Tsit5, max_step=0.05", dict(max_step=0.05)), ("Tsit5, max_step=0.025", dict(max_step=0.025))]
-    _, rows = sweep("probdyn", lambda kw: probdyn_ll(times, y, **kw), settings, dict(max_step=1e-4), times,
-                    lambda kw: probdyn_steps(times, kw), args.repeats)
+    settings = [
+        ("RK4, num_substeps=10 (old default)", dict(num_substeps=10, solver="rk4")),
+        ("RK4, max_step=0.02", dict(max_step=0.02, solver="rk4")),
+        ("default (Tsit5)", {}),
+        ("Tsit5, max_step=0.1", dict(max_step=0.1)),
+        ("Tsit5, max_step=0.05", dict(max_step=0.05)),
+        ("Tsit5, max_step=0.025", dict(max_step=0.025)),
+    ]
+    _, rows = sweep(
+        "probdyn",
+        lambda kw: probdyn_ll(times, y, **kw),
+        settings,
+        dict(max_step=1e-4),
+        times,
+        lambda kw: probdyn_steps(times, kw),
+        args.repeats,
+    )
     try:
         import dynestyx
+
         dx_version = dynestyx.__version__
     except ImportError:
         dx_version = None
-        print("\n(dynestyx is not installed: its rows are skipped. It needs Python >= 3.12: "
-              "pip install dynestyx)")
+        print("\n(dynestyx is not installed: its rows are skipped. It needs Python >= 3.12: pip install dynestyx)")
     if dx_version is not None:
         dts = [("dt0=0.04", 0.04), ("dt0=0.02", 0.02), ("dt0=0.01 (default)", 0.01), ("dt0=0.005", 0.005)]
-        _, dx_rows = sweep(f"dynestyx {dx_version}", lambda dt: dynestyx_ll(times, y, dt)[0], dts, 2.5e-4, times,
-                           lambda dt: dynestyx_steps(times, dt), args.repeats)
+        _, dx_rows = sweep(
+            f"dynestyx {dx_version}",
+            lambda dt: dynestyx_ll(times, y, dt)[0],
+            dts,
+            2.5e-4,
+            times,
+            lambda dt: dynestyx_steps(times, dt),
+            args.repeats,
+        )
         rows += dx_rows
 
     def best(lib):
@@ -231,8 +277,10 @@ def main(argv=None):
 
     bp, bd = best("probdyn"), best("dynestyx")
     if bp and bd:
-        print(f"\nfastest within {args.target:.0e}: probdyn {bp['setting']} {bp['vg']:.2f} ms, dynestyx {bd['setting']} "
-              f"{bd['vg']:.2f} ms: value+gradient ratio probdyn/dynestyx = {bp['vg'] / bd['vg']:.2f}")
+        print(
+            f"\nfastest within {args.target:.0e}: probdyn {bp['setting']} {bp['vg']:.2f} ms, dynestyx {bd['setting']} "
+            f"{bd['vg']:.2f} ms: value+gradient ratio probdyn/dynestyx = {bp['vg'] / bd['vg']:.2f}"
+        )
     if not args.nuts:
         return
     print(f"\nNUTS, 1 chain, {args.warmup} warmup + {args.samples} draws, seed {args.seed}")
@@ -245,11 +293,15 @@ def main(argv=None):
     def pd_model():
         theta = numpyro.sample("theta", prior)
         sde = SDE(Drift(theta), SIGMA * jnp.ones(2), 2)
-        numpyro.sample("y", gf.SDEFilterDistribution(sde, o, times, jnp.asarray(X0), 0.1 * jnp.eye(2), **kw),
-                       obs=jnp.asarray(y))
+        numpyro.sample(
+            "y", gf.SDEFilterDistribution(sde, o, times, jnp.asarray(X0), 0.1 * jnp.eye(2), **kw), obs=jnp.asarray(y)
+        )
 
-    res = {"probdyn": nuts(f"probdyn ({bp['setting'] if bp else 'default'})", pd_model, args.warmup, args.samples,
-                           args.seed)}
+    res = {
+        "probdyn": nuts(
+            f"probdyn ({bp['setting'] if bp else 'default'})", pd_model, args.warmup, args.samples, args.seed
+        )
+    }
     if dx_version is not None:
         dt0 = bd["kw"] if bd else 0.01
         _, dx_inner = dynestyx_ll(times, y, dt0)
@@ -259,9 +311,11 @@ def main(argv=None):
 
         res["dynestyx"] = nuts(f"dynestyx (dt0={dt0})", dx_model, args.warmup, args.samples, args.seed)
         (ep, mp, sp), (ed, md, sd) = res["probdyn"], res["dynestyx"]
-        print(f"\nESS/s ratio probdyn/dynestyx = {ep / ed:.2f}; posterior means differ by at most "
-              f"{np.max(np.abs(mp - md) / np.maximum(sp, sd)):.2f} posterior sd (sampling noise of "
-              f"{args.samples} draws: about {2 / np.sqrt(args.samples / 4):.2f})")
+        print(
+            f"\nESS/s ratio probdyn/dynestyx = {ep / ed:.2f}; posterior means differ by at most "
+            f"{np.max(np.abs(mp - md) / np.maximum(sp, sd)):.2f} posterior sd (sampling noise of "
+            f"{args.samples} draws: about {2 / np.sqrt(args.samples / 4):.2f})"
+        )
 
 
 if __name__ == "__main__":

@@ -92,7 +92,7 @@ def _run(args, env_extra=None, timeout=1800):
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT")]
     if r.returncode != 0 or not lines:
         return {"error": (r.stderr.strip().splitlines() or ["failed"])[-1][:120]}
-    return json.loads(lines[-1][len("RESULT"):])
+    return json.loads(lines[-1][len("RESULT") :])
 
 
 def main():
@@ -120,13 +120,16 @@ def main():
     print("| T | schedule | loglik ms | value+grad ms | loglik temp MB | v+g temp MB | max RSS MB |")
     print("|---|---|---|---|---|---|---|")
     for T in sizes:
-        for par in ([False, True] if gpu else [False]):
+        for par in [False, True] if gpu else [False]:
             r = _run(["--worker", "long", "--T", str(T), "--repeats", str(a.repeats)] + (["--parallel"] if par else []))
             if "error" in r:
                 print(f"| {T} | {'parallel' if par else 'sequential'} | error: {r['error']} |||||")
                 continue
-            print(f"| {T} | {r['schedule']} | {r['ll_ms']:.1f} | {r['vg_ms']:.1f} | {r['ll_temp_MB']:.0f} | "
-                  f"{r['vg_temp_MB']:.0f} | {r['max_rss_MB']:.0f} |", flush=True)
+            print(
+                f"| {T} | {r['schedule']} | {r['ll_ms']:.1f} | {r['vg_ms']:.1f} | {r['ll_temp_MB']:.0f} | "
+                f"{r['vg_temp_MB']:.0f} | {r['max_rss_MB']:.0f} |",
+                flush=True,
+            )
 
     B = a.batch or (1000 if a.quick else 10_000)
     N = a.length or (200 if a.quick else 1000)
@@ -141,7 +144,9 @@ def main():
             print(f"| {n} | error: {r['error']} |||")
             continue
         base = base or r["series_per_s"]
-        print(f"| {r['devices']} | {r['s']:.2f} | {r['series_per_s']:.0f} | {r['series_per_s'] / base:.2f}x |", flush=True)
+        print(
+            f"| {r['devices']} | {r['s']:.2f} | {r['series_per_s']:.0f} | {r['series_per_s'] / base:.2f}x |", flush=True
+        )
 
 
 if __name__ == "__main__":

@@ -48,8 +48,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "..", "shared", "data", "vgpdp")
 if not os.path.isdir(DATA):
     DATA = "/work/shared/data/vgpdp"
-SYNTH = {"OU": "linear/15", "double well": "dw/3", "Beneš": "benes/7", "sine": "sine/69", "sqrt": "sqrt/53",
-         "Van der Pol": "vanderpol/33"}
+SYNTH = {
+    "OU": "linear/15",
+    "double well": "dw/3",
+    "Beneš": "benes/7",
+    "sine": "sine/69",
+    "sqrt": "sqrt/53",
+    "Van der Pol": "vanderpol/33",
+}
 VDP_AB = (10.0, 2.6)  # regression of the latent path's increments on the Liénard form (see README note)
 
 
@@ -63,9 +69,11 @@ def drift_for(name, f):
     return {"benes": sg.BenesDrift, "sine": sg.SineDrift, "sqrt": sg.SqrtDrift}[name]()
 
 
-LEARN_INIT = {"ou": lambda d: eqx.tree_at(lambda m: m.decay, d, jnp.asarray(2.5)),
-              "dw": lambda d: eqx.tree_at(lambda m: m.c, d, jnp.asarray(0.5)),
-              "vanderpol": lambda d: sg.VanDerPolDrift(jnp.asarray(5.0), jnp.asarray(1.0))}
+LEARN_INIT = {
+    "ou": lambda d: eqx.tree_at(lambda m: m.decay, d, jnp.asarray(2.5)),
+    "dw": lambda d: eqx.tree_at(lambda m: m.c, d, jnp.asarray(0.5)),
+    "vanderpol": lambda d: sg.VanDerPolDrift(jnp.asarray(5.0), jnp.asarray(1.0)),
+}
 
 
 def scores(model, st, tt, yt):
@@ -141,10 +149,19 @@ def run_gp(t, y, tt, yt, steps=300):
             return MarkovGP(k, t, noise=jnp.exp(p.log_noise), mean=mean)
 
         span = float(t[-1] - t[0])
-        p0 = _GPParams(jnp.asarray(np.log(span / 20)), jnp.asarray(np.log(np.var(yj) + 1e-3)),
-                       jnp.asarray(np.log(0.05 * np.var(yj) + 1e-4)))
-        res = fit(lambda p, k, b: -gp_of(p).log_likelihood(jnp.asarray(yj)) / len(t), p0, jax.random.PRNGKey(0), steps,
-                  optimizer=0.05, progress_bar=False)
+        p0 = _GPParams(
+            jnp.asarray(np.log(span / 20)),
+            jnp.asarray(np.log(np.var(yj) + 1e-3)),
+            jnp.asarray(np.log(0.05 * np.var(yj) + 1e-4)),
+        )
+        res = fit(
+            lambda p, k, b: -gp_of(p).log_likelihood(jnp.asarray(yj)) / len(t),
+            p0,
+            jax.random.PRNGKey(0),
+            steps,
+            optimizer=0.05,
+            progress_bar=False,
+        )
         mu, var = gp_of(res.params).predict(jnp.asarray(yj), tt)
         v = np.asarray(var) + float(jnp.exp(res.params.log_noise))
         lps += -0.5 * (np.log(2 * np.pi * v) + (yt[:, j] - np.asarray(mu)) ** 2 / v)
@@ -158,11 +175,14 @@ def fmt(a):
 
 
 def synthetic(splits, dt, iters, only=None, with_vgpa=True, vgpa_iters=300, summary=None):
-    lines = [f"## vgpdp synthetic data: test NLPD / RMSE over {splits} splits (mean ± sd), grid dt = {dt}", "",
-             "| data | CVI NLPD (known drift) | CVI + VEM NLPD (learned drift) | GP Matérn-3/2 NLPD | "
-             "VGPA NLPD (known drift) | CVI RMSE | CVI + VEM RMSE | GP RMSE | VGPA RMSE | "
-             "ELBO gain of path sites | learned drift parameters | VGPA iterations |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"## vgpdp synthetic data: test NLPD / RMSE over {splits} splits (mean ± sd), grid dt = {dt}",
+        "",
+        "| data | CVI NLPD (known drift) | CVI + VEM NLPD (learned drift) | GP Matérn-3/2 NLPD | "
+        "VGPA NLPD (known drift) | CVI RMSE | CVI + VEM RMSE | GP RMSE | VGPA RMSE | "
+        "ELBO gain of path sites | learned drift parameters | VGPA iterations |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for label, folder in SYNTH.items():
         if only and only.lower() not in label.lower():
             continue
@@ -194,9 +214,11 @@ def synthetic(splits, dt, iters, only=None, with_vgpa=True, vgpa_iters=300, summ
         if summary is not None:
             summary.append((label, c, g, vg if with_vgpa else None))
         vem0 = fmt(vem[:, 0]) if learned else "—"
-        lines.append(f"| {label} | {fmt(c[:, 0])} | {vem0} | {fmt(g[:, 0])} | {vs(0)} | "
-                     f"{fmt(c[:, 1])} | {fmt(vem[:, 1]) if learned else '—'} | {fmt(g[:, 1])} | {vs(1)} | {gs} | "
-                     f"{lp or '—'} | {vi} |")
+        lines.append(
+            f"| {label} | {fmt(c[:, 0])} | {vem0} | {fmt(g[:, 0])} | {vs(0)} | "
+            f"{fmt(c[:, 1])} | {fmt(vem[:, 1]) if learned else '—'} | {fmt(g[:, 1])} | {vs(1)} | {gs} | "
+            f"{lp or '—'} | {vi} |"
+        )
         print(lines[-1], f"({time.perf_counter() - t0:.0f} s)", flush=True)
     return lines
 
@@ -205,8 +227,15 @@ def _real_model(t, y, grid, drift, d, cls=sg.SparseGPSDE):
     yv = y.reshape(len(t), -1)
     v = np.var(np.diff(yv, axis=0), axis=0) / np.median(np.diff(t))  # increment variance per unit time
     sde = SDE(drift, np.diag(np.sqrt(v)), d)
-    return cls(sde, t, yv, obs_noise=0.01 * np.var(yv, axis=0), grid=grid,
-               initial_mean=yv[0], initial_cov=np.diag(np.var(yv, axis=0)))
+    return cls(
+        sde,
+        t,
+        yv,
+        obs_noise=0.01 * np.var(yv, axis=0),
+        grid=grid,
+        initial_mean=yv[0],
+        initial_cov=np.diag(np.var(yv, axis=0)),
+    )
 
 
 def _real_split(label, s):
@@ -228,10 +257,15 @@ def _real_split(label, s):
 
 
 def real(splits, em_steps, only=None, with_vgpa=True, summary=None):
-    lines = ["", f"## real data: test NLPD / RMSE over {splits} splits (mean ± sd)", "",
-             "| data | SDE + CVI (learned drift, diffusion, noise) NLPD | GP Matérn-3/2 NLPD | "
-             "SDE + VGPA (learned drift, diffusion, noise) NLPD | SDE + CVI RMSE | GP RMSE | SDE + VGPA RMSE | "
-             "N grid | fit time per split (s): CVI / VGPA |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "",
+        f"## real data: test NLPD / RMSE over {splits} splits (mean ± sd)",
+        "",
+        "| data | SDE + CVI (learned drift, diffusion, noise) NLPD | GP Matérn-3/2 NLPD | "
+        "SDE + VGPA (learned drift, diffusion, noise) NLPD | SDE + CVI RMSE | GP RMSE | SDE + VGPA RMSE | "
+        "N grid | fit time per split (s): CVI / VGPA |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for label in ("Apple stock", "GPS"):
         if only and only.lower() not in label.lower():
             continue
@@ -242,16 +276,22 @@ def real(splits, em_steps, only=None, with_vgpa=True, summary=None):
             grid = sg.make_grid(min(t[0], tt[0]), max(t[-1], tt[-1]), step, include=np.concatenate([t, tt]))
             t0 = time.perf_counter()
             m = _real_model(t, y, grid, drift, d)
-            m, st, tr = m.fit(jax.random.PRNGKey(0), num_steps=em_steps, learn_diffusion=True, learn_noise=True,
-                              progress_bar=False)
+            m, st, tr = m.fit(
+                jax.random.PRNGKey(0), num_steps=em_steps, learn_diffusion=True, learn_noise=True, progress_bar=False
+            )
             c.append(scores(m, st, tt, yt))
             times.append(time.perf_counter() - t0)
             g.append(run_gp(t, y, tt, yt))
             if with_vgpa:
                 t0 = time.perf_counter()
                 mv = _real_model(t, y, grid, drift, d, cls=vgpa.VGPA)
-                mv, sv, _ = mv.fit(jax.random.PRNGKey(0), num_steps=em_steps, learn_diffusion=True, learn_noise=True,
-                                   progress_bar=False)
+                mv, sv, _ = mv.fit(
+                    jax.random.PRNGKey(0),
+                    num_steps=em_steps,
+                    learn_diffusion=True,
+                    learn_noise=True,
+                    progress_bar=False,
+                )
                 vg.append(scores(mv, sv, tt, yt))
                 vtimes.append(time.perf_counter() - t0)
             print(label, s, c[-1], g[-1], vg[-1] if vg else "", f"{times[-1]:.0f} s", flush=True)
@@ -261,20 +301,26 @@ def real(splits, em_steps, only=None, with_vgpa=True, summary=None):
         vt = f"{np.mean(vtimes):.0f}" if vtimes else "—"
         if summary is not None:
             summary.append((label, c, g, vg if with_vgpa else None))
-        lines.append(f"| {label} | {fmt(c[:, 0])} | {fmt(g[:, 0])} | {vs(0)} | {fmt(c[:, 1])} | {fmt(g[:, 1])} | "
-                     f"{vs(1)} | {len(grid)} | {np.mean(times):.0f} / {vt} |")
+        lines.append(
+            f"| {label} | {fmt(c[:, 0])} | {fmt(g[:, 0])} | {vs(0)} | {fmt(c[:, 1])} | {fmt(g[:, 1])} | "
+            f"{vs(1)} | {len(grid)} | {np.mean(times):.0f} / {vt} |"
+        )
         print(lines[-1], flush=True)
     return lines
 
 
 def summary_table(rows, splits):
     """The issue's table: per data set (a) CVI, (b) Matérn GP, (c) VGPA, NLPD and RMSE side by side."""
-    out = [f"## summary: test NLPD / RMSE over {splits} splits (mean ± sd)", "",
-           "(a) Gauss–Markov CVI posterior (synthetic: the data set's SDE, known drift; real: SDE with "
-           "learned drift, diffusion and noise), (b) Matérn-3/2 GP, (c) Archambeau et al. VGPA with the "
-           "same SDE, grid and learning as (a). Details in the tables below.", "",
-           "| data | (a) CVI NLPD | (b) GP NLPD | (c) VGPA NLPD | (a) CVI RMSE | (b) GP RMSE | (c) VGPA RMSE |",
-           "|---|---|---|---|---|---|---|"]
+    out = [
+        f"## summary: test NLPD / RMSE over {splits} splits (mean ± sd)",
+        "",
+        "(a) Gauss–Markov CVI posterior (synthetic: the data set's SDE, known drift; real: SDE with "
+        "learned drift, diffusion and noise), (b) Matérn-3/2 GP, (c) Archambeau et al. VGPA with the "
+        "same SDE, grid and learning as (a). Details in the tables below.",
+        "",
+        "| data | (a) CVI NLPD | (b) GP NLPD | (c) VGPA NLPD | (a) CVI RMSE | (b) GP RMSE | (c) VGPA RMSE |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for label, c, g, vg in rows:
         v = (lambda j: "—") if vg is None else (lambda j: fmt(vg[:, j]))
         out.append(f"| {label} | {fmt(c[:, 0])} | {fmt(g[:, 0])} | {v(0)} | {fmt(c[:, 1])} | {fmt(g[:, 1])} | {v(1)} |")
@@ -290,8 +336,9 @@ def timing(Ns, Ms, reps=5):
         obs = grid[:: max(N // 1000, 1)]
         y = np.sign(np.sin(obs)) + 0.3 * rng.standard_normal(obs.size)
         ind = None if M is None else np.linspace(0.0, grid[-1], M)
-        m = sg.SparseGPSDE(sde, obs, y, obs_noise=0.09, grid=grid, initial_mean=[1.0], initial_cov=[[0.1]],
-                           inducing_times=ind)
+        m = sg.SparseGPSDE(
+            sde, obs, y, obs_noise=0.09, grid=grid, initial_mean=[1.0], initial_cov=[[0.1]], inducing_times=ind
+        )
         st = m.init_state()
         r = jnp.asarray(0.5)
         t0 = time.perf_counter()
@@ -356,13 +403,19 @@ def main():
         Ns = [1000, 10000] if a.quick else [1000, 10000, 100000]
         Ms = [10, 100, 1000] if a.quick else [10, 100, 1000, 10000]
         rows = timing(Ns, Ms)
-        lines += ["", "## seconds per CVI iteration (one natural-gradient step + ELBO; double well, d = 1, "
-                  "float64, CPU; after compilation; sparse: N = 1e5 grid, 1000 observations, "
-                  "8 Gauss–Legendre points per cell)", "",
-                  "| N grid | variant | M (chain length) | s / iteration | compile (s) | observations |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| {N} | {'dense' if M is None else 'sparse'} | {N if M is None else M} | {t:.4f} | {tc:.1f} | {n} |"
-                  for N, M, t, tc, n in rows]
+        lines += [
+            "",
+            "## seconds per CVI iteration (one natural-gradient step + ELBO; double well, d = 1, "
+            "float64, CPU; after compilation; sparse: N = 1e5 grid, 1000 observations, "
+            "8 Gauss–Legendre points per cell)",
+            "",
+            "| N grid | variant | M (chain length) | s / iteration | compile (s) | observations |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {N} | {'dense' if M is None else 'sparse'} | {N if M is None else M} | {t:.4f} | {tc:.1f} | {n} |"
+            for N, M, t, tc, n in rows
+        ]
     text = HEADER + "\n".join(lines)
     print(text)
     suffix = "" if not (a.quick or a.only or a.timing_only) else ("_timing" if a.timing_only else "_partial")

@@ -52,8 +52,9 @@ def _parse(argv=None):
 
 ARGS = _parse() if __name__ == "__main__" else None
 if ARGS is not None and ARGS.devices > 1:
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + f" --xla_force_host_platform_device_count={ARGS.devices}").strip()
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={ARGS.devices}"
+    ).strip()
 
 import time  # noqa: E402
 import warnings  # noqa: E402
@@ -85,13 +86,23 @@ def plain_model(ts, y_init, y=None, throw=True):
     non-finite states (the proposal is then rejected) instead of raising."""
     import diffrax
 
-    theta = numpyro.sample("theta", dist.TruncatedNormal(jnp.array([1.0, 0.05, 1.0, 0.05]),
-                                                         jnp.array([0.5, 0.05, 0.5, 0.05]), low=0.0))
+    theta = numpyro.sample(
+        "theta", dist.TruncatedNormal(jnp.array([1.0, 0.05, 1.0, 0.05]), jnp.array([0.5, 0.05, 0.5, 0.05]), low=0.0)
+    )
     z_init = numpyro.sample("z_init", dist.LogNormal(jnp.log(10.0), 1.0).expand([2]))
     sigma = numpyro.sample("sigma", dist.LogNormal(-1.0, 1.0).expand([2]))
-    sol = diffrax.diffeqsolve(diffrax.ODETerm(_plain_rhs), diffrax.Tsit5(), 0.0, ts[-1], None, z_init, args=theta,
-                              saveat=diffrax.SaveAt(ts=ts),
-                              stepsize_controller=diffrax.PIDController(rtol=1e-6, atol=1e-6), throw=throw)
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(_plain_rhs),
+        diffrax.Tsit5(),
+        0.0,
+        ts[-1],
+        None,
+        z_init,
+        args=theta,
+        saveat=diffrax.SaveAt(ts=ts),
+        stepsize_controller=diffrax.PIDController(rtol=1e-6, atol=1e-6),
+        throw=throw,
+    )
     numpyro.sample("y_init", dist.LogNormal(jnp.log(z_init), sigma), obs=y_init)
     numpyro.sample("y", dist.LogNormal(jnp.log(sol.ys), sigma).to_event(1), obs=y)
 
@@ -112,7 +123,8 @@ def accuracy(idata):
     ref = sysid.REFERENCE_POSTERIOR_LV
     s = az.summary(idata, var_names=VARS, round_to="none")
     z = (s["mean"].to_numpy() - np.asarray(ref["mean"])) / np.sqrt(
-        s["mcse_mean"].to_numpy() ** 2 + np.asarray(ref["mcse_mean"]) ** 2)
+        s["mcse_mean"].to_numpy() ** 2 + np.asarray(ref["mcse_mean"]) ** 2
+    )
     sd_ratio = s["sd"].to_numpy() / np.asarray(ref["sd"])
     return s, float(np.max(np.abs(z))), float(np.max(np.abs(sd_ratio - 1)))
 
@@ -121,10 +133,19 @@ def row(name, idata, wall, compile_s):
     s, zmax, sdmax = accuracy(idata)
     ess = float(s["ess_bulk"].min())
     st = idata.sample_stats
-    return dict(name=name, ess=ess, wall=wall, compile=compile_s, ess_s=ess / wall, rhat=float(s["r_hat"].max()),
-                div=int(np.asarray(st["diverging"]).sum()), zmax=zmax, sdmax=sdmax,
-                grads=float(np.asarray(st["n_steps"]).mean()) if "n_steps" in st else float("nan"),
-                lp=np.asarray(st["lp"]).mean(1).round(1).tolist() if "lp" in st else [])
+    return dict(
+        name=name,
+        ess=ess,
+        wall=wall,
+        compile=compile_s,
+        ess_s=ess / wall,
+        rhat=float(s["r_hat"].max()),
+        div=int(np.asarray(st["diverging"]).sum()),
+        zmax=zmax,
+        sdmax=sdmax,
+        grads=float(np.asarray(st["n_steps"]).mean()) if "n_steps" in st else float("nan"),
+        lp=np.asarray(st["lp"]).mean(1).round(1).tolist() if "lp" in st else [],
+    )
 
 
 def run_probdyn(d, args, chain_method, z_space=False):
@@ -135,13 +156,28 @@ def run_probdyn(d, args, chain_method, z_space=False):
     model = _lv_z_space if z_space else sysid.lotka_volterra
     init = init_to_median(num_samples=15) if z_space else init_to_uniform
     t0 = time.perf_counter()
-    idata = mcmc.sample(model, jax.random.PRNGKey(args.seed), d.ts, d.y_init, d.y, num_warmup=args.warmup,
-                        num_samples=args.samples, num_chains=args.chains, chain_method=chain_method,
-                        init_strategy=init, progress_bar=False, report=False, log_likelihood=False)
+    idata = mcmc.sample(
+        model,
+        jax.random.PRNGKey(args.seed),
+        d.ts,
+        d.y_init,
+        d.y,
+        num_warmup=args.warmup,
+        num_samples=args.samples,
+        num_chains=args.chains,
+        chain_method=chain_method,
+        init_strategy=init,
+        progress_bar=False,
+        report=False,
+        log_likelihood=False,
+    )
     wall = time.perf_counter() - t0
     a = idata.attrs
-    name = (f"probdyn z-space, init_to_median (`log_space=False`), {chain_method} chains" if z_space
-            else f"probdyn defaults (`mcmc.sample`, log-space Tsit5, init_to_uniform), {chain_method} chains")
+    name = (
+        f"probdyn z-space, init_to_median (`log_space=False`), {chain_method} chains"
+        if z_space
+        else f"probdyn defaults (`mcmc.sample`, log-space Tsit5, init_to_uniform), {chain_method} chains"
+    )
     r = row(name, idata, wall, a["compile_time_s"] + a["init_time_s"])
     r["failures"] = str(sysid.solver_failures.failures)
     return r, idata
@@ -154,18 +190,30 @@ def run_plain(d, args, fixed: bool):
 
     print(f"  [{load()}] plain {'init_to_median' if fixed else 'defaults'} ...", flush=True)
     init = init_to_median(num_samples=15) if fixed else init_to_uniform
-    m = MCMC(NUTS(plain_model, init_strategy=init), num_warmup=args.warmup, num_samples=args.samples,
-             num_chains=args.chains, progress_bar=False)
+    m = MCMC(
+        NUTS(plain_model, init_strategy=init),
+        num_warmup=args.warmup,
+        num_samples=args.samples,
+        num_chains=args.chains,
+        progress_bar=False,
+    )
     name = "plain numpyro + diffrax" + (" (init_to_median, throw=False)" if fixed else " (defaults)")
     t0 = time.perf_counter()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "not enough devices to run parallel chains"
-            m.run(jax.random.PRNGKey(args.seed), jnp.asarray(d.ts), jnp.asarray(d.y_init), jnp.asarray(d.y),
-                  throw=not fixed, extra_fields=("num_steps",))
+            m.run(
+                jax.random.PRNGKey(args.seed),
+                jnp.asarray(d.ts),
+                jnp.asarray(d.y_init),
+                jnp.asarray(d.y),
+                throw=not fixed,
+                extra_fields=("num_steps",),
+            )
     except Exception as e:  # noqa: BLE001 - the failure mode probdyn fixes; reported, not hidden
-        return dict(name=name, error=f"{type(e).__name__}: {str(e).splitlines()[0][:120]}",
-                    wall=time.perf_counter() - t0), None
+        return dict(
+            name=name, error=f"{type(e).__name__}: {str(e).splitlines()[0][:120]}", wall=time.perf_counter() - t0
+        ), None
     wall = time.perf_counter() - t0
     idata = az.from_numpyro(m)
     r = row(f"{name}, {m.chain_method} chains", idata, wall, float("nan"))
@@ -199,37 +247,71 @@ def solver_accuracy(d, idata):
         return jnp.sum(jax.scipy.stats.norm.logpdf(logy, logz[1:], s))
 
     def ref(t, z):
-        return solve_ode(sysid.lotka_volterra_log_drift, jnp.log(z), times, t, solver=diffrax.Dopri8(),
-                               rtol=0.0, atol=1e-12, max_steps=100000, count_failures=False)[0]
+        return solve_ode(
+            sysid.lotka_volterra_log_drift,
+            jnp.log(z),
+            times,
+            t,
+            solver=diffrax.Dopri8(),
+            rtol=0.0,
+            atol=1e-12,
+            max_steps=100000,
+            count_failures=False,
+        )[0]
 
     def probdyn_log(t, z):
-        w, ok, st = solve_ode(sysid.lotka_volterra_log_drift, jnp.log(z), times, t, rtol=0.0, atol=1e-6,
-                                    return_stats=True, count_failures=False)
+        w, ok, st = solve_ode(
+            sysid.lotka_volterra_log_drift,
+            jnp.log(z),
+            times,
+            t,
+            rtol=0.0,
+            atol=1e-6,
+            return_stats=True,
+            count_failures=False,
+        )
         return w, st["num_steps"]
 
     def probdyn_z(t, z):
-        x, ok, st = solve_ode(sysid.lotka_volterra_drift, z, times, t, rtol=1e-6, atol=1e-6,
-                                    return_stats=True, count_failures=False)
+        x, ok, st = solve_ode(
+            sysid.lotka_volterra_drift, z, times, t, rtol=1e-6, atol=1e-6, return_stats=True, count_failures=False
+        )
         return jnp.log(x), st["num_steps"]
 
     def plain(t, z):
-        sol = diffrax.diffeqsolve(diffrax.ODETerm(_plain_rhs), diffrax.Tsit5(), 0.0, times[-1], None, z, args=t,
-                                  saveat=diffrax.SaveAt(ts=times),
-                                  stepsize_controller=diffrax.PIDController(rtol=1e-6, atol=1e-6), throw=False)
+        sol = diffrax.diffeqsolve(
+            diffrax.ODETerm(_plain_rhs),
+            diffrax.Tsit5(),
+            0.0,
+            times[-1],
+            None,
+            z,
+            args=t,
+            saveat=diffrax.SaveAt(ts=times),
+            stepsize_controller=diffrax.PIDController(rtol=1e-6, atol=1e-6),
+            throw=False,
+        )
         return jnp.log(sol.ys), sol.stats["num_steps"]
 
     wref = jax.jit(jax.vmap(ref))(th, z0)
     llref = jax.vmap(loglik)(wref, sg)
     out = {}
-    for name, fn in [("probdyn log-space Tsit5 (atol 1e-6 on log z)", probdyn_log),
-                     ("probdyn z-space Tsit5 (rtol = atol = 1e-6)", probdyn_z),
-                     ("plain diffrax Tsit5 (rtol = atol = 1e-6)", plain)]:
+    for name, fn in [
+        ("probdyn log-space Tsit5 (atol 1e-6 on log z)", probdyn_log),
+        ("probdyn z-space Tsit5 (rtol = atol = 1e-6)", probdyn_z),
+        ("plain diffrax Tsit5 (rtol = atol = 1e-6)", plain),
+    ]:
         w, steps = jax.jit(jax.vmap(fn))(th, z0)
         err = np.asarray(jnp.max(jnp.abs(w - wref), axis=1))  # (draws, 2) max over times
         rel = np.max(err / np.asarray(sg), axis=1)
         dll = np.abs(np.asarray(jax.vmap(loglik)(w, sg) - llref))
-        out[name] = dict(steps=float(np.mean(steps)), err_med=float(np.median(err.max(1))),
-                         err_max=float(err.max()), rel_max=float(rel.max()), dll_max=float(dll.max()))
+        out[name] = dict(
+            steps=float(np.mean(steps)),
+            err_med=float(np.median(err.max(1))),
+            err_max=float(err.max()),
+            rel_max=float(rel.max()),
+            dll_max=float(dll.max()),
+        )
     return out
 
 
@@ -240,11 +322,19 @@ def potential_timing(d):
 
     args = (jnp.asarray(d.ts), jnp.asarray(d.y_init), jnp.asarray(d.y))
     out = {}
-    for name, model, kw in [("probdyn log-space (default)", sysid.lotka_volterra, {}),
-                            ("probdyn z-space", _lv_z_space, {}),
-                            ("plain diffrax (reverse mode)", plain_model, dict(throw=False))]:
-        info = initialize_model(jax.random.PRNGKey(0), model, model_args=args, model_kwargs=kw, dynamic_args=True,
-                                init_strategy=init_to_median(num_samples=15))
+    for name, model, kw in [
+        ("probdyn log-space (default)", sysid.lotka_volterra, {}),
+        ("probdyn z-space", _lv_z_space, {}),
+        ("plain diffrax (reverse mode)", plain_model, dict(throw=False)),
+    ]:
+        info = initialize_model(
+            jax.random.PRNGKey(0),
+            model,
+            model_args=args,
+            model_kwargs=kw,
+            dynamic_args=True,
+            init_strategy=init_to_median(num_samples=15),
+        )
         vg = jax.value_and_grad(info.potential_fn(*args, **kw))
         z = info.param_info.z
 
@@ -270,9 +360,12 @@ def potential_timing(d):
 
 def main(args):
     d = lynx_hare()
-    print(f"# NUTS on lotka_volterra / hudson_lynx_hare: {args.chains} chains x ({args.warmup} warmup + "
-          f"{args.samples} draws), float64, {jax.local_device_count()} host device(s), "
-          f"{os.cpu_count()} CPU cores, jax {jax.__version__}; {load()}", flush=True)
+    print(
+        f"# NUTS on lotka_volterra / hudson_lynx_hare: {args.chains} chains x ({args.warmup} warmup + "
+        f"{args.samples} draws), float64, {jax.local_device_count()} host device(s), "
+        f"{os.cpu_count()} CPU cores, jax {jax.__version__}; {load()}",
+        flush=True,
+    )
     rows, idatas = [], {}
     for cm in ("sequential", "vectorized"):
         r, idatas[cm] = run_probdyn(d, args, cm)
@@ -285,9 +378,11 @@ def main(args):
         rows.append(r)
     print(f"  [{load()}] done", flush=True)
     base = next((r["ess_s"] for r in rows if r["name"].startswith("plain") and "ess_s" in r), None)
-    print("\n| method | min bulk ESS | wall s (incl. compile) | compile+init s | ESS/s | ratio vs plain "
-          "| max R-hat | divergences | max abs z vs Stan ref | max abs sd rel. err | failed solves "
-          "| grad. evals / iteration |")
+    print(
+        "\n| method | min bulk ESS | wall s (incl. compile) | compile+init s | ESS/s | ratio vs plain "
+        "| max R-hat | divergences | max abs z vs Stan ref | max abs sd rel. err | failed solves "
+        "| grad. evals / iteration |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
@@ -295,19 +390,25 @@ def main(args):
             continue
         ratio = f"{r['ess_s'] / base:.2f}" if base else "-"
         comp = "-" if np.isnan(r["compile"]) else f"{r['compile']:.1f}"
-        print(f"| {r['name']} | {r['ess']:.0f} | {r['wall']:.1f} | {comp} | {r['ess_s']:.2f} | {ratio} "
-              f"| {r['rhat']:.3f} | {r['div']} | {r['zmax']:.2f} | {r['sdmax']:.3f} | {r['failures']} "
-              f"| {r['grads']:.1f} |")
+        print(
+            f"| {r['name']} | {r['ess']:.0f} | {r['wall']:.1f} | {comp} | {r['ess_s']:.2f} | {ratio} "
+            f"| {r['rhat']:.3f} | {r['div']} | {r['zmax']:.2f} | {r['sdmax']:.3f} | {r['failures']} "
+            f"| {r['grads']:.1f} |"
+        )
     print("\nmean log density per chain:", {r["name"][:40]: r.get("lp") for r in rows if "lp" in r})
 
     acc = solver_accuracy(d, idatas.get("plain") or idatas["sequential"])
     print("\nODE solution at 400 posterior draws vs Dopri8 (atol 1e-12 on log z):\n")
-    print("| solver | steps / solve | median max abs err log z | max abs err log z | max err / sigma "
-          "| max abs err log-lik |")
+    print(
+        "| solver | steps / solve | median max abs err log z | max abs err log z | max err / sigma "
+        "| max abs err log-lik |"
+    )
     print("|---|---|---|---|---|---|")
     for name, a in acc.items():
-        print(f"| {name} | {a['steps']:.1f} | {a['err_med']:.1e} | {a['err_max']:.1e} | {a['rel_max']:.1e} "
-              f"| {a['dll_max']:.1e} |")
+        print(
+            f"| {name} | {a['steps']:.1f} | {a['err_med']:.1e} | {a['err_max']:.1e} | {a['rel_max']:.1e} "
+            f"| {a['dll_max']:.1e} |"
+        )
     tim = potential_timing(d)
     print("\nPotential + gradient, one evaluation inside a compiled loop (best of 5 x 300):\n")
     print("| program | ms / evaluation | compile s (loop of 300) |")

@@ -90,8 +90,10 @@ class _Outputs:
             self.staged(n).unlink()
         if exc_type is KeyboardInterrupt:
             kept = f"; the earlier {', '.join(self.earlier)} kept as they were" if self.earlier else ""
-            print(f"probdyn: interrupted before writing its results: no file written in {self.folder}{kept}",
-                  file=sys.stderr)
+            print(
+                f"probdyn: interrupted before writing its results: no file written in {self.folder}{kept}",
+                file=sys.stderr,
+            )
         return False
 
 
@@ -182,17 +184,46 @@ def _fit_markov_gp(a, t, y, names, axis_labels: tuple) -> None:
     with _prepare_out(a.out, FIT_FILES, a.force) as out:
         print(f"fitting a Markov GP ({a.kernel}) to {names[0]} ({len(t)} points) with engine={a.engine}", flush=True)
         with _user_errors():
-            fit = gp_fit.fit_gp(t, y[:, 0], jax.random.PRNGKey(a.seed), kernel=a.kernel, engine=a.engine,
-                                num_steps=a.steps, learning_rate=a.lr, num_warmup=a.warmup, num_samples=a.samples,
-                                num_chains=a.chains, progress_bar=not a.no_progress)
+            fit = gp_fit.fit_gp(
+                t,
+                y[:, 0],
+                jax.random.PRNGKey(a.seed),
+                kernel=a.kernel,
+                engine=a.engine,
+                num_steps=a.steps,
+                learning_rate=a.lr,
+                num_warmup=a.warmup,
+                num_samples=a.samples,
+                num_chains=a.chains,
+                progress_bar=not a.no_progress,
+            )
         grid = np.linspace(t[0], t[-1] + (a.horizon if a.horizon is not None else 0.1 * fit.span), 400)
         mean, sd = gp_fit.predict_gp(fit, t, y[:, 0], grid)
-        plotting.gp_forecast(out.staged("forecast.png"), t, y[:, 0], grid, mean, sd, axis_labels[1][0], f"Markov GP ({a.engine})",
-                             axis_labels[0])
-        _write_fit_outputs(out, fit.idata, {"model": "markov-gp", "kernel": a.kernel, "engine": a.engine,
-                                            "series": names[0], "n_points": int(len(t)), "wall_time_s": fit.wall_time_s,
-                                            "standardisation": {"mean": fit.loc, "sd": fit.scale}},
-                           point_estimate=a.engine == "map")
+        plotting.gp_forecast(
+            out.staged("forecast.png"),
+            t,
+            y[:, 0],
+            grid,
+            mean,
+            sd,
+            axis_labels[1][0],
+            f"Markov GP ({a.engine})",
+            axis_labels[0],
+        )
+        _write_fit_outputs(
+            out,
+            fit.idata,
+            {
+                "model": "markov-gp",
+                "kernel": a.kernel,
+                "engine": a.engine,
+                "series": names[0],
+                "n_points": int(len(t)),
+                "wall_time_s": fit.wall_time_s,
+                "standardisation": {"mean": fit.loc, "sd": fit.scale},
+            },
+            point_estimate=a.engine == "map",
+        )
 
 
 def _fit_sde(a, t, y, names, axis_labels: tuple) -> None:
@@ -202,24 +233,50 @@ def _fit_sde(a, t, y, names, axis_labels: tuple) -> None:
     with _user_errors("unknown --drift: "):
         system = sysid.get_system(a.drift)
     if system.H.shape[0] != y.shape[1]:
-        raise CLIError(f"--drift {a.drift} observes {system.H.shape[0]} coordinate(s) but the data have "
-                       f"{y.shape[1]} column(s) ({', '.join(names)}); choose them with --columns")
+        raise CLIError(
+            f"--drift {a.drift} observes {system.H.shape[0]} coordinate(s) but the data have "
+            f"{y.shape[1]} column(s) ({', '.join(names)}); choose them with --columns"
+        )
     with _prepare_out(a.out, FIT_FILES, a.force) as out:
         then = "" if a.engine == "map" else f", then its posterior by {a.engine}"
-        print(f"fitting the {a.drift} SDE drift family to {', '.join(names)} ({len(t)} points) by the "
-              f"continuous-discrete EKF likelihood{then}", flush=True)
+        print(
+            f"fitting the {a.drift} SDE drift family to {', '.join(names)} ({len(t)} points) by the "
+            f"continuous-discrete EKF likelihood{then}",
+            flush=True,
+        )
         with _user_errors():
-            fit = sysid.fit_sde(system, t, y, jax.random.PRNGKey(a.seed), engine=a.engine, num_steps=a.steps,
-                                learning_rate=a.lr, num_warmup=a.warmup, num_samples=a.samples, num_chains=a.chains,
-                                progress_bar=not a.no_progress)
+            fit = sysid.fit_sde(
+                system,
+                t,
+                y,
+                jax.random.PRNGKey(a.seed),
+                engine=a.engine,
+                num_steps=a.steps,
+                learning_rate=a.lr,
+                num_warmup=a.warmup,
+                num_samples=a.samples,
+                num_chains=a.chains,
+                progress_bar=not a.no_progress,
+            )
         fc = sysid.forecast_sde(fit, t, y, a.horizon)
-        plotting.sde_forecast(out.staged("forecast.png"), t, y, fc, axis_labels[1], f"{a.drift} SDE (smoothed / forecast)",
-                              axis_labels[0])
-        _write_fit_outputs(out, fit.idata, {"model": "sde", "drift": a.drift, "engine": a.engine, "series": names,
-                                            "n_points": int(len(t)), "wall_time_s": fit.wall_time_s,
-                                            "map_log_likelihood": float(fit.map.log_likelihood),
-                                            "map_parameters": fit.parameters},
-                           point_estimate=a.engine == "map")
+        plotting.sde_forecast(
+            out.staged("forecast.png"), t, y, fc, axis_labels[1], f"{a.drift} SDE (smoothed / forecast)", axis_labels[0]
+        )
+        _write_fit_outputs(
+            out,
+            fit.idata,
+            {
+                "model": "sde",
+                "drift": a.drift,
+                "engine": a.engine,
+                "series": names,
+                "n_points": int(len(t)),
+                "wall_time_s": fit.wall_time_s,
+                "map_log_likelihood": float(fit.map.log_likelihood),
+                "map_parameters": fit.parameters,
+            },
+            point_estimate=a.engine == "map",
+        )
 
 
 def _cmd_fit(a) -> int:
@@ -250,8 +307,10 @@ def _compare_inputs(a, sysid) -> tuple[dict, str, list | None]:
         extra = {} if a.test_spacing is None else {"dt_test": a.test_spacing}
         return dict(system=name, quick=a.quick, key=a.seed, **extra), f"simulated {name}", None
     if system.H.shape[0] != y.shape[1]:
-        raise CLIError(f"--system {name} observes {system.H.shape[0]} coordinate(s) but the CSV gives "
-                       f"{y.shape[1]} column(s) ({', '.join(names)})")
+        raise CLIError(
+            f"--system {name} observes {system.H.shape[0]} coordinate(s) but the CSV gives "
+            f"{y.shape[1]} column(s) ({', '.join(names)})"
+        )
     kwargs = dict(system=system, times=t, y=y, quick=a.quick, key=a.seed)
     return kwargs, f"{a.csv} ({', '.join(names)}), {name} drift family", names
 
@@ -273,11 +332,18 @@ def _cmd_compare(a) -> int:
         plotting.compare_scores(out.staged(figs[0]), res.table)
         if len(figs) > 1:
             plotting.compare_forecasts(out.staged(figs[1]), res.forecasts, coords)
-        lines = [f"# probdyn compare: {title}", "",
-                 "Continuous-time (SDE, continuous-discrete filter) and discrete-time models fitted by the same",
-                 "engine (maximum likelihood of their Gaussian-filter likelihoods); forecasts scored against",
-                 "held-out data at the training spacing and at a different test spacing.", "", table, "",
-                 "One row per model, spacing and lead time: `comparison.csv`.", ""]
+        lines = [
+            f"# probdyn compare: {title}",
+            "",
+            "Continuous-time (SDE, continuous-discrete filter) and discrete-time models fitted by the same",
+            "engine (maximum likelihood of their Gaussian-filter likelihoods); forecasts scored against",
+            "held-out data at the training spacing and at a different test spacing.",
+            "",
+            table,
+            "",
+            "One row per model, spacing and lead time: `comparison.csv`.",
+            "",
+        ]
         lines += [f"![{f[:-4]}]({f})" for f in figs] + ["", f"Run time: {elapsed:.0f} s."]
         out.staged("report.md").write_text("\n".join(lines) + "\n")
     print(f"\nwrote report.md, comparison.csv and {len(figs)} figures in {out.folder}")

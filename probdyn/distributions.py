@@ -44,7 +44,7 @@ def _flat_map(fn, shape: tuple, batched, shared, *, key=None):
     if n == 1 and not shape:
         args = batched + shared + ((key,) if key is not None else ())
         return fn(*args)
-    flat = jax.tree.map(lambda x: x.reshape((n,) + x.shape[len(shape):]), batched)
+    flat = jax.tree.map(lambda x: x.reshape((n,) + x.shape[len(shape) :]), batched)
     extra = () if key is None else (jax.random.split(key, n),)
     in_axes = (0,) * len(batched) + (None,) * len(shared) + (0,) * len(extra)
     out = jax.vmap(fn, in_axes=in_axes)(*flat, *shared, *extra)
@@ -87,8 +87,7 @@ class MarkovGPDistribution(KalmanDistribution):
     pytree_data_fields = ("kernel", "times", "noise", "loc")
     pytree_aux_fields = ("mean_fn", "parallel")
 
-    def __init__(self, kernel: Kernel, times, noise=0.0, mean=0.0, *, parallel: bool | None = None,
-                 validate_args=None):
+    def __init__(self, kernel: Kernel, times, noise=0.0, mean=0.0, *, parallel: bool | None = None, validate_args=None):
         if not isinstance(kernel, Kernel):
             raise TypeError(f"kernel must be a probdyn.kernels.Kernel, got {type(kernel).__name__}")
         self.times = jnp.asarray(check_times(times))
@@ -219,8 +218,15 @@ class LinearGaussianSSMDistribution(KalmanDistribution):
     pytree_data_fields = ("ssm",)
     pytree_aux_fields = ("parallel", "_shared")
 
-    def __init__(self, ssm: LinearGaussianSSM, num_timesteps: int | None = None, *, batch_shape: tuple = (),
-                 parallel: bool | None = None, validate_args=None):
+    def __init__(
+        self,
+        ssm: LinearGaussianSSM,
+        num_timesteps: int | None = None,
+        *,
+        batch_shape: tuple = (),
+        parallel: bool | None = None,
+        validate_args=None,
+    ):
         if not isinstance(ssm, LinearGaussianSSM):
             raise TypeError(f"ssm must be a probdyn.LinearGaussianSSM, got {type(ssm).__name__}")
         batch_shape = tuple(int(b) for b in batch_shape)
@@ -338,7 +344,11 @@ def __getattr__(name):
 
         from probdyn.inference.gaussian_filters import distributions as _gfd
 
-        warnings.warn(f"probdyn.distributions.{name} is deprecated and will be removed in the next release; "
-                      f"import probdyn.inference.gaussian_filters.{name} instead", DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            f"probdyn.distributions.{name} is deprecated and will be removed in the next release; "
+            f"import probdyn.inference.gaussian_filters.{name} instead",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return getattr(_gfd, name)
     raise AttributeError(f"module 'probdyn.distributions' has no attribute {name!r}")

@@ -99,7 +99,9 @@ class MarkovGP(eqx.Module):
 
     @eqx.filter_jit
     def _log_likelihood(self, y, parallel: bool):
-        return kalman.log_likelihood(self._ssm(self.times, self.noise), (y - self.mean_at(self.times))[:, None], parallel=parallel)
+        return kalman.log_likelihood(
+            self._ssm(self.times, self.noise), (y - self.mean_at(self.times))[:, None], parallel=parallel
+        )
 
     def _merged(self, y, test_times):
         """Data and test times on one sorted grid (test points are missing values)."""

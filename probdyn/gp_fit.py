@@ -23,7 +23,17 @@ from jaxtyping import Float, PRNGKeyArray
 from probdyn import kernels
 from probdyn.gp import MarkovGP
 
-__all__ = ["KERNEL_NAMES", "ENGINES", "parse_kernel", "time_scale_prior", "kernel_prior", "gp_model", "GPFit", "fit_gp", "predict_gp"]
+__all__ = [
+    "KERNEL_NAMES",
+    "ENGINES",
+    "parse_kernel",
+    "time_scale_prior",
+    "kernel_prior",
+    "gp_model",
+    "GPFit",
+    "fit_gp",
+    "predict_gp",
+]
 
 KERNEL_NAMES = ("matern12", "matern32", "matern52", "sho", "periodic", "cosine", "constant")
 ENGINES = ("map", "svi", "nuts")
@@ -76,11 +86,15 @@ def kernel_prior(spec: str, span: float, spacing: float | None = None) -> Callab
         if f.startswith("matern"):
             return getattr(kernels, f"Matern{f[-2:]}")(lengthscale=site(f"{tag}_lengthscale", *ell), variance=1.0)
         if f == "sho":
-            return kernels.SHO(omega=2 * jnp.pi / site(f"{tag}_period", *per), quality=site(f"{tag}_quality", np.log(3.0)),
-                               variance=1.0)
+            return kernels.SHO(
+                omega=2 * jnp.pi / site(f"{tag}_period", *per),
+                quality=site(f"{tag}_quality", np.log(3.0)),
+                variance=1.0,
+            )
         if f == "periodic":
-            return kernels.Periodic(period=site(f"{tag}_period", *per), lengthscale=site(f"{tag}_lengthscale", 0.0),
-                                    variance=1.0)
+            return kernels.Periodic(
+                period=site(f"{tag}_period", *per), lengthscale=site(f"{tag}_lengthscale", 0.0), variance=1.0
+            )
         if f == "cosine":
             return kernels.Cosine(period=site(f"{tag}_period", *per), variance=1.0)
         return kernels.Constant(variance=1.0)
@@ -133,9 +147,20 @@ class GPFit(NamedTuple):
     wall_time_s: float
 
 
-def fit_gp(times, y, key: PRNGKeyArray, kernel: str = "matern32", engine: str = "map", num_steps: int = 1500,
-           learning_rate: float = 0.02, num_warmup: int = 500, num_samples: int = 1000, num_chains: int = 4,
-           target_accept_prob: float = 0.9, progress_bar: bool = False) -> GPFit:
+def fit_gp(
+    times,
+    y,
+    key: PRNGKeyArray,
+    kernel: str = "matern32",
+    engine: str = "map",
+    num_steps: int = 1500,
+    learning_rate: float = 0.02,
+    num_warmup: int = 500,
+    num_samples: int = 1000,
+    num_chains: int = 4,
+    target_accept_prob: float = 0.9,
+    progress_bar: bool = False,
+) -> GPFit:
     """Fit :func:`gp_model` to ``y`` (N,) at sorted ``times`` (N,) after standardising ``y``
     (NaN = missing): ``engine="map"`` (a delta guide: the MAP in the constrained space),
     ``"svi"`` (mean-field normal guide, 200 draws) or ``"nuts"`` (``num_chains`` chains,
@@ -159,18 +184,35 @@ def fit_gp(times, y, key: PRNGKeyArray, kernel: str = "matern32", engine: str = 
     tt, z = jnp.asarray(t - t[0]), jnp.asarray((yv - loc) / scale)  # shifted: float32 keeps spacings
     t0 = time.perf_counter()
     if engine == "nuts":
-        idata = mcmc.sample(model, key, tt, z, num_warmup=num_warmup, num_samples=num_samples,
-                            num_chains=num_chains, progress_bar=progress_bar,
-                            sampler_kwargs={"target_accept_prob": target_accept_prob})
+        idata = mcmc.sample(
+            model,
+            key,
+            tt,
+            z,
+            num_warmup=num_warmup,
+            num_samples=num_samples,
+            num_chains=num_chains,
+            progress_bar=progress_bar,
+            sampler_kwargs={"target_accept_prob": target_accept_prob},
+        )
     else:
-        idata = variational.svi(model, key, tt, z, guide="delta" if engine == "map" else "normal",
-                                optimizer=learning_rate, num_steps=num_steps, progress_bar=progress_bar,
-                                num_posterior_samples=1 if engine == "map" else 200).idata
+        idata = variational.svi(
+            model,
+            key,
+            tt,
+            z,
+            guide="delta" if engine == "map" else "normal",
+            optimizer=learning_rate,
+            num_steps=num_steps,
+            progress_bar=progress_bar,
+            num_posterior_samples=1 if engine == "map" else 200,
+        ).idata
     return GPFit(idata, kernel, span, spacing, float(loc), float(scale), engine, time.perf_counter() - t0)
 
 
-def predict_gp(fit: GPFit, times, y, grid, num_draws: int = 50
-               ) -> tuple[Float[np.ndarray, " M"], Float[np.ndarray, " M"]]:
+def predict_gp(
+    fit: GPFit, times, y, grid, num_draws: int = 50
+) -> tuple[Float[np.ndarray, " M"], Float[np.ndarray, " M"]]:
     """Posterior mean and sd (each (M,), data units) of the latent series at ``grid`` (M,) given
     the data ``times``, ``y`` (N,) that ``fit`` was fitted to: the GP posterior for each of up
     to ``num_draws`` evenly spaced posterior draws, mixed (mean of means; mean variance plus
@@ -198,4 +240,3 @@ def predict_gp(fit: GPFit, times, y, grid, num_draws: int = 50
     mean = fit.loc + fit.scale * ms.mean(0)
     sd = fit.scale * np.sqrt(vs.mean(0) + ms.var(0))
     return mean, sd
-

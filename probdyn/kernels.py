@@ -111,8 +111,9 @@ class Kernel(eqx.Module):
         the kernel has one (the Matérn family), else ``None``."""
         return None
 
-    def to_ssm(self, times: Float[Array, " N"], noise: Float[Array, "..."] = 0.0,
-               transition_basis: bool = False) -> LinearGaussianSSM:
+    def to_ssm(
+        self, times: Float[Array, " N"], noise: Float[Array, "..."] = 0.0, transition_basis: bool = False
+    ) -> LinearGaussianSSM:
         """The exact state-space model of ``y_n = f(times[n]) + N(0, noise_n)``, ``f ~ GP(0, k)``.
 
         ``times`` (N,) sorted (not checked here: callers validate); ``noise`` a scalar or (N,)

@@ -20,9 +20,30 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 __all__ = [
-    "tria", "tria_batched", "mgs_lower", "list_dot", "psd_cholesky", "cholesky_tangent", "solve_lower", "solve_upper_t",
-    "block_diag", "kron", "symmetrize", "safe_sqrt", "safe_rsqrt", "safe_inv", "neg_half_log", "psd_ldl", "ldl_lists", "ldl_from_cholesky",
-    "tree_sum", "small_inv", "small_solve", "small_cholesky", "small_solve_lower", "small_logdet",
+    "tria",
+    "tria_batched",
+    "mgs_lower",
+    "list_dot",
+    "psd_cholesky",
+    "cholesky_tangent",
+    "solve_lower",
+    "solve_upper_t",
+    "block_diag",
+    "kron",
+    "symmetrize",
+    "safe_sqrt",
+    "safe_rsqrt",
+    "safe_inv",
+    "neg_half_log",
+    "psd_ldl",
+    "ldl_lists",
+    "ldl_from_cholesky",
+    "tree_sum",
+    "small_inv",
+    "small_solve",
+    "small_cholesky",
+    "small_solve_lower",
+    "small_logdet",
 ]
 
 UNROLL_MAX = 24
@@ -149,8 +170,10 @@ def mgs_lower(rows: list[list]) -> tuple[list[list], list]:
             c = list_dot(rows[j], q)
             L[j][i] = c
             if c is not None:
-                rows[j] = [yi if _mul(c, qi) is None else (-(c * qi) if yi is None else yi - c * qi)
-                           for qi, yi in zip(q, rows[j])]
+                rows[j] = [
+                    yi if _mul(c, qi) is None else (-(c * qi) if yi is None else yi - c * qi)
+                    for qi, yi in zip(q, rows[j])
+                ]
     return L, ss
 
 
@@ -186,7 +209,9 @@ def tria_batched(M: Float[Array, "... n k"], rtol: float | Float[Array, " n"] | 
     return L
 
 
-def cholesky_tangent(L: Float[Array, "... n n"], dP: Float[Array, "... n n"], rtol: float | None = None) -> Float[Array, "... n n"]:
+def cholesky_tangent(
+    L: Float[Array, "... n n"], dP: Float[Array, "... n n"], rtol: float | None = None
+) -> Float[Array, "... n n"]:
     r"""Tangent ``dL`` of a lower factor ``L L^T = P`` for a symmetric tangent ``dP`` (batched),
     valid when ``L`` has zero pivots.
 

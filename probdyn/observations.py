@@ -5,5 +5,9 @@ import warnings
 
 from probdyn.inference.gaussian_filters.observations import *  # noqa: F401,F403
 
-warnings.warn("probdyn.observations is deprecated and will be removed in the next release; "
-              "import probdyn.inference.gaussian_filters.observations instead", DeprecationWarning, stacklevel=2)
+warnings.warn(
+    "probdyn.observations is deprecated and will be removed in the next release; "
+    "import probdyn.inference.gaussian_filters.observations instead",
+    DeprecationWarning,
+    stacklevel=2,
+)

@@ -20,8 +20,18 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-__all__ = ["DPI", "new_figure", "save", "band", "mark_forecast_start", "gp_forecast", "sde_forecast",
-           "plot_window", "compare_scores", "compare_forecasts"]
+__all__ = [
+    "DPI",
+    "new_figure",
+    "save",
+    "band",
+    "mark_forecast_start",
+    "gp_forecast",
+    "sde_forecast",
+    "plot_window",
+    "compare_scores",
+    "compare_forecasts",
+]
 
 DPI = 120
 
@@ -47,8 +57,15 @@ def band(ax, x, mean, sd, color="C0", label=None, transform=None, z: float = 2.0
     f = (lambda v: v) if transform is None else transform
     x, mean, sd = np.asarray(x), np.asarray(mean), np.asarray(sd)
     ax.plot(x, f(mean), color=color, label=label)
-    ax.fill_between(x, f(mean - z * sd), f(mean + z * sd), color=color, alpha=0.25, lw=0,
-                    label=("±2 sd" if z == 2.0 else None) if band_label == "default" else band_label)
+    ax.fill_between(
+        x,
+        f(mean - z * sd),
+        f(mean + z * sd),
+        color=color,
+        alpha=0.25,
+        lw=0,
+        label=("±2 sd" if z == 2.0 else None) if band_label == "default" else band_label,
+    )
 
 
 def mark_forecast_start(ax, t) -> None:
@@ -112,11 +129,25 @@ def compare_scores(path, table) -> Figure:
             for ax, col in zip(axes[0], ("nlpd", "rmse")):
                 v = g[col].to_numpy(float)
                 ok = np.isfinite(v)
-                ax.plot(g["horizon_time"][ok], v[ok], ls, marker="o", ms=3, color=f"C{c}",
-                        label=f"{model}, {spacing} spacing")
+                ax.plot(
+                    g["horizon_time"][ok],
+                    v[ok],
+                    ls,
+                    marker="o",
+                    ms=3,
+                    color=f"C{c}",
+                    label=f"{model}, {spacing} spacing",
+                )
                 if (~ok).any():
-                    ax.plot(g["horizon_time"][~ok], np.full((~ok).sum(), 1.0), "x", color=f"C{c}", ms=7,
-                            transform=ax.get_xaxis_transform(), clip_on=False)
+                    ax.plot(
+                        g["horizon_time"][~ok],
+                        np.full((~ok).sum(), 1.0),
+                        "x",
+                        color=f"C{c}",
+                        ms=7,
+                        transform=ax.get_xaxis_transform(),
+                        clip_on=False,
+                    )
     axes[0, 0].set_yscale("symlog", linthresh=1.0)
     axes[0, 1].set_yscale("log")
     for ax, col in zip(axes[0], ("NLPD (nats per observation, symlog)", "RMSE")):
@@ -124,8 +155,10 @@ def compare_scores(path, table) -> Figure:
         ax.set_ylabel(col)
         ax.grid(alpha=0.3)
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=7)
-    fig.suptitle("forecast scores, lower is better (solid: test spacing, dotted: training spacing; "
-                 "x on the top edge: diverged)", fontsize=9)
+    fig.suptitle(
+        "forecast scores, lower is better (solid: test spacing, dotted: training spacing; x on the top edge: diverged)",
+        fontsize=9,
+    )
     return save(fig, path)
 
 
@@ -166,10 +199,25 @@ def compare_forecasts(path, forecasts: dict, names=None, spacing: str = "test") 
                 up = ~(m[first:] < lo)  # off the top (or not finite) vs off the bottom
                 for sel, edge, mk in ((up, 1.0, "^"), (~up, 0.0, "v")):
                     if sel.any():  # (an empty unclipped line would pull the layout to the origin)
-                        ax.plot(tb[sel], np.full(sel.sum(), edge), mk, color="C3", ms=5, clip_on=False,
-                                transform=ax.get_xaxis_transform(), label="diverged (off scale)")
-                ax.text(0.02, 0.95, f"diverged from t = {tb[0]:.3g}", transform=ax.transAxes, color="C3",
-                        fontsize=8, va="top")
+                        ax.plot(
+                            tb[sel],
+                            np.full(sel.sum(), edge),
+                            mk,
+                            color="C3",
+                            ms=5,
+                            clip_on=False,
+                            transform=ax.get_xaxis_transform(),
+                            label="diverged (off scale)",
+                        )
+                ax.text(
+                    0.02,
+                    0.95,
+                    f"diverged from t = {tb[0]:.3g}",
+                    transform=ax.transAxes,
+                    color="C3",
+                    fontsize=8,
+                    va="top",
+                )
             if i == 0:
                 ax.set_title(key[0], fontsize=9)
             if j == 0:
@@ -181,6 +229,8 @@ def compare_forecasts(path, forecasts: dict, names=None, spacing: str = "test") 
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
     fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncol=len(handles), fontsize=8)
-    fig.suptitle(f"forecasts at the {spacing} spacing from the first origin (mean ± 2 sd); "
-                 "each panel on its own scale", fontsize=9)
+    fig.suptitle(
+        f"forecasts at the {spacing} spacing from the first origin (mean ± 2 sd); each panel on its own scale",
+        fontsize=9,
+    )
     return save(fig, path)

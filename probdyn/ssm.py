@@ -75,8 +75,20 @@ def discretise_affine(
     b_t = jnp.zeros(d, dtype) if b_t is None else jnp.asarray(b_t, dtype)
     n = 2 * d + 2
     M = jnp.zeros((n, n), dtype)
-    M = (M.at[:d, :d].set(F).at[:d, d:2 * d].set(LQL).at[d:2 * d, d:2 * d].set(-F.T)
-         .at[:d, 2 * d].set(b_t).at[:d, 2 * d + 1].set(b).at[2 * d, 2 * d + 1].set(1.0)) * dt
+    M = (
+        M.at[:d, :d]
+        .set(F)
+        .at[:d, d : 2 * d]
+        .set(LQL)
+        .at[d : 2 * d, d : 2 * d]
+        .set(-F.T)
+        .at[:d, 2 * d]
+        .set(b_t)
+        .at[:d, 2 * d + 1]
+        .set(b)
+        .at[2 * d, 2 * d + 1]
+        .set(1.0)
+    ) * dt
     norm = jnp.max(jnp.sum(jnp.abs(M), axis=0))
     k = jnp.clip(jnp.ceil(jnp.log2(jnp.maximum(norm, 1e-30) / _THETA)), 0, _MAX_DOUBLE)
     X = M / 2.0**k
@@ -85,7 +97,7 @@ def discretise_affine(
     for j in range(_TAYLOR, 0, -1):  # Horner: I + X (I + X/2 (I + X/3 ...))
         E = eye + (X @ E) / j
     A = E[:d, :d]
-    Q = symmetrize(E[:d, d:2 * d] @ A.T)
+    Q = symmetrize(E[:d, d : 2 * d] @ A.T)
     idx = jnp.array(list(range(d)) + [2 * d, 2 * d + 1])
     Aff = E[idx][:, idx]
 
@@ -239,8 +251,10 @@ class LinearGaussianSSM(eqx.Module):
         if b is not None:
             A = jnp.shape(self.transition_matrix)
             if b.state_dim != d or len(A) != 3 or A[0] != b.num_steps:
-                raise ValueError(f"transition_basis (state dim {b.state_dim}, {b.num_steps} steps) does not match "
-                                 f"transition_matrix of shape {A}")
+                raise ValueError(
+                    f"transition_basis (state dim {b.state_dim}, {b.num_steps} steps) does not match "
+                    f"transition_matrix of shape {A}"
+                )
         for name, arr, tail in [
             ("initial_cov", self.initial_cov, (d, d)),
             ("transition_matrix", self.transition_matrix, (d, d)),
@@ -322,8 +336,10 @@ def _check_cov(name: str, C: np.ndarray, scale: float):
     bad = asym > rtol * absmax
     if bad.any():
         t = int(np.argmax(bad))
-        raise ValueError(f"{name}{at(t)} is not symmetric: max |C - C^T| = {asym[t]:.3g} against max |C| = "
-                         f"{absmax[t]:.3g} (relative tolerance {rtol:.1g})")
+        raise ValueError(
+            f"{name}{at(t)} is not symmetric: max |C - C^T| = {asym[t]:.3g} against max |C| = "
+            f"{absmax[t]:.3g} (relative tolerance {rtol:.1g})"
+        )
     S = 0.5 * (C + np.swapaxes(C, -1, -2))
     floor = 64 * eps * scale
     # fast path: a Cholesky factorisation of C + tol I (max|C_ij| <= max|eig|: a stricter
@@ -340,8 +356,10 @@ def _check_cov(name: str, C: np.ndarray, scale: float):
     bad = lo < -tol
     if bad.any():
         t = int(np.argmax(bad))
-        raise ValueError(f"{name}{at(t)} is not positive semi-definite: smallest eigenvalue {lo[t]:.3g}, "
-                         f"largest |eigenvalue| {hi[t]:.3g} (tolerance {tol[t]:.2g})")
+        raise ValueError(
+            f"{name}{at(t)} is not positive semi-definite: smallest eigenvalue {lo[t]:.3g}, "
+            f"largest |eigenvalue| {hi[t]:.3g} (tolerance {tol[t]:.2g})"
+        )
 
 
 def _check_values(ssm: "LinearGaussianSSM"):
@@ -360,8 +378,10 @@ def _check_values(ssm: "LinearGaussianSSM"):
                 if v is not None:
                     _check_finite(f"transition_basis.{kind}[{k}]", v)
     stack = lambda C: C.reshape((-1,) + C.shape[-2:])  # noqa: E731
-    P0, Q, H, R = (None if vals[n] is None else stack(vals[n])
-                   for n in ("initial_cov", "transition_cov", "emission_matrix", "emission_cov"))
+    P0, Q, H, R = (
+        None if vals[n] is None else stack(vals[n])
+        for n in ("initial_cov", "transition_cov", "emission_matrix", "emission_cov")
+    )
     scale_x = max(_abs_max(P0), _abs_max(Q))
     if P0 is not None:
         _check_cov("initial_cov", P0, scale_x)

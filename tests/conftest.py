@@ -22,10 +22,17 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 # Largest first (approximate seconds summed over a file's tests, 2-core VM, 2026-12-02).
 HEAVY_FIRST = (
     "test_cli",  # 150
-    "test_tutorial_fractional_sde", "test_tutorial_sysid", "test_tutorial_markov_gp_bayesian",  # 65-80
-    "test_kalman", "test_tutorial_mgpvae", "test_fractional_sde", "test_mcmc", "test_sparse_gp_sde",  # 55-100
+    "test_tutorial_fractional_sde",
+    "test_tutorial_sysid",
+    "test_tutorial_markov_gp_bayesian",  # 65-80
+    "test_kalman",
+    "test_tutorial_mgpvae",
+    "test_fractional_sde",
+    "test_mcmc",
+    "test_sparse_gp_sde",  # 55-100
     "test_tutorial_",  # the remaining tutorials, 40 each
-    "test_kernels", "test_gp",
+    "test_kernels",
+    "test_gp",
 )
 
 

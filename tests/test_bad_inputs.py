@@ -35,8 +35,16 @@ def impossible_data(y=None):
 
 
 def nuts(backend):
-    return lambda: mcmc.sample(impossible_data, jax.random.PRNGKey(0), jnp.array([0.5, 1.0]), backend=backend,
-                               num_warmup=5, num_samples=5, num_chains=2, progress_bar=False)
+    return lambda: mcmc.sample(
+        impossible_data,
+        jax.random.PRNGKey(0),
+        jnp.array([0.5, 1.0]),
+        backend=backend,
+        num_warmup=5,
+        num_samples=5,
+        num_chains=2,
+        progress_bar=False,
+    )
 
 
 BAD = [
@@ -56,8 +64,12 @@ BAD = [
     ("NUTS no valid start (blackjax)", nuts("blackjax"), ValueError, "at site(s) 'y'"),
     # already clear before this change (kept)
     ("gamma_grid 0 components", lambda: fr.gamma_grid(0), ValueError, "num_components"),
-    ("inf in GP data", lambda: MarkovGP(kernels.Matern32(1.0, 1.0), T).log_likelihood(np.where(T > 0.5, np.inf, Y)),
-     ValueError, "infinite"),
+    (
+        "inf in GP data",
+        lambda: MarkovGP(kernels.Matern32(1.0, 1.0), T).log_likelihood(np.where(T > 0.5, np.inf, Y)),
+        ValueError,
+        "infinite",
+    ),
     ("negative GP noise", lambda: MarkovGP(kernels.Matern32(1.0, 1.0), T, noise=-1.0), ValueError, "noise"),
     ("unsorted GP times", lambda: MarkovGP(kernels.Matern32(1.0, 1.0), T[::-1]), ValueError, "increasing"),
     ("unknown kernel spec", lambda: gp_fit.parse_kernel("matern32+rbf"), ValueError, "unknown kernel 'rbf'"),
@@ -66,12 +78,24 @@ BAD = [
     ("unknown dataset", lambda: load_series("sunspots"), ValueError, "unknown dataset 'sunspots'"),
     ("missing CSV", lambda: read_csv_series("/nonexistent/d.csv"), FileNotFoundError, "file not found"),
     ("unknown system", lambda: sysid.get_system("lorenz"), ValueError, "unknown system 'lorenz'"),
-    ("SDE drift vs columns", lambda: sysid.observation_for("double_well", np.ones((5, 2))), ValueError,
-     "observes 1 coordinate"),
-    ("MCMC 0 chains", lambda: mcmc.sample(impossible_data, jax.random.PRNGKey(0), num_chains=0), ValueError,
-     "num_chains"),
-    ("MCMC unknown backend", lambda: mcmc.sample(impossible_data, jax.random.PRNGKey(0), backend="stan"),
-     ValueError, "unknown backend"),
+    (
+        "SDE drift vs columns",
+        lambda: sysid.observation_for("double_well", np.ones((5, 2))),
+        ValueError,
+        "observes 1 coordinate",
+    ),
+    (
+        "MCMC 0 chains",
+        lambda: mcmc.sample(impossible_data, jax.random.PRNGKey(0), num_chains=0),
+        ValueError,
+        "num_chains",
+    ),
+    (
+        "MCMC unknown backend",
+        lambda: mcmc.sample(impossible_data, jax.random.PRNGKey(0), backend="stan"),
+        ValueError,
+        "unknown backend",
+    ),
 ]
 
 

@@ -16,8 +16,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def cli(*args, cwd):
     env = {**os.environ, "PYTHONPATH": ROOT, "MPLBACKEND": "Agg"}
-    return subprocess.run([sys.executable, STRICT_RUN, "-m", "probdyn", *args], cwd=str(cwd), env=env,
-                          capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, STRICT_RUN, "-m", "probdyn", *args],
+        cwd=str(cwd),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 @pytest.fixture
@@ -44,8 +50,25 @@ def write_csv(path, rows, header="t,y"):
     return path
 
 
-@pytest.mark.parametrize("case", ["missing", "column", "nonnumeric", "unsorted", "few", "kernel", "notime",
-                                  "horizon", "both", "drift", "chains", "system", "spacing", "sde_columns"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing",
+        "column",
+        "nonnumeric",
+        "unsorted",
+        "few",
+        "kernel",
+        "notime",
+        "horizon",
+        "both",
+        "drift",
+        "chains",
+        "system",
+        "spacing",
+        "sde_columns",
+    ],
+)
 def test_bad_input_one_line_error(tmp_path, case, cli_inproc):
     good = [(i, np.sin(i)) for i in range(20)]
     args = {
@@ -64,19 +87,33 @@ def test_bad_input_one_line_error(tmp_path, case, cli_inproc):
         "spacing": ["compare", "--test-spacing", "-0.5"],
         "sde_columns": ["fit", "--dataset", "lynx_hare", "--model", "sde", "--drift", "double_well"],
     }[case]
-    rows = {"nonnumeric": good[:5] + [(5, "abc")] + good[6:], "unsorted": good[:5] + [(3, 0.1)] + good[6:],
-            "few": good[:3]}.get(case, good)
+    rows = {
+        "nonnumeric": good[:5] + [(5, "abc")] + good[6:],
+        "unsorted": good[:5] + [(3, 0.1)] + good[6:],
+        "few": good[:3],
+    }.get(case, good)
     write_csv(tmp_path / "d.csv", rows)
     r = (cli if case == "missing" else cli_inproc)(*args, cwd=tmp_path)  # one through the real command
     assert r.returncode == 2, r.stderr
     err = r.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("probdyn: error:"), r.stderr
     assert "Traceback" not in r.stderr
-    expect = {"missing": "not found", "column": "unknown column", "nonnumeric": "non-numeric", "unsorted": "increasing",
-              "few": "too few", "kernel": "unknown kernel", "notime": "unknown time column",
-              "horizon": "--horizon must be a finite number >= 0", "both": "--csv and --dataset are alternatives",
-              "drift": "unknown --drift", "chains": "--chains must be >= 1", "system": "unknown system 'lorenz'",
-              "spacing": "--test-spacing must be positive", "sde_columns": "observes 1 coordinate"}[case]
+    expect = {
+        "missing": "not found",
+        "column": "unknown column",
+        "nonnumeric": "non-numeric",
+        "unsorted": "increasing",
+        "few": "too few",
+        "kernel": "unknown kernel",
+        "notime": "unknown time column",
+        "horizon": "--horizon must be a finite number >= 0",
+        "both": "--csv and --dataset are alternatives",
+        "drift": "unknown --drift",
+        "chains": "--chains must be >= 1",
+        "system": "unknown system 'lorenz'",
+        "spacing": "--test-spacing must be positive",
+        "sde_columns": "observes 1 coordinate",
+    }[case]
     assert expect in err[0]
 
 
@@ -106,8 +143,23 @@ def test_fit_csv_end_to_end_and_no_overwrite(tmp_path):
     y[[10, 11, 30]] = np.nan
     rows = [(a, "" if np.isnan(b) else b) for a, b in zip(t, y)]
     write_csv(tmp_path / "d.csv", rows)
-    r = cli("fit", "--csv", "d.csv", "--kernel", "matern32", "--engine", "map", "--steps", "1500", "--lr", "0.05",
-            "--no-progress", "--out", "out", cwd=tmp_path)
+    r = cli(
+        "fit",
+        "--csv",
+        "d.csv",
+        "--kernel",
+        "matern32",
+        "--engine",
+        "map",
+        "--steps",
+        "1500",
+        "--lr",
+        "0.05",
+        "--no-progress",
+        "--out",
+        "out",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     out = tmp_path / "out"
     for f in ("posterior.nc", "summary.csv", "summary.md", "forecast.png", "fit.json"):
@@ -131,12 +183,16 @@ def test_fit_csv_end_to_end_and_no_overwrite(tmp_path):
         L = np.linalg.cholesky(K)
         a = np.linalg.solve(L, zz)
         ll = -0.5 * a @ a - np.log(np.diag(L)).sum() - 0.5 * len(tt) * np.log(2 * np.pi)
-        lp = (stats.lognorm(ell_sd, scale=np.exp(ell_loc)).logpdf(ell) + stats.lognorm(1.0, scale=1.0).logpdf(amp)
-              + stats.lognorm(1.0, scale=0.1).logpdf(sn))
+        lp = (
+            stats.lognorm(ell_sd, scale=np.exp(ell_loc)).logpdf(ell)
+            + stats.lognorm(1.0, scale=1.0).logpdf(amp)
+            + stats.lognorm(1.0, scale=0.1).logpdf(sn)
+        )
         return -(ll + lp)  # MAP in the constrained space, as numpyro's AutoDelta reports it
 
-    ref = optimize.minimize(neg_log_post, np.log([2.0, 1.0, 0.3]), method="Nelder-Mead",
-                            options=dict(xatol=1e-8, fatol=1e-10, maxiter=5000)).x
+    ref = optimize.minimize(
+        neg_log_post, np.log([2.0, 1.0, 0.3]), method="Nelder-Mead", options=dict(xatol=1e-8, fatol=1e-10, maxiter=5000)
+    ).x
     got = np.log([summ["matern32_lengthscale"], summ["amplitude_0"], summ["noise_sd"]])
     np.testing.assert_allclose(got, ref, atol=0.03)
 
@@ -176,8 +232,23 @@ def test_fit_sde_lynx_hare_map(tmp_path):
     family observing the wrong number of coordinates is a one-line error. (The fit starts
     from the built-in parameters, which are near the posteriordb posterior, so the bounds
     below are a plausibility check only; parameter recovery is tested in test_sysid.py.)"""
-    r = cli("fit", "--dataset", "lynx_hare", "--model", "sde", "--drift", "lotka_volterra", "--steps", "150",
-            "--lr", "0.05", "--no-progress", "--out", "sde", cwd=tmp_path)
+    r = cli(
+        "fit",
+        "--dataset",
+        "lynx_hare",
+        "--model",
+        "sde",
+        "--drift",
+        "lotka_volterra",
+        "--steps",
+        "150",
+        "--lr",
+        "0.05",
+        "--no-progress",
+        "--out",
+        "sde",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     meta = json.loads((tmp_path / "sde" / "fit.json").read_text())
     p = meta["map_parameters"]
@@ -203,8 +274,11 @@ def _ou_reference_posterior(t, y, obs_sd, prior_loc):
             v = np.exp(-2 * lam * dt) * 1.0 + sig**2 / (2 * lam) * (1 - np.exp(-2 * lam * dt))
             lo = np.minimum.outer(np.arange(t.size), np.arange(t.size))
             C = v[lo] * np.exp(-lam * np.abs(t[:, None] - t[None]))
-            logp[i, j] = (multivariate_normal.logpdf(y, y[0] * np.exp(-lam * dt), C + obs_sd**2 * np.eye(t.size))
-                          - 0.5 * (ul - prior_loc[0]) ** 2 - 0.5 * (us - prior_loc[1]) ** 2)
+            logp[i, j] = (
+                multivariate_normal.logpdf(y, y[0] * np.exp(-lam * dt), C + obs_sd**2 * np.eye(t.size))
+                - 0.5 * (ul - prior_loc[0]) ** 2
+                - 0.5 * (us - prior_loc[1]) ** 2
+            )
     w = np.exp(logp - logp.max())
     w /= w.sum()
     out = {}
@@ -232,10 +306,32 @@ def test_fit_sde_nuts_and_svi_match_dense_ou_posterior(tmp_path):
     y = np.asarray(x) + obs_sd * rng.normal(size=t.size)
     write_csv(tmp_path / "ou.csv", list(zip(t, y)))
     ref = _ou_reference_posterior(t, y, obs_sd, (np.log(0.5), np.log(0.5)))
-    common = ["fit", "--csv", "ou.csv", "--model", "sde", "--drift", "ornstein_uhlenbeck", "--steps", "150",
-              "--no-progress"]
-    r = cli(*common, "--engine", "nuts", "--chains", "2", "--warmup", "150", "--samples", "250", "--out", "nuts",
-            cwd=tmp_path)
+    common = [
+        "fit",
+        "--csv",
+        "ou.csv",
+        "--model",
+        "sde",
+        "--drift",
+        "ornstein_uhlenbeck",
+        "--steps",
+        "150",
+        "--no-progress",
+    ]
+    r = cli(
+        *common,
+        "--engine",
+        "nuts",
+        "--chains",
+        "2",
+        "--warmup",
+        "150",
+        "--samples",
+        "250",
+        "--out",
+        "nuts",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     post = az.from_netcdf(str(tmp_path / "nuts" / "posterior.nc")).posterior
     assert post["lam"].shape == (2, 250)
@@ -274,7 +370,6 @@ def test_fit_times_with_a_huge_offset(tmp_path):
         assert summ["big"][k] == pytest.approx(v, rel=1e-3), k
 
 
-
 def test_interrupt_while_writing_keeps_earlier_results(tmp_path, cli_inproc, monkeypatch):
     """Ctrl-C after some outputs are written (simulated: the markdown summary raises
     KeyboardInterrupt): exit 130, the earlier results under the final names are untouched,
@@ -309,9 +404,14 @@ def test_sigint_during_nuts(tmp_path):
     rows = [(i, np.sin(i / 3)) for i in range(40)]
     write_csv(tmp_path / "d.csv", rows)
     env = {**os.environ, "PYTHONPATH": ROOT, "MPLBACKEND": "Agg"}
-    p = subprocess.Popen([sys.executable, "-m", "probdyn", "fit", "--csv", "d.csv", "--engine", "nuts", "--out", "out",
-                          "--no-progress"], cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "probdyn", "fit", "--csv", "d.csv", "--engine", "nuts", "--out", "out", "--no-progress"],
+        cwd=str(tmp_path),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     first = p.stdout.readline()  # "fitting a Markov GP ..." : the run has started
     assert "fitting" in first, first
     time.sleep(3.0)

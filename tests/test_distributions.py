@@ -39,8 +39,9 @@ def test_markov_gp_log_prob_dense_missing_and_grad():
     def dense(ell):
         Kd = kernels.Matern32(ell, 0.8).covariance(T) + jnp.diag(jnp.asarray(noise))
         obs = ~np.isnan(y)
-        return jax.scipy.stats.multivariate_normal.logpdf(jnp.asarray(yo)[obs], jnp.zeros(obs.sum()),
-                                                          Kd[np.ix_(obs, obs)])
+        return jax.scipy.stats.multivariate_normal.logpdf(
+            jnp.asarray(yo)[obs], jnp.zeros(obs.sum()), Kd[np.ix_(obs, obs)]
+        )
 
     kal = lambda ell: MarkovGPDistribution(kernels.Matern32(ell, 0.8), T, noise).log_prob(y)  # noqa: E731
     np.testing.assert_allclose(jax.grad(kal)(1.7), jax.grad(dense)(1.7), rtol=1e-7)
@@ -78,7 +79,8 @@ def test_batched_parameters_plate_and_vmap():
     assert MarkovGPDistribution(kernels.Matern32(ells, 1.0), T, 0.1 * np.ones((3, 15))).batch_shape == (3,)
     # vmap over the distribution's construction gives the same numbers
     lpv = jax.vmap(lambda e, n, yy: MarkovGPDistribution(kernels.Matern32(e, 1.0), T, n).log_prob(yy))(
-        ells, jnp.array([0.1, 0.2, 0.3]), y)
+        ells, jnp.array([0.1, 0.2, 0.3]), y
+    )
     np.testing.assert_allclose(lpv, lp, rtol=1e-10)
 
     # inside a numpyro plate with a sampled per-series lengthscale
@@ -114,6 +116,7 @@ def test_lgssm_distribution_dense_reference():
     cross = {(0, 0): P0}
     for t in range(1, n):
         mx.append(A[t - 1] @ mx[-1])
+
     def Phi(s, t):  # transition from step s to step t
         out = np.eye(d)
         for k in range(s + 1, t + 1):
@@ -126,8 +129,8 @@ def test_lgssm_distribution_dense_reference():
     for s in range(n):
         for t in range(s, n):
             C = Phi(s, t) @ Px[s]
-            big[t * d:(t + 1) * d, s * d:(s + 1) * d] = C
-            big[s * d:(s + 1) * d, t * d:(t + 1) * d] = C.T
+            big[t * d : (t + 1) * d, s * d : (s + 1) * d] = C
+            big[s * d : (s + 1) * d, t * d : (t + 1) * d] = C.T
     del cross
     Hb = np.kron(np.eye(n), H)
     Sy = Hb @ big @ Hb.T + np.kron(np.eye(n), R)
@@ -146,8 +149,9 @@ def test_lgssm_distribution_dense_reference():
     assert db.batch_shape == (2,)
     lpb = db.log_prob(y)
     for i in range(2):
-        np.testing.assert_allclose(lpb[i], LinearGaussianSSMDistribution(LinearGaussianSSM(m0, P0, A, Q, H, Rb[i]))
-                                   .log_prob(y), rtol=1e-10)
+        np.testing.assert_allclose(
+            lpb[i], LinearGaussianSSMDistribution(LinearGaussianSSM(m0, P0, A, Q, H, Rb[i])).log_prob(y), rtol=1e-10
+        )
     assert db.sample(jax.random.PRNGKey(0), (3,)).shape == (3, 2, n, m)
 
 

@@ -10,23 +10,50 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PUBLIC = ["probdyn.kernels", "probdyn.ssm", "probdyn.gp", "probdyn.inference.kalman", "probdyn.inference.fused",
-          "probdyn.linalg", "probdyn.distributions",
-          "probdyn.inference.mcmc", "probdyn.inference.variational", "probdyn.inference.optimize",
-          "probdyn.sde.base", "probdyn.sde.ode", "probdyn.sde.fractional", "probdyn.sharding", "probdyn.cli",
-          "probdyn.inference.gaussian_filters", "probdyn.inference.gaussian_filters.observations",
-          "probdyn.inference.gaussian_filters.common", "probdyn.inference.gaussian_filters.distributions",
-          "probdyn.inference.distribution_base", "probdyn.models.sysid",
-          "probdyn.models.mgpvae", "probdyn.models.mgpvae.nets", "probdyn.models.sde_posteriors", "probdyn.models.sde_posteriors.vgpa",
-          "probdyn.models.fractional", "probdyn.models.fractional.neural_sde",
-          "probdyn.models.fractional.fou", "probdyn.models.fractional.video"]
+PUBLIC = [
+    "probdyn.kernels",
+    "probdyn.ssm",
+    "probdyn.gp",
+    "probdyn.inference.kalman",
+    "probdyn.inference.fused",
+    "probdyn.linalg",
+    "probdyn.distributions",
+    "probdyn.inference.mcmc",
+    "probdyn.inference.variational",
+    "probdyn.inference.optimize",
+    "probdyn.sde.base",
+    "probdyn.sde.ode",
+    "probdyn.sde.fractional",
+    "probdyn.sharding",
+    "probdyn.cli",
+    "probdyn.inference.gaussian_filters",
+    "probdyn.inference.gaussian_filters.observations",
+    "probdyn.inference.gaussian_filters.common",
+    "probdyn.inference.gaussian_filters.distributions",
+    "probdyn.inference.distribution_base",
+    "probdyn.models.sysid",
+    "probdyn.models.mgpvae",
+    "probdyn.models.mgpvae.nets",
+    "probdyn.models.sde_posteriors",
+    "probdyn.models.sde_posteriors.vgpa",
+    "probdyn.models.fractional",
+    "probdyn.models.fractional.neural_sde",
+    "probdyn.models.fractional.fou",
+    "probdyn.models.fractional.video",
+]
 
 
 def test_mkdocs_build_strict(tmp_path):
     pytest.importorskip("mkdocs")
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
-    r = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     kalman = (tmp_path / "site" / "api" / "kalman" / "index.html").read_text()
     for name in ("log_likelihood", "smoother", "sample"):

@@ -67,7 +67,7 @@ def _brute_force_system_type1(H, gammas, T):
         if t == 0.0:
             return 0.0
         fut = _quad(lambda v: np.exp(-g * v), 0.0, t, weight="alg", wvar=(al, 0.0))
-        kern = lambda r: (np.exp(-g * (t + r)) - np.exp(-g * r))  # noqa: E731
+        kern = lambda r: np.exp(-g * (t + r)) - np.exp(-g * r)  # noqa: E731
         past = _quad(lambda r: (t + r) ** al * kern(r), 0.0, np.inf)
         past -= _quad(kern, 0.0, 1.0, weight="alg", wvar=(al, 0.0))
         past -= _quad(lambda r: r**al * kern(r), 1.0, np.inf)
@@ -106,9 +106,7 @@ def test_system_type2_vs_quadrature():
     al = H - 0.5
     g = np.asarray(fr.gamma_grid(4, 20.0))
     sysm = fr.ma_fbm_system(H, g, T, "type2")
-    A_ref = np.array(
-        [[_quad(lambda t: -np.expm1(-(gi + gj) * t) / (gi + gj), 0.0, T) for gj in g] for gi in g]
-    )
+    A_ref = np.array([[_quad(lambda t: -np.expm1(-(gi + gj) * t) / (gi + gj), 0.0, T) for gj in g] for gi in g])
 
     def ebz(t, gk):
         if t == 0.0:

@@ -100,20 +100,40 @@ def test_fou_bridge_variational_posterior_matches_kalman():
     y = jnp.full(times.shape, jnp.nan).at[iobs].set(0.8)
     lik = fs.GaussianLikelihood(jnp.log(jnp.array([noise])), learn_noise=False)
     scale = jnp.concatenate([jnp.ones(1), 1 / jnp.sqrt(2 * fr.gamma_grid(K, 20.0))])
-    model = fs.FractionalSDE(lambda x, t: -theta * x, fs.AffineControl(times, 1, K, state_scale=scale), lik, 1,
-                             hurst=H, num_components=K, gamma_max=20.0, horizon=T, sigma=1.0, x0_std=0.5,
-                             learn_hurst=False)
+    model = fs.FractionalSDE(
+        lambda x, t: -theta * x,
+        fs.AffineControl(times, 1, K, state_scale=scale),
+        lik,
+        1,
+        hurst=H,
+        num_components=K,
+        gamma_max=20.0,
+        horizon=T,
+        sigma=1.0,
+        x0_std=0.5,
+        learn_hurst=False,
+    )
     ssm, idx = fs.euler_lgssm(model, times, nsub, noise, jnp.array([[-theta]]))
     yf = jnp.full((ssm.transition_matrix.shape[0] + 1, 1), jnp.nan).at[idx[iobs], 0].set(0.8)
     sm = kalman.smoother(ssm, yf)
     m_ref, sd_ref = np.asarray(sm.mean[idx, 0]), np.sqrt(np.asarray(sm.cov[idx, 0, 0]))
     n = 800
     sched = optax.piecewise_constant_schedule(0.3, {int(0.6 * n): 0.1, int(0.85 * n): 0.1})
-    res = fs.fit_elbo(model, jax.random.PRNGKey(0), times, y[:, None], n, optax.adam(sched), num_samples=32,
-                      num_substeps=nsub, freeze=("log_sigma",))
+    res = fs.fit_elbo(
+        model,
+        jax.random.PRNGKey(0),
+        times,
+        y[:, None],
+        n,
+        optax.adam(sched),
+        num_samples=32,
+        num_substeps=nsub,
+        freeze=("log_sigma",),
+    )
     N = 4000
-    xs = np.asarray(fs.sample_posterior(res.params, jax.random.PRNGKey(1), times, num_samples=N,
-                                        num_substeps=nsub)[..., 0])
+    xs = np.asarray(
+        fs.sample_posterior(res.params, jax.random.PRNGKey(1), times, num_samples=N, num_substeps=nsub)[..., 0]
+    )
     m, sd = xs.mean(0), xs.std(0)
     se_m, se_sd = sd_ref / np.sqrt(N), sd_ref / np.sqrt(2 * N)
     assert np.max(np.abs(m - m_ref) / se_m) < 4.0, np.abs(m - m_ref) / se_m
@@ -127,16 +147,24 @@ def test_ito_scan_and_stratonovich_diffrax_match_gbm_mean():
     """Multiplicative noise (K = 0): dX = mu X dt + s X dW (Itô), E X_T = x0 exp(mu T).
     The Stratonovich diffrax option solves the same Itô model (drift corrected)."""
     mu, s = 0.3, 0.6
-    model = fs.FractionalSDE(lambda x, t: mu * x, fs.AffineControl(jnp.array([0.0, 1.0]), 1, 0),
-                             fs.GaussianLikelihood(jnp.zeros(1)), 1, num_components=0, x0_mean=1.0,
-                             x0_std=1e-6, sigma_fn=lambda x, t: s * x)
+    model = fs.FractionalSDE(
+        lambda x, t: mu * x,
+        fs.AffineControl(jnp.array([0.0, 1.0]), 1, 0),
+        fs.GaussianLikelihood(jnp.zeros(1)),
+        1,
+        num_components=0,
+        x0_mean=1.0,
+        x0_std=1e-6,
+        sigma_fn=lambda x, t: s * x,
+    )
     times = jnp.linspace(0.0, 1.0, 5)
     N = 4000
     ref = np.exp(mu * times)
     ref_sd = np.sqrt(np.exp(2 * mu * times) * (np.exp(s**2 * times) - 1))
     x_ito = np.asarray(fs.sample_prior(model, jax.random.PRNGKey(0), times, N, num_substeps=50)[..., 0])
-    x_str = np.asarray(fs.sample_prior(model, jax.random.PRNGKey(1), times, N, solver="diffrax",
-                                       stratonovich=True, dt0=0.02)[..., 0])
+    x_str = np.asarray(
+        fs.sample_prior(model, jax.random.PRNGKey(1), times, N, solver="diffrax", stratonovich=True, dt0=0.02)[..., 0]
+    )
     for x in (x_ito, x_str):
         np.testing.assert_array_less(np.abs(x.mean(0) - ref)[1:], 4 * ref_sd[1:] / np.sqrt(N) + 0.01)
     # without the correction a Stratonovich solve would have mean exp((mu + s^2/2) t): far off
@@ -194,8 +222,9 @@ def test_sigma_scale_time_per_path_q0_and_shared_gain():
     lik = fs.GaussianLikelihood(jnp.zeros(1))
     ctrl = fs.AffineControl(times, 1, 3, num_paths=2, shared_gain=True)
     assert ctrl.a.shape == (2, 5, 2, 1) and ctrl.C.shape == (5, 2, 1, 4)
-    m = fs.FractionalSDE(lambda x, t: -x, ctrl, lik, 1, hurst=0.3, num_components=3, sigma=0.7,
-                         sigma_scale_time=0.2, num_paths=2)
+    m = fs.FractionalSDE(
+        lambda x, t: -x, ctrl, lik, 1, hurst=0.3, num_components=3, sigma=0.7, sigma_scale_time=0.2, num_paths=2
+    )
     np.testing.assert_allclose(m.constant_sigma(), [0.7], rtol=1e-12)
     np.testing.assert_allclose(m.log_sigma, np.log(0.7 * 0.2**0.3), rtol=1e-12)  # scale at Delta
     assert m.num_paths == 2 and m.q0_mean.shape == (2, 4) and m.for_path(1).num_paths is None
@@ -215,8 +244,9 @@ def test_sigma_scale_time_per_path_q0_and_shared_gain():
 def test_elbo_float32_and_bad_input():
     times = jnp.linspace(0.0, 1.0, 6, dtype=jnp.float32)
     lik = fs.GaussianLikelihood(jnp.zeros(1, jnp.float32))
-    model = fs.FractionalSDE(lambda x, t: -x, fs.AffineControl(times, 1, 3), lik, 1, num_components=3,
-                             hurst=0.3, dtype=jnp.float32)
+    model = fs.FractionalSDE(
+        lambda x, t: -x, fs.AffineControl(times, 1, 3), lik, 1, num_components=3, hurst=0.3, dtype=jnp.float32
+    )
     y = jnp.ones((6, 1), jnp.float32)
     e = fs.elbo(model, jax.random.PRNGKey(0), times, y, num_samples=4)
     assert e.dtype == jnp.float32 and np.isfinite(float(e))
@@ -264,8 +294,7 @@ def test_video_decoder_likelihood_and_encoder_causality():
     from probdyn.models.fractional import video as fv
 
     key = jax.random.PRNGKey(0)
-    model = fv.LatentVideoModel(key, size=4, latent_dim=2, context_dim=3, num_components=2, width=8,
-                                dtype=jnp.float64)
+    model = fv.LatentVideoModel(key, size=4, latent_dim=2, context_dim=3, num_components=2, width=8, dtype=jnp.float64)
     rng = np.random.default_rng(0)
     T = 5
     frames = (rng.uniform(size=(T, 4, 4)) < 0.3).astype(float)

@@ -23,6 +23,7 @@ from probdyn.sde import SDE, euler_maruyama  # noqa: E402
 
 RNG = np.random.default_rng(0)
 
+
 # ----------------------------------------------------------------------------------
 # Dense reference: the joint Gaussian of states and observations of a linear-Gaussian model
 # x_{k+1} = A_k x_k + b_k + N(0, Q_k), y_k = H x_k + N(0, R), NaN = missing (numpy/scipy).
@@ -38,8 +39,8 @@ def dense_reference(A, b, Q, m0, P0, H, R, y):
         C[k, k] = A[k - 1] @ C[k - 1, k - 1] @ A[k - 1].T + Q[k - 1]
     Sx = np.zeros((T * d, T * d))
     for (j, k), c in C.items():
-        Sx[j * d:(j + 1) * d, k * d:(k + 1) * d] = c
-        Sx[k * d:(k + 1) * d, j * d:(j + 1) * d] = c.T
+        Sx[j * d : (j + 1) * d, k * d : (k + 1) * d] = c
+        Sx[k * d : (k + 1) * d, j * d : (j + 1) * d] = c.T
     mx = np.concatenate(mu)
     Hb = np.kron(np.eye(T), H)
     Sy = Hb @ Sx @ Hb.T + np.kron(np.eye(T), R)
@@ -56,17 +57,22 @@ def dense_reference(A, b, Q, m0, P0, H, R, y):
         ll = stats.multivariate_normal((Hb @ mx)[o], Sy[np.ix_(o, o)]).logpdf(yf[o])
         return mx + K @ r, Sx - K @ (Hb @ Sx)[o], ll
 
-    blk = lambda v, k: v[k * d:(k + 1) * d]  # noqa: E731
+    blk = lambda v, k: v[k * d : (k + 1) * d]  # noqa: E731
     fm, fc, lls = [], [], []
     for k in range(T):
         m, S, ll = condition(k)
         fm.append(blk(m, k))
-        fc.append(S[k * d:(k + 1) * d, k * d:(k + 1) * d])
+        fc.append(S[k * d : (k + 1) * d, k * d : (k + 1) * d])
         lls.append(ll)
     sm, sc, ll = condition(T)
-    return dict(filt_mean=np.array(fm), filt_cov=np.array(fc), pointwise=np.diff(np.concatenate([[0.0], lls])),
-                log_likelihood=ll, mean=sm.reshape(T, d),
-                cov=np.array([sc[k * d:(k + 1) * d, k * d:(k + 1) * d] for k in range(T)]))
+    return dict(
+        filt_mean=np.array(fm),
+        filt_cov=np.array(fc),
+        pointwise=np.diff(np.concatenate([[0.0], lls])),
+        log_likelihood=ll,
+        mean=sm.reshape(T, d),
+        cov=np.array([sc[k * d : (k + 1) * d, k * d : (k + 1) * d] for k in range(T)]),
+    )
 
 
 # Linear SDE with forcing affine in t: dx = (F x + B (c0 + c1 t)) dt + L dW, discretised exactly
@@ -122,8 +128,9 @@ def _check_against(res, ref, atol, smoothed=True):
 @pytest.mark.parametrize("method", ["ekf", "cubature"])
 def test_linearised_propagation_is_exact_on_linear_sde(method):
     """Time-dependent drift, irregular times, partial/missing data: exact to 1e-10."""
-    s = gf.smoother(SDE_LIN, obs.LinearGaussian(H2, R2), TIMES, Y2, M0, P0, method=method,
-                    propagation="linearised", num_substeps=3)
+    s = gf.smoother(
+        SDE_LIN, obs.LinearGaussian(H2, R2), TIMES, Y2, M0, P0, method=method, propagation="linearised", num_substeps=3
+    )
     _check_against(s, REF, 1e-10)
 
 
@@ -131,12 +138,26 @@ def test_moment_odes_converge_at_rk4_order_on_linear_sde():
     """Moment ODEs reach the exact result at 4th order in the RK4 step (solver="rk4")."""
     errs = []
     for n in (8, 16):
-        s = gf.smoother(SDE_LIN, obs.LinearGaussian(H2, R2), TIMES, Y2, M0, P0, method="ukf",
-                        propagation="moments", num_substeps=n, solver="rk4")
-        errs.append(max(abs(float(s.log_likelihood - REF["log_likelihood"])),
-                        float(jnp.max(jnp.abs(s.mean - REF["mean"]))),
-                        float(jnp.max(jnp.abs(s.cov - REF["cov"]))),
-                        float(jnp.max(jnp.abs(s.filtered.mean - REF["filt_mean"])))))
+        s = gf.smoother(
+            SDE_LIN,
+            obs.LinearGaussian(H2, R2),
+            TIMES,
+            Y2,
+            M0,
+            P0,
+            method="ukf",
+            propagation="moments",
+            num_substeps=n,
+            solver="rk4",
+        )
+        errs.append(
+            max(
+                abs(float(s.log_likelihood - REF["log_likelihood"])),
+                float(jnp.max(jnp.abs(s.mean - REF["mean"]))),
+                float(jnp.max(jnp.abs(s.cov - REF["cov"]))),
+                float(jnp.max(jnp.abs(s.filtered.mean - REF["filt_mean"]))),
+            )
+        )
     assert errs[1] < 1e-5
     assert 10 < errs[0] / errs[1] < 24  # ~2^4
 
@@ -144,9 +165,21 @@ def test_moment_odes_converge_at_rk4_order_on_linear_sde():
 def test_float32_and_vmap():
     sde32 = linear_sde(jnp.float32)
     o32 = obs.LinearGaussian(H2.astype(np.float32), R2.astype(np.float32))
-    f32 = jax.jit(jax.vmap(lambda y: gf.filter(sde32, o32, TIMES.astype(np.float32), y, M0.astype(np.float32),
-                                               P0.astype(np.float32), method="gauss_hermite", propagation="moments",
-                                               num_substeps=16)))
+    f32 = jax.jit(
+        jax.vmap(
+            lambda y: gf.filter(
+                sde32,
+                o32,
+                TIMES.astype(np.float32),
+                y,
+                M0.astype(np.float32),
+                P0.astype(np.float32),
+                method="gauss_hermite",
+                propagation="moments",
+                num_substeps=16,
+            )
+        )
+    )
     r = f32(jnp.stack([Y2, Y2 + 0.5]).astype(jnp.float32))
     assert r.mean.dtype == jnp.float32 and r.log_likelihood.dtype == jnp.float32
     ref2 = dense_reference(*exact_transitions(), M0, P0, H2, R2, Y2 + 0.5)
@@ -165,13 +198,23 @@ def test_lognormal_filter_is_exact():
     ylog = RNG.standard_normal((14, 1))
     ylog[5] = np.nan
     ref = dense_reference(*exact_transitions(), M0, P0, H, np.diag(sig**2), ylog)
-    f = gf.filter(SDE_LIN, obs.LogNormal(H, sig), TIMES, np.exp(ylog), M0, P0, method="ekf",
-                  propagation="linearised", num_substeps=3)
+    f = gf.filter(
+        SDE_LIN,
+        obs.LogNormal(H, sig),
+        TIMES,
+        np.exp(ylog),
+        M0,
+        P0,
+        method="ekf",
+        propagation="linearised",
+        num_substeps=3,
+    )
     np.testing.assert_allclose(f.log_likelihood, ref["log_likelihood"] - np.nansum(ylog), atol=1e-10)
     np.testing.assert_allclose(f.mean, ref["filt_mean"], atol=1e-10)
     x, yv = jnp.array([0.2, -0.4]), jnp.array([1.7])
-    np.testing.assert_allclose(obs.LogNormal(H, sig).log_prob(yv, x),
-                               stats.lognorm(s=sig[0], scale=np.exp(H[0] @ x)).logpdf(1.7), rtol=1e-12)
+    np.testing.assert_allclose(
+        obs.LogNormal(H, sig).log_prob(yv, x), stats.lognorm(s=sig[0], scale=np.exp(H[0] @ x)).logpdf(1.7), rtol=1e-12
+    )
 
 
 def test_logdensity_laplace_update():
@@ -220,8 +263,11 @@ def test_poisson_laplace_update_against_quadrature(count):
     # Laplace: the error is the skewness of the posterior, small here
     assert abs(float(ll) - lz) < 0.01
     assert abs(float(mn[0]) - mu) < 0.02 and abs(float(Sn[0, 0]) ** 2 / var - 1) < 0.05
-    np.testing.assert_allclose(obs.Poisson().log_prob(jnp.array([count, np.nan]), jnp.array([m, 9.0])),
-                               stats.poisson(np.exp(m)).logpmf(count), rtol=1e-12)
+    np.testing.assert_allclose(
+        obs.Poisson().log_prob(jnp.array([count, np.nan]), jnp.array([m, 9.0])),
+        stats.poisson(np.exp(m)).logpmf(count),
+        rtol=1e-12,
+    )
 
 
 def test_poisson_softplus_missing_entries_and_gradients():
@@ -289,8 +335,9 @@ QD = np.array([[0.05, 0.01], [0.01, 0.08]])
 def test_discrete_filter_linear_is_exact(method):
     u = 0.1 * np.arange(14)
     g = lambda x, k: jnp.asarray(AD) @ x + jnp.asarray(B) * jnp.asarray(u)[k]  # noqa: E731
-    ref = dense_reference(np.repeat(AD[None], 13, 0), B[None] * u[:13, None], np.repeat(QD[None], 13, 0), M0, P0,
-                          H2, R2, Y2)
+    ref = dense_reference(
+        np.repeat(AD[None], 13, 0), B[None] * u[:13, None], np.repeat(QD[None], 13, 0), M0, P0, H2, R2, Y2
+    )
     f = gf.discrete_filter(g, QD, obs.LinearGaussian(H2, R2), Y2, M0, P0, method=method)
     _check_against(f, ref, 1e-10, smoothed=False)
 
@@ -302,8 +349,9 @@ def test_discrete_filter_substeps_and_per_step_noise_are_exact(method):
     n = 3
     Qs = QD[None] * (1.0 + 0.1 * np.arange(13))[:, None, None]
     An = np.linalg.matrix_power(AD, n)
-    Qn = np.stack([sum(np.linalg.matrix_power(AD, j) @ Q @ np.linalg.matrix_power(AD, j).T for j in range(n))
-                   for Q in Qs])
+    Qn = np.stack(
+        [sum(np.linalg.matrix_power(AD, j) @ Q @ np.linalg.matrix_power(AD, j).T for j in range(n)) for Q in Qs]
+    )
     ref = dense_reference(np.repeat(An[None], 13, 0), np.zeros((13, 2)), Qn, M0, P0, H2, R2, Y2)
     g = lambda x, k: jnp.asarray(AD) @ x  # noqa: E731
     f = gf.discrete_filter(g, Qs, obs.LinearGaussian(H2, R2), Y2, M0, P0, method=method, num_substeps=n)
@@ -331,8 +379,20 @@ def test_sde_distribution_log_prob_gradient_and_samples():
 
     def model(y):
         c1 = numpyro.sample("c1", numpyro.distributions.Normal(0.0, 1.0))
-        numpyro.sample("y", SDEFilterDistribution(linear_sde(c1=c1), obs.LinearGaussian(H2, R2), TIMES, M0, P0,
-                                                  method="ekf", num_substeps=3, propagation="linearised"), obs=y)
+        numpyro.sample(
+            "y",
+            SDEFilterDistribution(
+                linear_sde(c1=c1),
+                obs.LinearGaussian(H2, R2),
+                TIMES,
+                M0,
+                P0,
+                method="ekf",
+                num_substeps=3,
+                propagation="linearised",
+            ),
+            obs=y,
+        )
 
     lj = jax.jit(jax.value_and_grad(lambda c1: log_density(model, (Y2,), {}, {"c1": c1})[0]))
     val, grad = lj(C1)
@@ -419,14 +479,24 @@ def lotka_volterra_problem(T=60, seed=0, dtype=jnp.float64):
         while t < tk - 1e-12:
             h = min(1e-3, tk - t)
             a, b, c, d = theta
-            x = x + np.array([a - b * np.exp(x[1]) - 0.005, -c + d * np.exp(x[0]) - 0.005]) * h \
+            x = (
+                x
+                + np.array([a - b * np.exp(x[1]) - 0.005, -c + d * np.exp(x[0]) - 0.005]) * h
                 + 0.1 * np.sqrt(h) * rng.normal(size=2)
+            )
             t += h
         xs.append(x.copy())
     y = np.array(xs) + 0.1 * rng.normal(size=(T, 2))
     c = lambda v: jnp.asarray(v, dtype)  # noqa: E731
     sde = SDE(LVLog(c(theta)), c([0.1, 0.1]), 2)
-    return sde, obs.LinearGaussian(c(np.eye(2)), c(0.01 * np.eye(2))), c(times), c(y), c(np.log([10.0, 5.0])), c(0.1 * np.eye(2))
+    return (
+        sde,
+        obs.LinearGaussian(c(np.eye(2)), c(0.01 * np.eye(2))),
+        c(times),
+        c(y),
+        c(np.log([10.0, 5.0])),
+        c(0.1 * np.eye(2)),
+    )
 
 
 def test_step_plan_counts_and_grid():
@@ -447,19 +517,23 @@ def test_step_plan_counts_and_grid():
     grid, steps, idx = cd._refined_grid(times, cd.step_counts(times, 0.05), 4)
     np.testing.assert_array_equal(grid[idx], times)  # the observation times exactly
     assert np.all(np.diff(grid) > 0) and steps.max() <= 4 and steps.sum() - 1 == cd.step_counts(times, 0.05).sum()
-    np.testing.assert_allclose(np.diff(grid)[1:] / steps[2:], np.repeat(np.diff(times) / cd.step_counts(times, 0.05),
-                                                                       -(-cd.step_counts(times, 0.05) // 4))[1:])
+    np.testing.assert_allclose(
+        np.diff(grid)[1:] / steps[2:],
+        np.repeat(np.diff(times) / cd.step_counts(times, 0.05), -(-cd.step_counts(times, 0.05) // 4))[1:],
+    )
 
 
 @pytest.mark.parametrize("method", ["ekf", "cubature"])
 def test_max_step_is_exact_on_linear_sde(method):
     """The refined grid (intervals split into ceil(dt / h) steps, run in segments) keeps the
     linearised propagation exact: filter and smoother against the dense reference to 1e-10."""
-    s = gf.smoother(SDE_LIN, obs.LinearGaussian(H2, R2), TIMES, Y2, M0, P0, method=method,
-                    propagation="linearised", max_step=0.03)
+    s = gf.smoother(
+        SDE_LIN, obs.LinearGaussian(H2, R2), TIMES, Y2, M0, P0, method=method, propagation="linearised", max_step=0.03
+    )
     _check_against(s, REF, 1e-10)
-    f = gf.filter(SDE_LIN, obs.LinearGaussian(H2, R2), TIMES, Y2, M0, P0, method=method,
-                  propagation="linearised", max_step=0.03)
+    f = gf.filter(
+        SDE_LIN, obs.LinearGaussian(H2, R2), TIMES, Y2, M0, P0, method=method, propagation="linearised", max_step=0.03
+    )
     _check_against(f, REF, 1e-10, smoothed=False)
 
 
@@ -470,8 +544,14 @@ def test_moment_odes_with_max_step_converge_on_linear_sde(solver, steps, order):
     errs = []
     for h in steps:
         s = gf.smoother(SDE_LIN, obs.LinearGaussian(H2, R2), TIMES, Y2, M0, P0, method="ukf", max_step=h, solver=solver)
-        errs.append(max(abs(float(s.log_likelihood - REF["log_likelihood"])), float(jnp.max(jnp.abs(s.mean - REF["mean"]))),
-                        float(jnp.max(jnp.abs(s.cov - REF["cov"]))), float(jnp.max(jnp.abs(s.filtered.mean - REF["filt_mean"])))))
+        errs.append(
+            max(
+                abs(float(s.log_likelihood - REF["log_likelihood"])),
+                float(jnp.max(jnp.abs(s.mean - REF["mean"]))),
+                float(jnp.max(jnp.abs(s.cov - REF["cov"]))),
+                float(jnp.max(jnp.abs(s.filtered.mean - REF["filt_mean"]))),
+            )
+        )
     assert errs[1] < 1e-7
     assert 2**order * 0.6 < errs[0] / errs[1] < 2**order * 1.75, errs
 
@@ -525,8 +605,9 @@ def test_traced_times_masked_steps_and_float32():
     closed_over = jax.jit(lambda: gf.filter(sde, o, np.asarray(times), y, m0, P0, max_step=0.05).log_likelihood)()
     np.testing.assert_allclose(closed_over, concrete.log_likelihood, rtol=0, atol=1e-10)  # times concrete inside jit
     default_traced = jax.jit(lambda t: gf.filter(sde, o, t, y, m0, P0).log_likelihood)(times)
-    np.testing.assert_allclose(default_traced, gf.filter(sde, o, times, y, m0, P0, num_substeps=5).log_likelihood,
-                               rtol=1e-12)  # the default budget: five Tsit5 steps cost ten RK4 steps
+    np.testing.assert_allclose(
+        default_traced, gf.filter(sde, o, times, y, m0, P0, num_substeps=5).log_likelihood, rtol=1e-12
+    )  # the default budget: five Tsit5 steps cost ten RK4 steps
     with pytest.raises(ValueError, match="max_substeps"):
         jax.jit(lambda t: gf.filter(sde, o, t, y, m0, P0, max_step=0.05))(times)
     with pytest.raises(ValueError, match="not both"):

@@ -167,7 +167,8 @@ def _setup(case, seed=0):
 
 # one case in the fast tier, the others marked slow
 @pytest.mark.parametrize(
-    "case", [c if c[0] == "matern52" else pytest.param(c, marks=pytest.mark.slow) for c in GP_CASES],
+    "case",
+    [c if c[0] == "matern52" else pytest.param(c, marks=pytest.mark.slow) for c in GP_CASES],
     ids=lambda c: "-".join(map(str, c)),
 )
 def test_log_likelihood_and_predict_vs_dense(case):
@@ -347,8 +348,9 @@ def test_transition_basis_values_gradients_and_float32(kname):
     # the same model without the basis (dense A, Q through the engine) agrees
     ssm = gp.to_ssm()
     assert ssm.transition_basis is None and gp.to_ssm(transition_basis=True).transition_basis is not None
-    np.testing.assert_allclose(float(kalman.log_likelihood(ssm, jnp.asarray(y), parallel=False)), float(f(p0)),
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        float(kalman.log_likelihood(ssm, jnp.asarray(y), parallel=False)), float(f(p0)), rtol=1e-12
+    )
     # smoother through the basis path vs the dense posterior
     ll_d, mu_d, cov_d = dense_gp(_probdyn_dense(gp.kernel), t, y, float(jnp.exp(p0[2])), lambda s: 0.0 * s, t[::7])
     mu, var = _predict(gp, jnp.asarray(y), jnp.asarray(t[::7]))
@@ -393,12 +395,19 @@ def _kernel_of_dim(d, dtype):
 
 # d = 24 (the unrolled branch's largest size) compiles for ~100 s; d > 24 (12-16 s each) runs in the slow
 # tier here and through tests/test_linalg.py's loop-branch checks (d = 25, 40) in the fast tier
-@pytest.mark.parametrize("d,dtype", [
-    (2, "float64"), (2, "float32"), pytest.param(39, "float64", marks=pytest.mark.slow),
-    pytest.param(25, "float64", marks=pytest.mark.slow),
-    pytest.param(25, "float32", marks=pytest.mark.slow), pytest.param(39, "float32", marks=pytest.mark.slow),
-    pytest.param(24, "float64", marks=pytest.mark.slow), pytest.param(24, "float32", marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "d,dtype",
+    [
+        (2, "float64"),
+        (2, "float32"),
+        pytest.param(39, "float64", marks=pytest.mark.slow),
+        pytest.param(25, "float64", marks=pytest.mark.slow),
+        pytest.param(25, "float32", marks=pytest.mark.slow),
+        pytest.param(39, "float32", marks=pytest.mark.slow),
+        pytest.param(24, "float64", marks=pytest.mark.slow),
+        pytest.param(24, "float32", marks=pytest.mark.slow),
+    ],
+)
 def test_predict_at_and_next_to_data_times_every_state_dim(d, dtype):
     """Test times equal to data times and 1e-12 away (zero-length and cancellation-level
     steps) against dense GP conditioning with the same (truncated) kernel. float32: the

@@ -22,15 +22,22 @@ def test_parse_kernel():
 def test_kernel_prior_builds_the_named_sum_of_products():
     """Conditioned on site values, the spec's kernel has the covariance of the same sum of
     products built by hand (each product term scaled by its amplitude squared)."""
-    values = {"matern32_00_lengthscale": 1.7, "amplitude_0": 0.8, "sho_10_period": 2 * np.pi / 2.1, "sho_10_quality": 4.0,
-              "periodic_11_period": 3.0, "periodic_11_lengthscale": 0.9, "amplitude_1": 1.3}
+    values = {
+        "matern32_00_lengthscale": 1.7,
+        "amplitude_0": 0.8,
+        "sho_10_period": 2 * np.pi / 2.1,
+        "sho_10_quality": 4.0,
+        "periodic_11_period": 3.0,
+        "periodic_11_lengthscale": 0.9,
+        "amplitude_1": 1.3,
+    }
     build = gp_fit.kernel_prior("matern32+sho*periodic", span=10.0, spacing=0.1)
     with handlers.seed(rng_seed=0), handlers.trace() as tr, handlers.condition(data=values):
         k = build()
     assert set(tr) == set(values)
-    ref = (kernels.Matern32(lengthscale=1.7, variance=0.8**2)
-           + kernels.SHO(omega=2.1, quality=4.0, variance=1.3**2) * kernels.Periodic(period=3.0, lengthscale=0.9,
-                                                                                       variance=1.0))
+    ref = kernels.Matern32(lengthscale=1.7, variance=0.8**2) + kernels.SHO(
+        omega=2.1, quality=4.0, variance=1.3**2
+    ) * kernels.Periodic(period=3.0, lengthscale=0.9, variance=1.0)
     t = jnp.linspace(0.0, 6.0, 23)
     np.testing.assert_allclose(k.covariance(t), ref.covariance(t), rtol=1e-12, atol=1e-14)
 
@@ -58,8 +65,9 @@ def test_predict_gp_equals_dense_regression(engine):
     t = np.sort(rng.uniform(0.0, 10.0, 40))
     y = 5.0 + 2.0 * np.sin(t) + 0.3 * rng.normal(size=t.size)
     y[[4, 20]] = np.nan
-    fit = gp_fit.fit_gp(t, y, jax.random.PRNGKey(0), kernel="matern32", engine=engine, num_steps=150,
-                        learning_rate=0.05)
+    fit = gp_fit.fit_gp(
+        t, y, jax.random.PRNGKey(0), kernel="matern32", engine=engine, num_steps=150, learning_rate=0.05
+    )
     assert fit.loc == pytest.approx(np.nanmean(y)) and fit.scale == pytest.approx(np.nanstd(y))
     grid = np.concatenate([t[:5], np.linspace(10.0, 12.0, 7)])
     mean, sd = gp_fit.predict_gp(fit, t, y, grid, num_draws=5)
@@ -70,8 +78,9 @@ def test_predict_gp_equals_dense_regression(engine):
     z = (y - fit.loc) / fit.scale
     ms, vs = [], []
     for i in sel:
-        m, s = _dense_matern32_predict(t, z, grid, draws["matern32_lengthscale"][i], draws["amplitude_0"][i] ** 2,
-                                       draws["noise_sd"][i])
+        m, s = _dense_matern32_predict(
+            t, z, grid, draws["matern32_lengthscale"][i], draws["amplitude_0"][i] ** 2, draws["noise_sd"][i]
+        )
         ms.append(m)
         vs.append(s**2)
     ms, vs = np.array(ms), np.array(vs)
@@ -107,8 +116,11 @@ def _series(kind):
 
         t, y, _ = load_series("lynx_hare")
         return t, y[:, 0]
-    ts, vs, n = {"short times, large values": (1e-3, 1e3, 60), "long times, small values": (1e3, 1e-3, 60),
-                 "10 points": (1.0, 1.0, 10)}[kind]
+    ts, vs, n = {
+        "short times, large values": (1e-3, 1e3, 60),
+        "long times, small values": (1e3, 1e-3, 60),
+        "10 points": (1.0, 1.0, 10),
+    }[kind]
     t = np.sort(rng.uniform(0, 20, n)) * ts
     return t, vs * (np.sin(0.7 * t / ts) + 0.2 * rng.normal(size=n)) + 5 * vs
 

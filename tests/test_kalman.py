@@ -185,7 +185,9 @@ SCHEDULES = [(c, p) for c in DYNAMAX_CASES for p in (False, True) if not (p and 
 
 
 @pytest.mark.parametrize(
-    "case,parallel", SCHEDULES, ids=lambda c: "s{}_d{}_m{}_T{}_tvA{}_tvH{}".format(*c) if isinstance(c, tuple) else f"par{c}"
+    "case,parallel",
+    SCHEDULES,
+    ids=lambda c: "s{}_d{}_m{}_T{}_tvA{}_tvH{}".format(*c) if isinstance(c, tuple) else f"par{c}",
 )
 def test_against_dynamax(case, parallel):
     from dynamax.linear_gaussian_ssm.inference import lgssm_smoother
@@ -402,7 +404,9 @@ def test_jit_and_vmap_match_loop():
     ys = np.stack([_with_nans(simulate(mdl, T, seed + i), seed + i) for i in range(3)])
     y0 = jnp.asarray(ys[0])
     # jit == eager (one eager call: eager execution is slow)
-    np.testing.assert_allclose(kalman.log_likelihood(ssm, y0, parallel=False), _loglik(ssm, y0, parallel=False), rtol=1e-13)
+    np.testing.assert_allclose(
+        kalman.log_likelihood(ssm, y0, parallel=False), _loglik(ssm, y0, parallel=False), rtol=1e-13
+    )
     for parallel in (False, True):
         loop = [_smoother(ssm, jnp.asarray(y), parallel=parallel) for y in ys]
         vm = jax.jit(jax.vmap(lambda y: _smoother(ssm, y, parallel=parallel)))(jnp.asarray(ys))
@@ -541,6 +545,7 @@ def _run_both(mdl, y, fn):
     ssm = to_ssm(mdl)
     out = {}
     for name, limit in (("fused", kalman.fused.FUSED_MAX_DIM), ("matrix", 0)):
+
         def f(ssm, y, limit=limit):
             old = kalman.fused.FUSED_MAX_DIM
             kalman.fused.FUSED_MAX_DIM = limit
@@ -580,7 +585,14 @@ def _check_fused_and_matrix(mdl, y):
         ms, Ss, ll = kalman._filter_sequential(arr, yy)
         G, g, D = kalman.backward_kernels(arr, ms, Ss)
         sm, sS = kalman._smooth_sequential(G, g, D, ms[-1], Ss[-1])
-        return ms, Ss @ jnp.swapaxes(Ss, 1, 2), ll, sm, sS @ jnp.swapaxes(sS, 1, 2), kalman._filter_sequential(arr, yy, keep=False)[2]
+        return (
+            ms,
+            Ss @ jnp.swapaxes(Ss, 1, 2),
+            ll,
+            sm,
+            sS @ jnp.swapaxes(sS, 1, 2),
+            kalman._filter_sequential(arr, yy, keep=False)[2],
+        )
 
     for name, (fm, fP, ll, sm, sP, ll2) in _run_both(mdl, y, smooth).items():
         tol = dict(rtol=1e-9, atol=1e-10, err_msg=name)
@@ -667,7 +679,7 @@ def test_simulate_chain_matches_dense_joint_gaussian():
     for k in range(K):
         mu.append(F[k] @ mu[-1] + g[k])
         Bk = F[k] @ blocks[-1]
-        Bk[:, d + k * m: d + (k + 1) * m] += L[k]
+        Bk[:, d + k * m : d + (k + 1) * m] += L[k]
         blocks.append(Bk)
     mu, B = np.stack(mu), np.stack(blocks)  # (K+1, d), (K+1, d, d + K m)
     cov = np.einsum("kiz,ljz->klij", B, B)  # Cov(x_k, x_l) (K+1, K+1, d, d)
@@ -675,8 +687,13 @@ def test_simulate_chain_matches_dense_joint_gaussian():
     key0, key1 = jax.random.split(jax.random.PRNGKey(0))
     z0 = jax.random.normal(key0, (n, d), jnp.float64)
     eps = jax.random.normal(key1, (n, K, m), jnp.float64)
-    run = jax.jit(jax.vmap(lambda z, e: kalman.simulate_chain(jnp.asarray(m0) + jnp.asarray(C0) @ z,
-                                                              (jnp.asarray(F), jnp.asarray(g)), jnp.asarray(L), e)))
+    run = jax.jit(
+        jax.vmap(
+            lambda z, e: kalman.simulate_chain(
+                jnp.asarray(m0) + jnp.asarray(C0) @ z, (jnp.asarray(F), jnp.asarray(g)), jnp.asarray(L), e
+            )
+        )
+    )
     X = np.asarray(run(z0, eps))  # (n, K+1, d)
     var = np.einsum("kkii->ki", cov)
     z_mean = (X.mean(0) - mu) / np.sqrt(var / n)
@@ -694,5 +711,6 @@ def test_simulate_chain_matches_dense_joint_gaussian():
     # a callable transition gives the same path as the matrices
     f = lambda x, k: jnp.asarray(F)[k] @ x + jnp.asarray(g)[k]  # noqa: E731
     X2 = jax.vmap(lambda z, e: kalman.simulate_chain(jnp.asarray(m0) + jnp.asarray(C0) @ z, f, jnp.asarray(L), e))(
-        z0[:50], eps[:50])
+        z0[:50], eps[:50]
+    )
     np.testing.assert_allclose(np.asarray(X2), X[:50], rtol=1e-13, atol=1e-13)

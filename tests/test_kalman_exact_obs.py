@@ -37,20 +37,35 @@ def _arma_case(T, seed=0):
     res = mod.smooth(np.array(PARAMS))
     fr = res.filter_results
     sel = mod.ssm["selection"].reshape(2, 1)
-    ssm = dict(initial_mean=fr.initial_state, initial_cov=fr.initial_state_cov,
-               transition_matrix=mod.ssm["transition"].reshape(2, 2), transition_cov=sel @ sel.T * s2,
-               emission_matrix=mod.ssm["design"].reshape(1, 2), emission_cov=np.zeros((1, 1)))
+    ssm = dict(
+        initial_mean=fr.initial_state,
+        initial_cov=fr.initial_state_cov,
+        transition_matrix=mod.ssm["transition"].reshape(2, 2),
+        transition_cov=sel @ sel.T * s2,
+        emission_matrix=mod.ssm["design"].reshape(1, 2),
+        emission_cov=np.zeros((1, 1)),
+    )
     assert np.all(mod.ssm["obs_cov"] == 0)
-    ref = dict(ll=res.llf, fm=fr.filtered_state.T, fc=fr.filtered_state_cov.transpose(2, 0, 1),
-               sm=res.smoothed_state.T, sc=res.smoothed_state_cov.transpose(2, 0, 1))
+    ref = dict(
+        ll=res.llf,
+        fm=fr.filtered_state.T,
+        fc=fr.filtered_state_cov.transpose(2, 0, 1),
+        sm=res.smoothed_state.T,
+        sc=res.smoothed_state_cov.transpose(2, 0, 1),
+    )
     return ssm, y, ref
 
 
 def _run(ssm, y, dtype, parallel):
     m = LinearGaussianSSM(**{k: jnp.asarray(v, dtype) for k, v in ssm.items()})
     s = kalman.smoother(m, jnp.asarray(y, dtype)[:, None], parallel=parallel)
-    return dict(ll=float(s.log_likelihood), fm=np.asarray(s.filtered.mean, float), fc=np.asarray(s.filtered.cov, float),
-                sm=np.asarray(s.mean, float), sc=np.asarray(s.cov, float))
+    return dict(
+        ll=float(s.log_likelihood),
+        fm=np.asarray(s.filtered.mean, float),
+        fc=np.asarray(s.filtered.cov, float),
+        sm=np.asarray(s.mean, float),
+        sc=np.asarray(s.cov, float),
+    )
 
 
 def _dense_general(A, Q, H, R, m0, P0, y):
@@ -65,8 +80,8 @@ def _dense_general(A, Q, H, R, m0, P0, y):
     for t in range(T):
         M = P[t]
         for u in range(t, T):
-            S[u * d:(u + 1) * d, t * d:(t + 1) * d] = M
-            S[t * d:(t + 1) * d, u * d:(u + 1) * d] = M.T
+            S[u * d : (u + 1) * d, t * d : (t + 1) * d] = M
+            S[t * d : (t + 1) * d, u * d : (u + 1) * d] = M.T
             M = A @ M
     Hb, Rb = np.kron(np.eye(T), H), np.kron(np.eye(T), R)
     obs = np.flatnonzero(~np.isnan(y.ravel()))
@@ -75,14 +90,21 @@ def _dense_general(A, Q, H, R, m0, P0, y):
     C = G @ S @ G.T + Rb[np.ix_(obs, obs)]
     K = np.linalg.solve(C, G @ S).T
     m, V = mu + K @ (y.ravel()[obs] - G @ mu), S - K @ G @ S
-    return m.reshape(T, d), np.stack([V[t * d:(t + 1) * d, t * d:(t + 1) * d] for t in range(T)])
+    return m.reshape(T, d), np.stack([V[t * d : (t + 1) * d, t * d : (t + 1) * d] for t in range(T)])
 
 
 def test_exact_observations_match_dense_conditioning():
     """T = 300: both schedules' smoothed moments against dense joint-Gaussian algebra."""
     ssm, y, ref = _arma_case(300)
-    dm, dc = _dense_general(ssm["transition_matrix"], ssm["transition_cov"], ssm["emission_matrix"],
-                            ssm["emission_cov"], ssm["initial_mean"], ssm["initial_cov"], y[:, None])
+    dm, dc = _dense_general(
+        ssm["transition_matrix"],
+        ssm["transition_cov"],
+        ssm["emission_matrix"],
+        ssm["emission_cov"],
+        ssm["initial_mean"],
+        ssm["initial_cov"],
+        y[:, None],
+    )
     np.testing.assert_allclose(ref["sm"], dm, atol=1e-8)  # the two references agree
     for parallel in (False, True):
         out = _run(ssm, y, jnp.float64, parallel)
@@ -90,10 +112,15 @@ def test_exact_observations_match_dense_conditioning():
         np.testing.assert_allclose(out["sc"], dc, atol=1e-12, err_msg=f"parallel={parallel}")
 
 
-@pytest.mark.parametrize("T,dtype", [
-    (300, "float64"), pytest.param(300, "float32", marks=pytest.mark.slow),
-    pytest.param(3000, "float64", marks=pytest.mark.slow), pytest.param(3000, "float32", marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "T,dtype",
+    [
+        (300, "float64"),
+        pytest.param(300, "float32", marks=pytest.mark.slow),
+        pytest.param(3000, "float64", marks=pytest.mark.slow),
+        pytest.param(3000, "float32", marks=pytest.mark.slow),
+    ],
+)
 def test_exact_observations_parallel_sequential_statsmodels(T, dtype):
     """Log-likelihood, filtered and smoothed moments of both schedules against statsmodels.
 
@@ -137,8 +164,14 @@ def test_partly_exact_multivariate_observations_match_dense(dtype):
     y[rng.uniform(size=(T, 2)) < 0.2] = np.nan
     dm, dc = _dense_general(A, Q, H, R, m0, P0, y)
     c = lambda v: jnp.asarray(v, dtype)  # noqa: E731
-    ssm = LinearGaussianSSM(initial_mean=c(m0), initial_cov=c(P0), transition_matrix=c(A), transition_cov=c(Q),
-                            emission_matrix=c(H), emission_cov=c(R))
+    ssm = LinearGaussianSSM(
+        initial_mean=c(m0),
+        initial_cov=c(P0),
+        transition_matrix=c(A),
+        transition_cov=c(Q),
+        emission_matrix=c(H),
+        emission_cov=c(R),
+    )
     tol = 1e-12 if dtype == "float64" else 5e-6
     for parallel in (False, True):
         s = kalman.smoother(ssm, c(y), parallel=parallel)

@@ -19,8 +19,14 @@ from probdyn import LinearGaussianSSM, MarkovGP, kernels  # noqa: E402
 from probdyn.inference import kalman  # noqa: E402
 
 I2 = np.eye(2)
-GOOD = dict(initial_mean=np.zeros(2), initial_cov=I2, transition_matrix=0.9 * I2, transition_cov=0.1 * I2,
-            emission_matrix=np.ones((1, 2)), emission_cov=np.eye(1))
+GOOD = dict(
+    initial_mean=np.zeros(2),
+    initial_cov=I2,
+    transition_matrix=0.9 * I2,
+    transition_cov=0.1 * I2,
+    emission_matrix=np.ones((1, 2)),
+    emission_cov=np.eye(1),
+)
 Y = np.array([[0.3], [np.nan], [-0.2], [0.5]])
 
 
@@ -35,47 +41,114 @@ def gp():
 # (case, call, expected exception, message fragment)
 CASES = [
     # model arrays, checked when the model is built
-    ("indefinite transition_cov", lambda: ssm(transition_cov=np.diag([0.1, -0.05])), ValueError,
-     "transition_cov is not positive semi-definite"),
-    ("non-symmetric transition_cov", lambda: ssm(transition_cov=np.array([[0.1, 0.05], [0.0, 0.1]])), ValueError,
-     "transition_cov is not symmetric"),
-    ("negative emission_cov", lambda: ssm(emission_cov=-np.eye(1)), ValueError,
-     "emission_cov is not positive semi-definite"),
-    ("indefinite initial_cov", lambda: ssm(initial_cov=np.array([[1.0, 2.0], [2.0, 1.0]])), ValueError,
-     "initial_cov is not positive semi-definite"),
-    ("NaN inside transition_cov", lambda: ssm(transition_cov=np.array([[0.1, np.nan], [np.nan, 0.1]])),
-     ValueError, "transition_cov contains NaN or inf"),
-    ("inf in transition_matrix", lambda: ssm(transition_matrix=np.array([[np.inf, 0], [0, 1.0]])), ValueError,
-     "transition_matrix contains NaN or inf"),
-    ("NaN in initial_mean", lambda: ssm(initial_mean=np.array([np.nan, 0.0])), ValueError,
-     "initial_mean contains NaN or inf"),
-    ("one indefinite matrix of a stack", lambda: ssm(transition_cov=np.stack([0.1 * I2, np.diag([0.1, -1.0]),
-                                                                              0.1 * I2])),
-     ValueError, "transition_cov[1] is not positive semi-definite"),
+    (
+        "indefinite transition_cov",
+        lambda: ssm(transition_cov=np.diag([0.1, -0.05])),
+        ValueError,
+        "transition_cov is not positive semi-definite",
+    ),
+    (
+        "non-symmetric transition_cov",
+        lambda: ssm(transition_cov=np.array([[0.1, 0.05], [0.0, 0.1]])),
+        ValueError,
+        "transition_cov is not symmetric",
+    ),
+    (
+        "negative emission_cov",
+        lambda: ssm(emission_cov=-np.eye(1)),
+        ValueError,
+        "emission_cov is not positive semi-definite",
+    ),
+    (
+        "indefinite initial_cov",
+        lambda: ssm(initial_cov=np.array([[1.0, 2.0], [2.0, 1.0]])),
+        ValueError,
+        "initial_cov is not positive semi-definite",
+    ),
+    (
+        "NaN inside transition_cov",
+        lambda: ssm(transition_cov=np.array([[0.1, np.nan], [np.nan, 0.1]])),
+        ValueError,
+        "transition_cov contains NaN or inf",
+    ),
+    (
+        "inf in transition_matrix",
+        lambda: ssm(transition_matrix=np.array([[np.inf, 0], [0, 1.0]])),
+        ValueError,
+        "transition_matrix contains NaN or inf",
+    ),
+    (
+        "NaN in initial_mean",
+        lambda: ssm(initial_mean=np.array([np.nan, 0.0])),
+        ValueError,
+        "initial_mean contains NaN or inf",
+    ),
+    (
+        "one indefinite matrix of a stack",
+        lambda: ssm(transition_cov=np.stack([0.1 * I2, np.diag([0.1, -1.0]), 0.1 * I2])),
+        ValueError,
+        "transition_cov[1] is not positive semi-definite",
+    ),
     ("shape mismatch", lambda: ssm(initial_cov=np.eye(3)), ValueError, "initial_cov"),
     # engine calls
-    ("num_samples = -1", lambda: kalman.sample(jax.random.PRNGKey(0), ssm(), Y, num_samples=-1), ValueError,
-     "num_samples must be a positive integer"),
-    ("num_samples = 0", lambda: kalman.sample(jax.random.PRNGKey(0), ssm(), Y, num_samples=0), ValueError,
-     "num_samples must be a positive integer"),
-    ("num_samples = 2.5", lambda: kalman.sample(jax.random.PRNGKey(0), ssm(), Y, num_samples=2.5), ValueError,
-     "num_samples must be a positive integer"),
+    (
+        "num_samples = -1",
+        lambda: kalman.sample(jax.random.PRNGKey(0), ssm(), Y, num_samples=-1),
+        ValueError,
+        "num_samples must be a positive integer",
+    ),
+    (
+        "num_samples = 0",
+        lambda: kalman.sample(jax.random.PRNGKey(0), ssm(), Y, num_samples=0),
+        ValueError,
+        "num_samples must be a positive integer",
+    ),
+    (
+        "num_samples = 2.5",
+        lambda: kalman.sample(jax.random.PRNGKey(0), ssm(), Y, num_samples=2.5),
+        ValueError,
+        "num_samples must be a positive integer",
+    ),
     ("inf in y", lambda: kalman.filter(ssm(), np.where(np.isnan(Y), np.inf, Y)), ValueError, "infinite"),
     ("wrong observation dimension", lambda: kalman.filter(ssm(), np.zeros((4, 2))), ValueError, ""),
     ("not a model", lambda: kalman.filter("not an ssm", Y), TypeError, ""),
     # MarkovGP
-    ("NaN test time", lambda: gp().predict(jnp.zeros(4), jnp.array([0.5, jnp.nan])), ValueError,
-     "test_times must be finite, got test_times[1] = nan"),
-    ("inf test time", lambda: gp().predict(jnp.zeros(4), jnp.array([jnp.inf])), ValueError,
-     "test_times must be finite"),
-    ("2-D test times", lambda: gp().predict(jnp.zeros(4), jnp.zeros((2, 2))), ValueError,
-     "test_times must be a scalar or one-dimensional"),
-    ("MarkovGP num_samples = -1", lambda: gp().sample(jax.random.PRNGKey(0), -1), ValueError,
-     "num_samples must be a positive integer"),
-    ("MarkovGP NaN sample test time", lambda: gp().sample(jax.random.PRNGKey(0), 2, test_times=jnp.array([jnp.nan])),
-     ValueError, "test_times must be finite"),
-    ("unsorted data times", lambda: MarkovGP(kernels.Matern32(1.0, 1.0), jnp.array([0.0, 2.0, 1.0])), ValueError,
-     "times"),
+    (
+        "NaN test time",
+        lambda: gp().predict(jnp.zeros(4), jnp.array([0.5, jnp.nan])),
+        ValueError,
+        "test_times must be finite, got test_times[1] = nan",
+    ),
+    (
+        "inf test time",
+        lambda: gp().predict(jnp.zeros(4), jnp.array([jnp.inf])),
+        ValueError,
+        "test_times must be finite",
+    ),
+    (
+        "2-D test times",
+        lambda: gp().predict(jnp.zeros(4), jnp.zeros((2, 2))),
+        ValueError,
+        "test_times must be a scalar or one-dimensional",
+    ),
+    (
+        "MarkovGP num_samples = -1",
+        lambda: gp().sample(jax.random.PRNGKey(0), -1),
+        ValueError,
+        "num_samples must be a positive integer",
+    ),
+    (
+        "MarkovGP NaN sample test time",
+        lambda: gp().sample(jax.random.PRNGKey(0), 2, test_times=jnp.array([jnp.nan])),
+        ValueError,
+        "test_times must be finite",
+    ),
+    (
+        "unsorted data times",
+        lambda: MarkovGP(kernels.Matern32(1.0, 1.0), jnp.array([0.0, 2.0, 1.0])),
+        ValueError,
+        "times",
+    ),
 ]
 
 
@@ -91,10 +164,19 @@ def test_valid_singular_and_rounding_level_inputs_pass():
     asymmetry or indefiniteness are valid models, in float64 and float32."""
     for dtype in (np.float64, np.float32):
         eps = np.finfo(dtype).eps
-        m = LinearGaussianSSM(*(jnp.asarray(v, dtype) for v in (
-            GOOD["initial_mean"], GOOD["initial_cov"], GOOD["transition_matrix"],
-            np.array([[0.1, 0.1 + 4 * eps * 0.1], [0.1, 0.1 - 2 * eps * 0.1]]),  # rank one up to rounding
-            GOOD["emission_matrix"], np.zeros((1, 1)))))
+        m = LinearGaussianSSM(
+            *(
+                jnp.asarray(v, dtype)
+                for v in (
+                    GOOD["initial_mean"],
+                    GOOD["initial_cov"],
+                    GOOD["transition_matrix"],
+                    np.array([[0.1, 0.1 + 4 * eps * 0.1], [0.1, 0.1 - 2 * eps * 0.1]]),  # rank one up to rounding
+                    GOOD["emission_matrix"],
+                    np.zeros((1, 1)),
+                )
+            )
+        )
         assert np.isfinite(float(kalman.log_likelihood(m, jnp.asarray(Y, dtype), parallel=False)))
 
 
@@ -112,6 +194,7 @@ def test_traced_infinite_observation_makes_results_nan(parallel):
 def test_traced_nan_covariance_makes_results_nan(traced_nan):
     """Inside jit a NaN covariance cannot raise: every mean and the log-likelihood are NaN
     (the documented contract), never a finite number that silently dropped it."""
+
     def f(c):
         bad = jnp.asarray(GOOD[traced_nan]).at[0, 0].set(c)
         return kalman.filter(ssm(**{traced_nan: bad}), jnp.asarray(Y), parallel=False)
@@ -129,8 +212,9 @@ def test_exact_observations_of_deterministic_states(parallel):
     mass at its prediction: 0 if it equals the prediction, ``-inf`` otherwise (never
     ``+inf``), so the log-likelihood is that of ``y_0`` alone (scipy)."""
     a, p0 = 0.5, 4.0
-    m = LinearGaussianSSM(jnp.zeros(1), p0 * jnp.eye(1), a * jnp.eye(1), jnp.zeros((1, 1)), jnp.eye(1),
-                          jnp.zeros((1, 1)))
+    m = LinearGaussianSSM(
+        jnp.zeros(1), p0 * jnp.eye(1), a * jnp.eye(1), jnp.zeros((1, 1)), jnp.eye(1), jnp.zeros((1, 1))
+    )
     y = 3.0 * a ** np.arange(6)  # exact in binary: the consistent path
     y_nan = y.copy()
     y_nan[2] = np.nan
@@ -145,7 +229,8 @@ def test_exact_observations_of_deterministic_states(parallel):
     bad[3] += 1e-3
     assert float(kalman.log_likelihood(m, jnp.asarray(bad)[:, None], parallel=parallel)) == -np.inf
     # fully deterministic (P0 = 0 too): the whole likelihood is a point mass
-    m0 = LinearGaussianSSM(jnp.ones(1), jnp.zeros((1, 1)), a * jnp.eye(1), jnp.zeros((1, 1)), jnp.eye(1),
-                           jnp.zeros((1, 1)))
+    m0 = LinearGaussianSSM(
+        jnp.ones(1), jnp.zeros((1, 1)), a * jnp.eye(1), jnp.zeros((1, 1)), jnp.eye(1), jnp.zeros((1, 1))
+    )
     assert float(kalman.log_likelihood(m0, jnp.asarray(a ** np.arange(6))[:, None], parallel=parallel)) == 0.0
     assert float(kalman.log_likelihood(m0, jnp.asarray(2 * a ** np.arange(6))[:, None], parallel=parallel)) == -np.inf

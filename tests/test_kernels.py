@@ -127,8 +127,10 @@ CASES = [
     ("scaled_right", lambda: kernels.Matern32(0.5, 0.4) * 0.3, lambda t: 0.3 * ref_matern32(t, 0.5, 0.4)),
     (
         "nested",
-        lambda: 0.5 * (kernels.Matern12(1.0, 1.0) + kernels.Constant(0.3)) * kernels.Cosine(3.0, 1.0)
-        + kernels.SHO(1.0, 0.5, 0.2),
+        lambda: (
+            0.5 * (kernels.Matern12(1.0, 1.0) + kernels.Constant(0.3)) * kernels.Cosine(3.0, 1.0)
+            + kernels.SHO(1.0, 0.5, 0.2)
+        ),
         lambda t: 0.5 * (ref_matern12(t, 1.0, 1.0) + 0.3) * ref_cosine(t, 3.0, 1.0) + ref_sho(t, 1.0, 0.5, 0.2),
     ),
 ]

@@ -207,9 +207,11 @@ def test_tree_sum_and_small_helpers_against_numpy():
         B = rng.normal(size=(d, 2))
         L = np.linalg.cholesky(P)
         np.testing.assert_allclose(np.asarray(small_inv(jnp.asarray(P))), np.linalg.inv(P), rtol=1e-10)
-        np.testing.assert_allclose(np.asarray(small_solve(jnp.asarray(P), jnp.asarray(B))), np.linalg.solve(P, B),
-                                   rtol=1e-10)
+        np.testing.assert_allclose(
+            np.asarray(small_solve(jnp.asarray(P), jnp.asarray(B))), np.linalg.solve(P, B), rtol=1e-10
+        )
         np.testing.assert_allclose(np.asarray(small_cholesky(jnp.asarray(P))), L, rtol=1e-10)
-        np.testing.assert_allclose(np.asarray(small_solve_lower(jnp.asarray(L), jnp.asarray(B))),
-                                   np.linalg.solve(L, B), rtol=1e-10)
+        np.testing.assert_allclose(
+            np.asarray(small_solve_lower(jnp.asarray(L), jnp.asarray(B))), np.linalg.solve(L, B), rtol=1e-10
+        )
         np.testing.assert_allclose(float(small_logdet(jnp.asarray(P))), np.linalg.slogdet(P)[1], rtol=1e-12)

@@ -75,8 +75,9 @@ def reference_posterior(t, y):
     ell = np.exp(u)
     m_ell = np.sum(w * ell)
     m_b = np.sum(w * bm)
-    return dict(ell=(m_ell, np.sqrt(np.sum(w * (ell - m_ell) ** 2))),
-                b=(m_b, np.sqrt(np.sum(w * (bv + (bm - m_b) ** 2)))))
+    return dict(
+        ell=(m_ell, np.sqrt(np.sum(w * (ell - m_ell) ** 2))), b=(m_b, np.sqrt(np.sum(w * (bv + (bm - m_b) ** 2))))
+    )
 
 
 def reference_quantiles(t, y, ps=(0.05, 0.95)):
@@ -150,15 +151,23 @@ def test_sho_hyperparameters_recovered():
     t = np.sort(rng.uniform(0, 30, 150))
     omega, sigma = 2.0, 0.3
     y = MarkovGPDistribution(kernels.SHO(omega=omega, quality=3.0, variance=1.0), t, sigma**2).sample(
-        jax.random.PRNGKey(5))
+        jax.random.PRNGKey(5)
+    )
 
     def model(t, y=None):
         w = numpyro.sample("omega", dist.LogNormal(0.5, 0.5))
         s = numpyro.sample("sigma", dist.HalfNormal(1.0))
         numpyro.sample("y", MarkovGPDistribution(kernels.SHO(omega=w, quality=3.0, variance=1.0), t, s**2), obs=y)
 
-    idata = mcmc.sample(model, jax.random.PRNGKey(6), t, y=y, backend="numpyro", log_likelihood=False,
-                        **{**SIZES, "num_warmup": 200, "num_samples": 300})
+    idata = mcmc.sample(
+        model,
+        jax.random.PRNGKey(6),
+        t,
+        y=y,
+        backend="numpyro",
+        log_likelihood=False,
+        **{**SIZES, "num_warmup": 200, "num_samples": 300},
+    )
     for name, val in (("omega", omega), ("sigma", sigma)):
         lo, hi = np.quantile(idata.posterior[name].values.ravel(), [0.05, 0.95])
         assert lo < val < hi, (name, lo, val, hi)
@@ -182,8 +191,15 @@ def test_bad_input_and_warnings(gp_data):
 
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        idata = mcmc.sample(funnel, jax.random.PRNGKey(0), num_warmup=20, num_samples=100, num_chains=2,
-                            progress_bar=False, report=False)
+        idata = mcmc.sample(
+            funnel,
+            jax.random.PRNGKey(0),
+            num_warmup=20,
+            num_samples=100,
+            num_chains=2,
+            progress_bar=False,
+            report=False,
+        )
     msgs = [str(x.message) for x in w if issubclass(x.category, mcmc.ConvergenceWarning)]
     assert msgs and any("divergent" in m or "R-hat" in m for m in msgs)
     assert "log_likelihood" not in idata.children  # no observed sites
@@ -199,6 +215,7 @@ def test_sequential_chains_match_conjugate_posterior_and_vectorized_draws():
     order a vmapped reduction differently, and a 1e-16 difference in an adapted step size
     carries through the chain; jax 0.12.1 gives 4 of 900 draws that differ by <= 9.3e-11,
     jax 0.10.2 gave none above 1e-12; another random stream would differ by O(0.5))."""
+
     def model(y=None):
         m = numpyro.sample("m", dist.Normal(0, 1))
         numpyro.sample("y", dist.Normal(m, 1.0), obs=y)
@@ -252,14 +269,23 @@ def test_results_round_trip_netcdf_and_diagnostics_are_arviz_stats(tmp_path):
     """A NUTS result is an ArviZ DataTree that survives a netCDF round trip (draws, groups,
     attrs), and :func:`mcmc.diagnostics` gives arviz-stats' own R-hat and ESS of the same
     draws (computed here from the plain arrays)."""
+
     def model(y=None):
         m = numpyro.sample("m", dist.Normal(0, 1))
         s = numpyro.sample("s", dist.HalfNormal(1.0))
         numpyro.sample("y", dist.Normal(m, s), obs=y)
 
     y = np.array([0.3, -0.4, 1.1, 0.8, 0.2])
-    idata = mcmc.sample(model, jax.random.PRNGKey(5), y=y, num_warmup=300, num_samples=400, num_chains=2,
-                        progress_bar=False, report=False)
+    idata = mcmc.sample(
+        model,
+        jax.random.PRNGKey(5),
+        y=y,
+        num_warmup=300,
+        num_samples=400,
+        num_chains=2,
+        progress_bar=False,
+        report=False,
+    )
     path = tmp_path / "posterior.nc"
     idata.to_netcdf(str(path))
     back = az.from_netcdf(str(path))
@@ -308,8 +334,9 @@ def test_model_sites_are_found_without_running_the_model():
     latent, observed = mcmc.model_sites(computed)
     np.testing.assert_allclose(observed["y"], 2 * y, rtol=1e-6)
     seen.clear()
-    idata = mcmc.sample(model, jax.random.PRNGKey(0), num_warmup=20, num_samples=20, num_chains=1,
-                        progress_bar=False, report=False)
+    idata = mcmc.sample(
+        model, jax.random.PRNGKey(0), num_warmup=20, num_samples=20, num_chains=1, progress_bar=False, report=False
+    )
     assert seen and all(seen)  # every evaluation traced, none eager
     np.testing.assert_array_equal(idata["observed_data"]["y"].values, y)
 
@@ -330,10 +357,18 @@ def test_warmup_and_sampling_times_are_measured():
         jax.debug.callback(sleepy, mu)
         numpyro.sample("y", dist.Normal(mu, 0.5), obs=np.array([0.3, -0.1, 0.8, 0.4]))
 
-    idata = mcmc.sample(model, jax.random.PRNGKey(1), num_warmup=100, num_samples=100, num_chains=1,
-                        progress_bar=False, report=False, log_likelihood=False,
-                        init_strategy=init_to_value(values={"mu": 10.0}),
-                        sampler_kwargs=dict(adapt_mass_matrix=False))  # unit mass: draws' trajectories stay near
+    idata = mcmc.sample(
+        model,
+        jax.random.PRNGKey(1),
+        num_warmup=100,
+        num_samples=100,
+        num_chains=1,
+        progress_bar=False,
+        report=False,
+        log_likelihood=False,
+        init_strategy=init_to_value(values={"mu": 10.0}),
+        sampler_kwargs=dict(adapt_mass_matrix=False),
+    )  # unit mass: draws' trajectories stay near
     warm, samp = idata.attrs["warmup_time_s"], idata.attrs["sampling_time_s"]
     assert float(np.abs(idata["posterior"]["mu"]).max()) < 3 and idata.attrs["num_divergences"] == 0
     assert warm > 0.02 and 0 < samp < warm / 2, (warm, samp)

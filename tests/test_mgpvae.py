@@ -152,7 +152,7 @@ def _exact_loglik(times, frames, mask, W, b, s2, grams):
     C = np.zeros((n * D, n * D))
     for i, ti in enumerate(obs):
         for j, tj in enumerate(obs):
-            C[i * D:(i + 1) * D, j * D:(j + 1) * D] = W @ np.diag([g[ti, tj] for g in grams]) @ W.T
+            C[i * D : (i + 1) * D, j * D : (j + 1) * D] = W @ np.diag([g[ti, tj] for g in grams]) @ W.T
     C += s2 * np.eye(n * D)
     r = (frames[obs] - b).reshape(-1)
     return -0.5 * r @ np.linalg.solve(C, r) - 0.5 * np.linalg.slogdet(C)[1] - 0.5 * n * D * math.log(2 * math.pi)
@@ -195,8 +195,13 @@ def test_joint_paths_and_imputation_match_dense_posterior():
         assert np.all(np.abs(Ch - C) < 5 * se_C)  # joint (lagged) covariances, not only marginals
     # imputation: E[W f + b] = W mu + b, checked with the Monte Carlo error of S paths
     imp = np.asarray(imp)
-    mus = np.stack([_dense_posterior(np.asarray(k.covariance(times)), np.asarray(sm[:, l]),
-                                     np.asarray(sv[:, l]), mask)[0] for l, k in enumerate(ks)], axis=1)
+    mus = np.stack(
+        [
+            _dense_posterior(np.asarray(k.covariance(times)), np.asarray(sm[:, l]), np.asarray(sv[:, l]), mask)[0]
+            for l, k in enumerate(ks)
+        ],
+        axis=1,
+    )
     assert np.max(np.abs(imp - (mus @ W.T + b))) < 5 * np.max(np.abs(W)) * np.sqrt(1.0 / S) * 2
 
 
@@ -205,8 +210,9 @@ def test_float32_matches_float64():
     """float32 Kalman and dense ELBOs agree with float64 (same shapes as the first ELBO test, so
     the float64 compilation is reused)."""
     times, frames, mask = _data()
-    m64 = mg.make_model(mg.MarkovGPVAE, (D,), L, jax.random.PRNGKey(0), kernel=CHANNEL_KERNELS[0], obs_var=0.3,
-                        width=16)
+    m64 = mg.make_model(
+        mg.MarkovGPVAE, (D,), L, jax.random.PRNGKey(0), kernel=CHANNEL_KERNELS[0], obs_var=0.3, width=16
+    )
     eps = jax.random.normal(KEY, (3, T, L))
     a64, b64 = _terms_both(m64, times, frames, mask, eps)
     a32, b32 = _terms_both(m64.astype(jnp.float32), times, frames, mask, eps.astype(jnp.float32))
@@ -233,8 +239,10 @@ def _posterior_grads(model, times, site_mean, site_var, mask, w):
         return jnp.sum(w[0] * mu) + jnp.sum(w[1] * var) + jnp.sum(log_z)
 
     lk = eqx.filter(model.log_kernel, eqx.is_inexact_array)
-    return jax.grad(lambda a, b, c: f(eqx.combine(a, eqx.filter(model.log_kernel, eqx.is_inexact_array, inverse=True)),
-                                      b, c), argnums=(0, 1, 2))(lk, site_mean, site_var)
+    return jax.grad(
+        lambda a, b, c: f(eqx.combine(a, eqx.filter(model.log_kernel, eqx.is_inexact_array, inverse=True)), b, c),
+        argnums=(0, 1, 2),
+    )(lk, site_mean, site_var)
 
 
 @pytest.mark.slow
@@ -250,14 +258,16 @@ def test_float32_gradients_long_lengthscales():
     w = rng.normal(size=(2, Tn, L))
     ks = [kernels.Matern32(363.6, 1.6), kernels.Matern32(2900.0, 0.5)]
     m = mg.make_model(mg.MarkovGPVAE, (D,), L, KEY, kernel=ks, width=8)
-    ref = _posterior_grads(m.to(mg.GPVAE), jnp.asarray(times), jnp.asarray(sm), jnp.asarray(sv), jnp.asarray(mask),
-                           jnp.asarray(w))
+    ref = _posterior_grads(
+        m.to(mg.GPVAE), jnp.asarray(times), jnp.asarray(sm), jnp.asarray(sv), jnp.asarray(mask), jnp.asarray(w)
+    )
     f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
     got = _posterior_grads(m.astype(jnp.float32), f32(times), f32(sm), f32(sv), jnp.asarray(mask), f32(w))
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
         assert a.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(a)))
-        np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b), rtol=0,
-                                   atol=2e-3 * float(jnp.max(jnp.abs(b))))
+        np.testing.assert_allclose(
+            np.asarray(a, np.float64), np.asarray(b), rtol=0, atol=2e-3 * float(jnp.max(jnp.abs(b)))
+        )
 
 
 @pytest.mark.slow
@@ -273,8 +283,9 @@ def test_fit_on_pendulum_sensors_improves_and_checkpoints(tmp_path):
     assert full.losses[-10:].mean() < full.losses[:10].mean() - 0.5
     again = mg.fit(m, p.times, p.frames, p.mask, KEY, 40, **kw)  # resumes at step 40: nothing to do
     np.testing.assert_array_equal(again.losses, full.losses)
-    np.testing.assert_array_equal(np.asarray(again.params.log_kernel.lengthscale),
-                                  np.asarray(full.params.log_kernel.lengthscale))
+    np.testing.assert_array_equal(
+        np.asarray(again.params.log_kernel.lengthscale), np.asarray(full.params.log_kernel.lengthscale)
+    )
 
 
 def test_interpolate_linear_vs_numpy():
@@ -313,8 +324,15 @@ def test_datasets_against_independent_references():
     p = _pendulum()  # the training test's data (one compilation of the ODE solver)
     for i in range(2):
         w0, c = p.info["omega0"][i], p.info["damping"][i]
-        sol = solve_ivp(lambda t, x: [x[1], -w0**2 * np.sin(x[0]) - c * x[1]], (p.times[i, 0], p.times[i, -1]),
-                        p.info["states"][i, 0], t_eval=p.times[i], rtol=1e-11, atol=1e-11, method="DOP853")
+        sol = solve_ivp(
+            lambda t, x: [x[1], -(w0**2) * np.sin(x[0]) - c * x[1]],
+            (p.times[i, 0], p.times[i, -1]),
+            p.info["states"][i, 0],
+            t_eval=p.times[i],
+            rtol=1e-11,
+            atol=1e-11,
+            method="DOP853",
+        )
         np.testing.assert_allclose(p.info["states"][i], sol.y.T, atol=1e-5)
     th = p.info["states"][..., 0]
     phi = np.linspace(-np.pi, np.pi, D, endpoint=False)

@@ -23,8 +23,9 @@ def lv(z, t, th):
 
 
 def test_backends_match_scipy_and_central_differences():
-    ref = scipy.integrate.solve_ivp(lambda t, z: np.asarray(lv(z, t, TH)), (TS[0], TS[-1]), Z0, t_eval=TS,
-                                    rtol=1e-12, atol=1e-12, method="DOP853").y.T
+    ref = scipy.integrate.solve_ivp(
+        lambda t, z: np.asarray(lv(z, t, TH)), (TS[0], TS[-1]), Z0, t_eval=TS, rtol=1e-12, atol=1e-12, method="DOP853"
+    ).y.T
     routes = {
         "fused_rk": dict(backend="fused_rk"),
         "diffrax forward": dict(backend="diffrax"),
@@ -33,16 +34,21 @@ def test_backends_match_scipy_and_central_differences():
     }
 
     def loss(th, kw):
-        return jnp.sum(jnp.log(solve_ode(lv, jnp.asarray(Z0), jnp.asarray(TS), th, rtol=1e-10, atol=1e-10,
-                                         max_steps=4096, **kw)[0]))
+        return jnp.sum(
+            jnp.log(
+                solve_ode(lv, jnp.asarray(Z0), jnp.asarray(TS), th, rtol=1e-10, atol=1e-10, max_steps=4096, **kw)[0]
+            )
+        )
 
     eps = 1e-6 * TH
     E = np.diag(eps)
-    fd = np.array([(loss(jnp.asarray(TH + E[i]), {}) - loss(jnp.asarray(TH - E[i]), {})) / (2 * eps[i])
-                   for i in range(4)])
+    fd = np.array(
+        [(loss(jnp.asarray(TH + E[i]), {}) - loss(jnp.asarray(TH - E[i]), {})) / (2 * eps[i]) for i in range(4)]
+    )
     for name, kw in routes.items():
-        z, ok = solve_ode(lv, jnp.asarray(Z0), jnp.asarray(TS), jnp.asarray(TH), rtol=1e-8, atol=1e-8,
-                          max_steps=4096, **kw)
+        z, ok = solve_ode(
+            lv, jnp.asarray(Z0), jnp.asarray(TS), jnp.asarray(TH), rtol=1e-8, atol=1e-8, max_steps=4096, **kw
+        )
         assert bool(ok), name
         np.testing.assert_allclose(np.asarray(z), ref, rtol=2e-6, err_msg=name)
         g = jax.grad(loss)(jnp.asarray(TH), kw)
@@ -77,13 +83,18 @@ def test_diffrax_forward_gradients_of_save_times_and_closed_over_values():
 
         def la(a):
             dr = lambda z, t, p: lv(z, t, p.at[0].set(a))  # noqa: E731
-            return jnp.sum(jnp.log(solve_ode(dr, z0, ts, th, backend="diffrax", rtol=1e-10, atol=1e-10,
-                                             max_steps=4096)[0]))
+            return jnp.sum(
+                jnp.log(solve_ode(dr, z0, ts, th, backend="diffrax", rtol=1e-10, atol=1e-10, max_steps=4096)[0])
+            )
 
         eps = 1e-6
         E = eps * jnp.eye(7)
-        return (jax.grad(lt)(ts), (jax.vmap(lt)(ts + E) - jax.vmap(lt)(ts - E)) / (2 * eps),
-                jax.grad(la)(th[0]), (la(th[0] + eps) - la(th[0] - eps)) / (2 * eps))
+        return (
+            jax.grad(lt)(ts),
+            (jax.vmap(lt)(ts + E) - jax.vmap(lt)(ts - E)) / (2 * eps),
+            jax.grad(la)(th[0]),
+            (la(th[0] + eps) - la(th[0] - eps)) / (2 * eps),
+        )
 
     gt, fdt, ga, fda = run(jnp.asarray(TH), jnp.asarray(Z0), jnp.asarray(TS))
     np.testing.assert_allclose(gt, fdt, rtol=1e-5, atol=1e-6)

@@ -27,12 +27,13 @@ def test_backoff_retries_until_accepted_and_reaches_the_optimum():
 
 def test_one_attempt_per_iteration_and_convergence_check():
     f, propose = _problem()
-    adapt = lambda ok, r, cur, new: ((r / 2, False) if ok else (r / 2, False))  # noqa: E731
+    adapt = lambda ok, r, cur, new: (r / 2, False) if ok else (r / 2, False)  # noqa: E731
     x, _, tr = backoff_ascent(propose, 0.0, f(0.0), 3, 3.0, lambda c, n: n >= c, adapt, retry=False)
     # r = 3 rejected (f(12) < f(0)), r = 1.5 rejected (f(9) < f(0)), r = 0.75 accepted: 3 iterations
     assert tr.num_attempts == 3 and tr.num_rejected == 2 and x == pytest.approx(4.5)
-    _, _, tr = backoff_ascent(propose, 3.0, 0.0, 10, 0.5, lambda c, n: n >= c, adapt,
-                              converged=lambda x: abs(x - 3.0) < 1e-9)
+    _, _, tr = backoff_ascent(
+        propose, 3.0, 0.0, 10, 0.5, lambda c, n: n >= c, adapt, converged=lambda x: abs(x - 3.0) < 1e-9
+    )
     assert tr.num_attempts == 0
     with pytest.raises(FloatingPointError, match="initial objective"):
         backoff_ascent(propose, 0.0, float("nan"), 3, 0.5, lambda c, n: n >= c, adapt)
@@ -43,7 +44,7 @@ def test_checkpoint_resume_continues_the_same_run(tmp_path):
 
     f = lambda x: -jnp.sum((x - 3.0) ** 2)  # noqa: E731
     propose = lambda x, r: (x + r * (-2.0 * (x - 3.0)), f(x + r * (-2.0 * (x - 3.0))))  # noqa: E731
-    adapt = lambda ok, r, cur, new: ((min(1.2 * r, 0.6), False) if ok else (r / 3, r / 3 < 1e-9))  # noqa: E731
+    adapt = lambda ok, r, cur, new: (min(1.2 * r, 0.6), False) if ok else (r / 3, r / 3 < 1e-9)  # noqa: E731
     args = (jnp.zeros(2), float(f(jnp.zeros(2))))
     ref_x, _, ref = backoff_ascent(propose, *args, 9, 1.5, lambda c, n: n >= c, adapt)
     ck = tmp_path / "ascent.eqx"

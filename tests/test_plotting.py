@@ -13,8 +13,14 @@ def forecasts(blow_up=3e4):
     out = {}
     for name, scale in (("continuous", 0.0), ("naive", blow_up)):
         mean = truth + scale * ((t - 10) ** 3)[:, None] * np.array([1.0, -1.0])
-        out[(name, "test")] = dict(mean=mean, cov=np.tile(0.01 * np.eye(2), (t.size, 1, 1)), truth=truth, times=t,
-                                   ctx_times=ctx_t, ctx_y=np.stack([np.sin(ctx_t), 10 + 5 * np.cos(ctx_t)], -1))
+        out[(name, "test")] = dict(
+            mean=mean,
+            cov=np.tile(0.01 * np.eye(2), (t.size, 1, 1)),
+            truth=truth,
+            times=t,
+            ctx_times=ctx_t,
+            ctx_y=np.stack([np.sin(ctx_t), 10 + 5 * np.cos(ctx_t)], -1),
+        )
         out[(name, "train")] = out[(name, "test")]
     return out
 
@@ -43,9 +49,18 @@ def test_compare_forecasts_without_divergence_has_no_marks():
 
 
 def test_compare_scores_infinite_scores_off_the_lines(tmp_path):
-    rows = [dict(model=m, spacing=s, horizon_time=h, nlpd=(np.inf if (m == "naive" and h == 5) else h),
-                 rmse=(np.inf if (m == "naive" and h == 5) else 0.1 * h))
-            for m in ("continuous", "naive") for s in ("train", "test") for h in (1.0, 2.0, 5.0)]
+    rows = [
+        dict(
+            model=m,
+            spacing=s,
+            horizon_time=h,
+            nlpd=(np.inf if (m == "naive" and h == 5) else h),
+            rmse=(np.inf if (m == "naive" and h == 5) else 0.1 * h),
+        )
+        for m in ("continuous", "naive")
+        for s in ("train", "test")
+        for h in (1.0, 2.0, 5.0)
+    ]
     fig = plotting.compare_scores(tmp_path / "s.png", pd.DataFrame(rows))
     nlpd_ax = fig.axes[0]
     for line in nlpd_ax.get_lines():

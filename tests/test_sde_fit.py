@@ -44,8 +44,12 @@ def test_fit_sde_map_maximises_the_exact_likelihood():
     fit = sysid.fit_sde("ornstein_uhlenbeck", t, y, jax.random.PRNGKey(0), num_steps=400, learning_rate=0.05)
     lam, sig = fit.parameters["lam"], fit.parameters["diffusion_0"]
     assert fit.map.log_likelihood == pytest.approx(dense_loglik(t, y, lam, sig), rel=1e-6)
-    ref = optimize.minimize(lambda u: -dense_loglik(t, y, *np.exp(u)), np.log([0.5, 0.5]), method="Nelder-Mead",
-                            options=dict(xatol=1e-8, fatol=1e-10)).x
+    ref = optimize.minimize(
+        lambda u: -dense_loglik(t, y, *np.exp(u)),
+        np.log([0.5, 0.5]),
+        method="Nelder-Mead",
+        options=dict(xatol=1e-8, fatol=1e-10),
+    ).x
     np.testing.assert_allclose(np.log([lam, sig]), ref, atol=0.02)
     assert float(fit.idata.posterior["lam"].values.ravel()[0]) == lam  # MAP: the one draw
 

@@ -64,14 +64,18 @@ SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow
 def test_sharded_batch_equals_single_device():
-    env = {**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-           "JAX_PLATFORMS": "cpu"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": ROOT,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        "JAX_PLATFORMS": "cpu",
+    }
     r = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     import json
 
     line = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT")][-1]
-    out = json.loads(line[len("RESULT"):])
+    out = json.loads(line[len("RESULT") :])
     assert out["n_shards"] == 4
     assert out["loop_vs_dense"] < 1e-8
     assert out["shard_vs_loop"] < 1e-10
@@ -121,8 +125,16 @@ def test_multi_process_batch_map_equals_single_process():
         port = str(s.getsockname()[1])
     env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)
-    procs = [subprocess.Popen([sys.executable, "-c", MULTIPROCESS, str(i), port], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", MULTIPROCESS, str(i), port],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     for p, (so, se) in zip(procs, outs):
         assert p.returncode == 0, se[-3000:]
@@ -140,7 +152,13 @@ def test_multi_process_batch_map_equals_single_process():
     t = np.sort(rng.uniform(0, 10, (5, 30)), axis=1)
     y = np.sin(t) + 0.3 * rng.normal(size=(5, 30))
     ell = rng.uniform(0.5, 2.0, 5)
-    ref = [float(MarkovGP(kernels.Matern32(lengthscale=ell[i], variance=1.0), jnp.asarray(t[i]), noise=0.09)
-                 .log_likelihood(jnp.asarray(y[i]))) for i in range(5)]
+    ref = [
+        float(
+            MarkovGP(kernels.Matern32(lengthscale=ell[i], variance=1.0), jnp.asarray(t[i]), noise=0.09).log_likelihood(
+                jnp.asarray(y[i])
+            )
+        )
+        for i in range(5)
+    ]
     for v in vals:
         np.testing.assert_allclose(v, ref, rtol=1e-10)

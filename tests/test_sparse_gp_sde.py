@@ -178,8 +178,9 @@ def _dw_problem(c_true=1.0, q=0.5, sig=0.2, T=8.0, dt=0.02, obs_every=10):
 
 def _dw_model(c, grid, obs_idx, y, q, sig, **kw):
     sde = SDE(sg.DoubleWellDrift(jnp.asarray(c)), jnp.sqrt(q) * jnp.ones(1), 1)
-    return sg.SparseGPSDE(sde, grid[obs_idx], y, obs_noise=sig**2, grid=grid, initial_mean=[1.0],
-                          initial_cov=[[0.1]], **kw)
+    return sg.SparseGPSDE(
+        sde, grid[obs_idx], y, obs_noise=sig**2, grid=grid, initial_mean=[1.0], initial_cov=[[0.1]], **kw
+    )
 
 
 def _benes_problem():
@@ -236,9 +237,11 @@ def _neural_double_well_drift():
     Hb = np.c_[np.tanh(xs[:, None] * W1 + b1), np.ones(xs.size)]
     coef = np.linalg.solve(Hb.T @ Hb + 0.2 * np.eye(9), Hb.T @ (4 * xs * (1 - xs**2)))
     layers = nd.mlp.layers
-    nd = eqx.tree_at(lambda d: (d.mlp.layers[0].weight, d.mlp.layers[0].bias, d.mlp.layers[1].weight,
-                                d.mlp.layers[1].bias),
-                     nd, (jnp.asarray(W1[:, None]), jnp.asarray(b1), jnp.asarray(coef[None, :8]), jnp.asarray(coef[8:])))
+    nd = eqx.tree_at(
+        lambda d: (d.mlp.layers[0].weight, d.mlp.layers[0].bias, d.mlp.layers[1].weight, d.mlp.layers[1].bias),
+        nd,
+        (jnp.asarray(W1[:, None]), jnp.asarray(b1), jnp.asarray(coef[None, :8]), jnp.asarray(coef[8:])),
+    )
     assert len(layers) == 2
     return nd
 
@@ -333,8 +336,9 @@ def test_poisson_likelihood_by_quadrature_vs_particle_smoother():
     vs = np.stack([np.sum(W * X**2, 1) for X, W in reps]) - ms**2
     se_m = ms.std(0, ddof=1) / 2.0
     sde = SDE(sg.OUDrift(jnp.asarray(THETA)), jnp.sqrt(Q_OU) * jnp.ones(1), 1)
-    model = sg.SparseGPSDE(sde, t, y, log_likelihood=loglik, grid=sg.make_grid(0.0, float(t[-1]), 1.0, include=t),
-                           initial_cov=[[P0_OU]])
+    model = sg.SparseGPSDE(
+        sde, t, y, log_likelihood=loglik, grid=sg.make_grid(0.0, float(t[-1]), 1.0, include=t), initial_cov=[[P0_OU]]
+    )
     st, tr = model.fit_posterior(num_iters=40, grow=2.0, atol=1e-10)
     assert np.all(np.diff(tr.elbo) >= -1e-10 * np.abs(tr.elbo[1:])) and len(tr.elbo) < 40  # converged
     post = model.posterior(st)  # the observation times are grid nodes
@@ -342,7 +346,14 @@ def test_poisson_likelihood_by_quadrature_vs_particle_smoother():
     vr, sd = vs.mean(0), np.sqrt(vs.mean(0))
     dm, dv = np.abs(mu - ms.mean(0)), v - vr
     se_v = vs.std(0, ddof=1) / 2.0
-    print("POIS", np.max((dm - 4 * se_m) / sd), np.max(dm / sd), np.max(se_m / sd), np.sort(dv / vr)[[0, 15, -1]], np.max(se_v / vr))
+    print(
+        "POIS",
+        np.max((dm - 4 * se_m) / sd),
+        np.max(dm / sd),
+        np.max(se_m / sd),
+        np.sort(dv / vr)[[0, 15, -1]],
+        np.max(se_v / vr),
+    )
     # Gaussian VI vs the exact posterior, 4 MC standard errors plus a bias allowance: measured
     # max (|dm| - 4 se)/sd < 0 (|dm|/sd <= 0.09, se/sd <= 0.04); variances 0-7 % below the
     # reference (median 3 %; VI under-disperses where counts are low), MC se of v up to 6 %
@@ -352,8 +363,9 @@ def test_poisson_likelihood_by_quadrature_vs_particle_smoother():
     # the predictive density of the counts (Gauss-Hermite of the likelihood) is a proper pmf
     j = int(np.argmin(mu))
     ks = jnp.arange(30.0)[:, None]
-    lp = eqx.filter_jit(model.marginal_log_density)(post.mean[model.obs_idx[j]][None].repeat(30, 0),
-                      post.cov[model.obs_idx[j]][None].repeat(30, 0), ks)
+    lp = eqx.filter_jit(model.marginal_log_density)(
+        post.mean[model.obs_idx[j]][None].repeat(30, 0), post.cov[model.obs_idx[j]][None].repeat(30, 0), ks
+    )
     assert abs(float(jnp.sum(jnp.exp(lp))) - 1.0) < 1e-6
 
 
@@ -449,8 +461,9 @@ def test_sparse_ou_matches_dense_svgp_bound():
     Dt = np.asarray(k.covariance(tt, z)) @ np.linalg.inv(Kzz)
     m2, c2 = model.marginals(st, tt)
     assert np.allclose(m2[:, 0], Dt @ mu, atol=1e-8)
-    assert np.allclose(c2[:, 0, 0], np.sum((Dt @ Su) * Dt, 1) + 1.0 - np.sum(Dt * np.asarray(k.covariance(tt, z)), 1),
-                       atol=1e-8)
+    assert np.allclose(
+        c2[:, 0, 0], np.sum((Dt @ Su) * Dt, 1) + 1.0 - np.sum(Dt * np.asarray(k.covariance(tt, z)), 1), atol=1e-8
+    )
 
 
 @pytest.mark.slow
@@ -521,4 +534,5 @@ def test_bad_input_raises():
         m.fit(jax.random.PRNGKey(0), num_steps=1, optimizer="sgd", progress_bar=False)
     with pytest.raises(ValueError, match="nothing to learn"):
         sg.SparseGPSDE(SDE(sg.BenesDrift(), jnp.ones(1), 1), t, np.zeros(3), dt=0.1).fit(
-            jax.random.PRNGKey(0), num_steps=1, progress_bar=False)
+            jax.random.PRNGKey(0), num_steps=1, progress_bar=False
+        )

@@ -26,11 +26,11 @@ def _problem(d, seed, stiffness=1.0):
 def _van_loan(F, b, LQL, dt, b_t):
     d = F.shape[0]
     M = np.zeros((2 * d + 2, 2 * d + 2))
-    M[:d, :d], M[:d, d:2 * d], M[d:2 * d, d:2 * d] = F, LQL, -F.T
+    M[:d, :d], M[:d, d : 2 * d], M[d : 2 * d, d : 2 * d] = F, LQL, -F.T
     M[:d, 2 * d], M[:d, 2 * d + 1], M[2 * d, 2 * d + 1] = b_t, b, 1.0
     E = sla.expm(M * dt)
     A = E[:d, :d]
-    return A, E[:d, 2 * d + 1], E[:d, d:2 * d] @ A.T
+    return A, E[:d, 2 * d + 1], E[:d, d : 2 * d] @ A.T
 
 
 @pytest.mark.parametrize("d", [1, 2, 4])
@@ -38,8 +38,9 @@ def _van_loan(F, b, LQL, dt, b_t):
 def test_matches_scipy_van_loan(d, dt):
     F, b, LQL, b_t = _problem(d, 10 * d)
     for bt in (None, b_t):
-        A, c, Q = discretise_affine(jnp.asarray(F), jnp.asarray(b), jnp.asarray(LQL), dt,
-                                    None if bt is None else jnp.asarray(bt))
+        A, c, Q = discretise_affine(
+            jnp.asarray(F), jnp.asarray(b), jnp.asarray(LQL), dt, None if bt is None else jnp.asarray(bt)
+        )
         Ar, cr, Qr = _van_loan(F, b, LQL, dt, np.zeros(d) if bt is None else bt)
         np.testing.assert_allclose(np.asarray(A), Ar, rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(np.asarray(c), cr, rtol=1e-11, atol=1e-14 * max(dt, 1e-3))
@@ -69,8 +70,9 @@ def test_float32_and_gradients(d):
     dt = 0.8
     Ar, cr, Qr = _van_loan(F, b, LQL, dt, b_t if d > 1 else np.zeros(d))
     bt = jnp.asarray(b_t, jnp.float32) if d > 1 else None
-    A, c, Q = discretise_affine(jnp.asarray(F, jnp.float32), jnp.asarray(b, jnp.float32),
-                                jnp.asarray(LQL, jnp.float32), jnp.float32(dt), bt)
+    A, c, Q = discretise_affine(
+        jnp.asarray(F, jnp.float32), jnp.asarray(b, jnp.float32), jnp.asarray(LQL, jnp.float32), jnp.float32(dt), bt
+    )
     assert A.dtype == c.dtype == Q.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(A), Ar, rtol=2e-5, atol=2e-6)
     np.testing.assert_allclose(np.asarray(c), cr, rtol=2e-5, atol=2e-6)
@@ -78,12 +80,13 @@ def test_float32_and_gradients(d):
     # d/d dt of sum(Q) against central differences (float64)
     g = jax.grad(lambda t: jnp.sum(discretise_affine(jnp.asarray(F), jnp.asarray(b), jnp.asarray(LQL), t)[2]))(dt)
     eps = 1e-6
-    fd = (_van_loan(F, b, LQL, dt + eps, np.zeros(d))[2].sum() - _van_loan(F, b, LQL, dt - eps, np.zeros(d))[2].sum())
+    fd = _van_loan(F, b, LQL, dt + eps, np.zeros(d))[2].sum() - _van_loan(F, b, LQL, dt - eps, np.zeros(d))[2].sum()
     np.testing.assert_allclose(float(g), fd / (2 * eps), rtol=1e-6)
 
 
 def test_ltisde_process_cov_uses_it():
     F, _, LQL, _ = _problem(3, 1)
     sde = LTISDE(jnp.asarray(F), jnp.eye(3), jnp.asarray(LQL), jnp.eye(3)[:1])
-    np.testing.assert_allclose(np.asarray(sde.process_cov(0.9)), _van_loan(F, np.zeros(3), LQL, 0.9, np.zeros(3))[2],
-                               rtol=1e-11)
+    np.testing.assert_allclose(
+        np.asarray(sde.process_cov(0.9)), _van_loan(F, np.zeros(3), LQL, 0.9, np.zeros(3))[2], rtol=1e-11
+    )

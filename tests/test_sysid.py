@@ -83,8 +83,7 @@ def test_forward_sensitivities_match_finite_differences():
     ts = jnp.arange(0.0, 21.0)
 
     def loss(p, sens):
-        z, ok = solve_ode(sysid.lotka_volterra_drift, p[4:], ts, p[:4], rtol=1e-10, atol=1e-10,
-                                sensitivity=sens)
+        z, ok = solve_ode(sysid.lotka_volterra_drift, p[4:], ts, p[:4], rtol=1e-10, atol=1e-10, sensitivity=sens)
         return jnp.sum(jnp.log(z) * jnp.arange(42.0).reshape(21, 2) / 42)
 
     p = jnp.concatenate([th, z0])
@@ -116,12 +115,15 @@ def test_ode_solve_against_scipy_times_derivative_and_closures():
     def run(th, z0, ts):
         out = {}
         for name, solver in [("tsit5", diffrax.Tsit5()), ("dopri8", diffrax.Dopri8())]:
-            out[name] = solve_ode(sysid.lotka_volterra_drift, z0, ts, th, solver=solver, rtol=1e-8, atol=1e-8,
-                                        return_stats=True)
+            out[name] = solve_ode(
+                sysid.lotka_volterra_drift, z0, ts, th, solver=solver, rtol=1e-8, atol=1e-8, return_stats=True
+            )
 
         def lt(tt):  # loss of the save times
-            return jnp.sum(jnp.log(solve_ode(sysid.lotka_volterra_drift, z0, tt, th, rtol=1e-10,
-                                                   atol=1e-10)[0]) * jnp.arange(14.0).reshape(7, 2))
+            return jnp.sum(
+                jnp.log(solve_ode(sysid.lotka_volterra_drift, z0, tt, th, rtol=1e-10, atol=1e-10)[0])
+                * jnp.arange(14.0).reshape(7, 2)
+            )
 
         def la(a):  # the drift closes over a (traced) parameter
             dr = lambda z, t, p: sysid.lotka_volterra_drift(z, t, p.at[0].set(a))  # noqa: E731
@@ -145,16 +147,24 @@ def test_ode_solve_against_scipy_times_derivative_and_closures():
 
 def test_failed_solve_is_rejected_not_raised():
     sysid.solver_failures.reset()
-    z, ok = solve_ode(sysid.lotka_volterra_drift, jnp.array([34.0, 6.0]), jnp.arange(21.0),
-                      jnp.array([5.0, 1e-4, 5.0, 0.5]), max_steps=50)
+    z, ok = solve_ode(
+        sysid.lotka_volterra_drift,
+        jnp.array([34.0, 6.0]),
+        jnp.arange(21.0),
+        jnp.array([5.0, 1e-4, 5.0, 0.5]),
+        max_steps=50,
+    )
     assert not bool(ok) and np.all(np.isfinite(np.asarray(z)))
     assert sysid.solver_failures.failures == 1
     # inside the program the failure becomes log density -inf (a rejected proposal) with finite gradients
     from numpyro.infer.util import log_density
 
     d = lynx_hare()
-    params = {"theta": jnp.array([5.0, 1e-4, 5.0, 0.5]), "z_init": jnp.array([34.0, 6.0]),
-              "sigma": jnp.array([0.25, 0.25])}
+    params = {
+        "theta": jnp.array([5.0, 1e-4, 5.0, 0.5]),
+        "z_init": jnp.array([34.0, 6.0]),
+        "sigma": jnp.array([0.25, 0.25]),
+    }
 
     def lp(p):
         return log_density(lambda *a: sysid.lotka_volterra(*a, max_steps=50), (d.ts, d.y_init, d.y), {}, p)[0]
@@ -167,8 +177,13 @@ def test_failed_solve_is_rejected_not_raised():
 def test_failure_counter_under_vmap_and_no_callback_on_success():
     """Vectorised solves report their failures in one callback and only when one fails."""
     ths = jnp.array([[0.55, 0.028, 0.8, 0.024], [5.0, 1e-4, 5.0, 0.5], [0.6, 0.03, 0.7, 0.02]])
-    solve = jax.jit(jax.vmap(lambda th: solve_ode(sysid.lotka_volterra_drift, jnp.array([34.0, 6.0]),
-                                                  jnp.arange(21.0), th, max_steps=200)[1]))
+    solve = jax.jit(
+        jax.vmap(
+            lambda th: solve_ode(
+                sysid.lotka_volterra_drift, jnp.array([34.0, 6.0]), jnp.arange(21.0), th, max_steps=200
+            )[1]
+        )
+    )
     sysid.solver_failures.reset()
     ok = np.asarray(solve(ths))
     np.testing.assert_array_equal(ok, [True, False, True])
@@ -178,9 +193,15 @@ def test_failure_counter_under_vmap_and_no_callback_on_success():
 
 
 def _lv_logdensity_scipy(theta, z_init, sigma, ts, y_init, y):
-    sol = scipy.integrate.solve_ivp(lambda t, z: [(theta[0] - theta[1] * z[1]) * z[0],
-                                                  (-theta[2] + theta[3] * z[0]) * z[1]],
-                                    (0.0, ts[-1]), z_init, t_eval=ts, rtol=1e-11, atol=1e-11, method="DOP853")
+    sol = scipy.integrate.solve_ivp(
+        lambda t, z: [(theta[0] - theta[1] * z[1]) * z[0], (-theta[2] + theta[3] * z[0]) * z[1]],
+        (0.0, ts[-1]),
+        z_init,
+        t_eval=ts,
+        rtol=1e-11,
+        atol=1e-11,
+        method="DOP853",
+    )
     z = sol.y.T
     lp = 0.0
     for i, (loc, sc) in enumerate([(1.0, 0.5), (0.05, 0.05), (1.0, 0.5), (0.05, 0.05)]):
@@ -201,8 +222,12 @@ def test_lotka_volterra_program_density_matches_scipy():
 
     @jax.jit
     def f(p):
-        return [log_density(lambda *a: sysid.lotka_volterra(*a, rtol=1e-10, atol=1e-10, log_space=ls),
-                            (d.ts, d.y_init, d.y), {}, p)[0] for ls in (True, False)]
+        return [
+            log_density(
+                lambda *a: sysid.lotka_volterra(*a, rtol=1e-10, atol=1e-10, log_space=ls), (d.ts, d.y_init, d.y), {}, p
+            )[0]
+            for ls in (True, False)
+        ]
 
     for _ in range(3):
         theta = np.array([0.55, 0.028, 0.8, 0.024]) * np.exp(0.1 * rng.standard_normal(4))
@@ -229,32 +254,54 @@ def test_default_init_survives_where_plain_diffrax_dies():
         return sysid.lotka_volterra_drift(z, t, p)
 
     with pytest.raises(Exception, match="max_steps|maximum number of solver steps"):
-        diffrax.diffeqsolve(diffrax.ODETerm(f), diffrax.Tsit5(), 0.0, 20.0, None, z0, args=th,
-                            saveat=diffrax.SaveAt(ts=jnp.arange(21.0)),
-                            stepsize_controller=diffrax.PIDController(rtol=1e-6, atol=1e-6)).ys.block_until_ready()
+        diffrax.diffeqsolve(
+            diffrax.ODETerm(f),
+            diffrax.Tsit5(),
+            0.0,
+            20.0,
+            None,
+            z0,
+            args=th,
+            saveat=diffrax.SaveAt(ts=jnp.arange(21.0)),
+            stepsize_controller=diffrax.PIDController(rtol=1e-6, atol=1e-6),
+        ).ys.block_until_ready()
     # The hare population crashes to ~1e-30: in z even an accepted solve is wrong (the absolute
     # tolerance swamps the hare, whose spurious recovery then wrecks the lynx); the program's
     # log-population formulation gets through in a few dozen steps, accurately. Reference:
     # scipy's DOP853 at 1e-13 on log z.
     dw = lambda t, w: [th[0] - th[1] * np.exp(w[1]), -th[2] + th[3] * np.exp(w[0])]  # noqa: E731
-    ref = scipy.integrate.solve_ivp(dw, (0.0, 20.0), np.log(np.asarray(z0)), t_eval=np.arange(21.0),
-                                    method="DOP853", rtol=1e-13, atol=1e-13).y.T
-    (logz, ok, stats), (z, ok_z) = jax.jit(lambda th, z0: (
-        solve_ode(sysid.lotka_volterra_log_drift, jnp.log(z0), jnp.arange(21.0), th, rtol=0.0, atol=1e-6,
-                        return_stats=True),
-        solve_ode(sysid.lotka_volterra_drift, z0, jnp.arange(21.0), th)))(th, z0)
+    ref = scipy.integrate.solve_ivp(
+        dw, (0.0, 20.0), np.log(np.asarray(z0)), t_eval=np.arange(21.0), method="DOP853", rtol=1e-13, atol=1e-13
+    ).y.T
+    (logz, ok, stats), (z, ok_z) = jax.jit(
+        lambda th, z0: (
+            solve_ode(
+                sysid.lotka_volterra_log_drift,
+                jnp.log(z0),
+                jnp.arange(21.0),
+                th,
+                rtol=0.0,
+                atol=1e-6,
+                return_stats=True,
+            ),
+            solve_ode(sysid.lotka_volterra_drift, z0, jnp.arange(21.0), th),
+        )
+    )(th, z0)
     assert bool(ok) and int(stats["num_steps"]) < 200
     np.testing.assert_allclose(np.asarray(logz), ref, rtol=0, atol=1e-4)
     assert not (bool(ok_z) and np.allclose(np.log(np.asarray(z)), ref, atol=0.1))  # z: failed or wrong
     sysid.solver_failures.reset()
-    info = initialize_model(jax.random.split(jax.random.PRNGKey(0), 4), sysid.lotka_volterra, model_args=args,
-                            init_strategy=init_to_uniform)
+    info = initialize_model(
+        jax.random.split(jax.random.PRNGKey(0), 4), sysid.lotka_volterra, model_args=args, init_strategy=init_to_uniform
+    )
     assert np.all(np.isfinite(np.asarray(info.param_info.potential_energy)))  # a valid start for every chain
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("PROBDYN_SYSID_NUTS") != "1",
-                    reason="about a minute of NUTS on 2 cores (passed in 54 s on 2026-11-23); set PROBDYN_SYSID_NUTS=1")
+@pytest.mark.skipif(
+    os.environ.get("PROBDYN_SYSID_NUTS") != "1",
+    reason="about a minute of NUTS on 2 cores (passed in 54 s on 2026-11-23); set PROBDYN_SYSID_NUTS=1",
+)
 def test_nuts_reproduces_posteriordb_reference():
     """NUTS (mcmc.sample, 4 chains x 200 draws) vs posteriordb's Stan reference posterior
     (sysid.REFERENCE_POSTERIOR_LV: 10 chains x 10k draws): means within 4 combined MCSE, sds
@@ -264,12 +311,24 @@ def test_nuts_reproduces_posteriordb_reference():
     from probdyn.inference import mcmc
 
     d = lynx_hare()
-    idata = mcmc.sample(sysid.lotka_volterra, jax.random.PRNGKey(3), d.ts, d.y_init, d.y, num_chains=4,
-                        num_warmup=200, num_samples=200, progress_bar=False, report=False, log_likelihood=False)
+    idata = mcmc.sample(
+        sysid.lotka_volterra,
+        jax.random.PRNGKey(3),
+        d.ts,
+        d.y_init,
+        d.y,
+        num_chains=4,
+        num_warmup=200,
+        num_samples=200,
+        progress_bar=False,
+        report=False,
+        log_likelihood=False,
+    )
     s = az.summary(idata, var_names=["theta", "z_init", "sigma"], round_to="none")
     ref = sysid.REFERENCE_POSTERIOR_LV
-    z = (s["mean"].to_numpy() - np.asarray(ref["mean"])) / np.sqrt(s["mcse_mean"].to_numpy() ** 2
-                                                                   + np.asarray(ref["mcse_mean"]) ** 2)
+    z = (s["mean"].to_numpy() - np.asarray(ref["mean"])) / np.sqrt(
+        s["mcse_mean"].to_numpy() ** 2 + np.asarray(ref["mcse_mean"]) ** 2
+    )
     assert np.max(np.abs(z)) < 4.0, z
     np.testing.assert_allclose(s["sd"].to_numpy(), ref["sd"], rtol=0.25)
 
@@ -306,8 +365,10 @@ def test_time_aware_discrete_converges_to_continuous_filter():
     ob = obs.LinearGaussian(np.eye(2), 0.01 * np.ones(2))
     m0, P0 = jnp.asarray(y[0]), 0.1 * jnp.eye(2)
     cont = sysid.SDEModel(drift, 0.3, 2).log_likelihood(ob, times, y, m0, P0, num_substeps=200)
-    lls = [float(sysid.DiscreteModel(drift, 0.3, 2, "time_aware", 0.2, n).log_likelihood(ob, times, y, m0, P0))
-           for n in (2, 20, 200)]
+    lls = [
+        float(sysid.DiscreteModel(drift, 0.3, 2, "time_aware", 0.2, n).log_likelihood(ob, times, y, m0, P0))
+        for n in (2, 20, 200)
+    ]
     errs = np.abs(np.array(lls) - float(cont))
     assert errs[2] < 0.02 * abs(float(cont)) and errs[0] > errs[1] > errs[2]
 
@@ -342,8 +403,12 @@ def test_bad_input_errors():
     with pytest.raises(ValueError, match="ts must be"):
         from numpyro.infer.util import log_density
 
-        log_density(sysid.lotka_volterra, (np.zeros((2, 2)), np.ones(2)), {},
-                    {"theta": jnp.ones(4), "z_init": jnp.ones(2), "sigma": jnp.ones(2)})
+        log_density(
+            sysid.lotka_volterra,
+            (np.zeros((2, 2)), np.ones(2)),
+            {},
+            {"theta": jnp.ones(4), "z_init": jnp.ones(2), "sigma": jnp.ones(2)},
+        )
 
 
 @pytest.mark.slow
@@ -359,8 +424,7 @@ def test_ode_model_loglik_matches_scipy_and_sum_drift():
     ob = obs.LinearGaussian(np.array([[1.0, 0.0]]), 0.04)
     ll = float(m.log_likelihood(ob, times, y))
     f = lambda t, x: np.asarray(drift(jnp.asarray(x), t))  # noqa: E731
-    sol = scipy.integrate.solve_ivp(f, (0, 3.1), np.asarray(x0), t_eval=times, rtol=1e-11, atol=1e-11,
-                                    method="DOP853")
+    sol = scipy.integrate.solve_ivp(f, (0, 3.1), np.asarray(x0), t_eval=times, rtol=1e-11, atol=1e-11, method="DOP853")
     ok = ~np.isnan(y[:, 0])
     ref = scipy.stats.norm.logpdf(y[ok, 0], sol.y[0, ok], 0.2).sum()
     np.testing.assert_allclose(ll, ref, atol=1e-6)

@@ -16,8 +16,10 @@ def test_diverging_model_is_flagged_with_inf_scores():
     system = sysid.get_system("ornstein_uhlenbeck")
     data = sysid.simulate_data(system, jax.random.PRNGKey(0), quick=True)
     drift = lambda lam: sysid.MechanisticDrift(system.drift, {"lam": lam})  # noqa: E731
-    fits = {"sde": FitInfo(sysid.SDEModel(drift(0.5), 0.5, 1), np.zeros(1), 0.0, 0.0),
-            "blow-up": FitInfo(sysid.DiscreteModel(drift(1e30), 0.5, 1, "euler", 1.0), np.zeros(1), 0.0, 0.0)}
+    fits = {
+        "sde": FitInfo(sysid.SDEModel(drift(0.5), 0.5, 1), np.zeros(1), 0.0, 0.0),
+        "blow-up": FitInfo(sysid.DiscreteModel(drift(1e30), 0.5, 1, "euler", 1.0), np.zeros(1), 0.0, 0.0),
+    }
     rows, forecasts = sysid.score_forecasts(data, fits, quick=True)
     res = sysid.report(data, fits, rows, forecasts)
     df = res.table

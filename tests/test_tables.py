@@ -14,10 +14,22 @@ def long_table():
         for sp, dt in (("train", 1.0), ("test", 0.5)):
             for h in (1.0, 2.0):
                 bad = m == "naive" and sp == "test" and h == 2.0
-                rows.append(dict(system="s", model=m, kind=kind, spacing=sp, dt=dt, horizon_time=h,
-                                 horizon_steps=int(h / dt), rmse=np.inf if bad else 0.1 * h + dt,
-                                 nlpd=np.inf if bad else h - dt, param_rel_error=0.1, fit_time_s=fit_s,
-                                 train_loglik=-fit_s))
+                rows.append(
+                    dict(
+                        system="s",
+                        model=m,
+                        kind=kind,
+                        spacing=sp,
+                        dt=dt,
+                        horizon_time=h,
+                        horizon_steps=int(h / dt),
+                        rmse=np.inf if bad else 0.1 * h + dt,
+                        nlpd=np.inf if bad else h - dt,
+                        param_rel_error=0.1,
+                        fit_time_s=fit_s,
+                        train_loglik=-fit_s,
+                    )
+                )
     return pd.DataFrame(rows)
 
 
@@ -25,8 +37,12 @@ def test_scores_and_per_model():
     df = long_table()
     res = CompareResult(df, {}, {"extra": 0.5}, {}, {}, {})
     nl = res.scores("nlpd")
-    assert list(nl.index) == [("sde", "train (dt 1)"), ("sde", "test (dt 0.5)"), ("naive", "train (dt 1)"),
-                              ("naive", "test (dt 0.5)")]
+    assert list(nl.index) == [
+        ("sde", "train (dt 1)"),
+        ("sde", "test (dt 0.5)"),
+        ("naive", "train (dt 1)"),
+        ("naive", "test (dt 0.5)"),
+    ]
     assert list(nl.columns) == [1.0, 2.0]
     for (m, sp), row in nl.iterrows():
         for h, v in row.items():
@@ -43,5 +59,9 @@ def test_scores_and_per_model():
 
 def test_markdown_table():
     df = pd.DataFrame({"a": [1.23456, np.nan], "b": ["x", "y"]}, index=pd.Index([0.5, 2.0], name="t"))
-    assert markdown_table(df, ".3g").splitlines() == ["| t | a | b |", "|---|---|---|", "| 0.5 | 1.23 | x |",
-                                                      "| 2 | nan | y |"]
+    assert markdown_table(df, ".3g").splitlines() == [
+        "| t | a | b |",
+        "|---|---|---|",
+        "| 0.5 | 1.23 | x |",
+        "| 2 | nan | y |",
+    ]

@@ -16,7 +16,10 @@ def test_tutorial_smoke(tmp_path):
     # the path (Girsanov) sites raise the ELBO over q = linearised prior x data sites
     assert m["elbo"] > m["elbo_without_path_sites"]
     # the data's drift is 4x(1 - x^2) (regression on the simulated latent path)
-    assert abs(m["dw_drift_regression_coefficients"][0] - 4) < 0.5 and abs(m["dw_drift_regression_coefficients"][1] + 4) < 0.5
+    assert (
+        abs(m["dw_drift_regression_coefficients"][0] - 4) < 0.5
+        and abs(m["dw_drift_regression_coefficients"][1] + 4) < 0.5
+    )
     # variational EM moves the double-well parameter from 0.5 towards the truth 1.0 (full run:
     # 0.997 with Laplace sd 0.105)
     assert m["true_parameter"] == 1.0

@@ -35,9 +35,19 @@ def model(t, y=None):
 @pytest.mark.parametrize("guide", ["normal", pytest.param("mvn", marks=pytest.mark.slow), "lowrank"])
 def test_autoguides_recover_conjugate_posterior(guide):
     kw = {"rank": 1} if guide == "lowrank" else None
-    r = variational.svi(model, jax.random.PRNGKey(0), T, y=Y, guide=guide, guide_kwargs=kw,
-                        optimizer=optax.adam(optax.exponential_decay(0.05, 1500, 0.01)), num_steps=1500, num_particles=4,
-                        num_posterior_samples=2000, progress_bar=False)
+    r = variational.svi(
+        model,
+        jax.random.PRNGKey(0),
+        T,
+        y=Y,
+        guide=guide,
+        guide_kwargs=kw,
+        optimizer=optax.adam(optax.exponential_decay(0.05, 1500, 0.01)),
+        num_steps=1500,
+        num_particles=4,
+        num_posterior_samples=2000,
+        progress_bar=False,
+    )
     assert r.elbo.shape == (1500,) and np.all(np.isfinite(r.elbo))
     assert r.elbo[-100:].mean() > r.elbo[:10].mean()
     assert isinstance(r.idata, xr.DataTree)
@@ -57,9 +67,19 @@ def test_custom_guide_and_errors():
         scale = numpyro.param("scale", 1.0, constraint=dist.constraints.positive)
         numpyro.sample("b", dist.Normal(loc, scale))
 
-    r = variational.svi(model, jax.random.PRNGKey(1), T, y=Y, guide=guide,
-                        optimizer=optax.adam(optax.exponential_decay(0.05, 1500, 0.01)), num_steps=1500,
-                        num_particles=4, num_posterior_samples=200, progress_bar=False, log_likelihood=False)
+    r = variational.svi(
+        model,
+        jax.random.PRNGKey(1),
+        T,
+        y=Y,
+        guide=guide,
+        optimizer=optax.adam(optax.exponential_decay(0.05, 1500, 0.01)),
+        num_steps=1500,
+        num_particles=4,
+        num_posterior_samples=200,
+        progress_bar=False,
+        log_likelihood=False,
+    )
     np.testing.assert_allclose(r.params["loc"], MEAN, atol=0.3 * SD)
     np.testing.assert_allclose(r.params["scale"], SD, rtol=0.25)
     with pytest.raises(ValueError, match="unknown guide"):

@@ -47,8 +47,9 @@ def _ou_data(n=12, T=T_OU, seed=0):
 
 def _ou_model(t, y, dt, dtype=jnp.float64):
     sde = SDE(OUDrift(jnp.asarray(THETA, dtype)), jnp.sqrt(Q_OU) * jnp.ones(1, dtype), 1)
-    return vgpa.VGPA(sde, t, jnp.asarray(y, dtype), obs_noise=SIG_OU**2, dt=dt, t_span=(0.0, T_OU),
-                     initial_cov=[[P0_OU]])
+    return vgpa.VGPA(
+        sde, t, jnp.asarray(y, dtype), obs_noise=SIG_OU**2, dt=dt, t_span=(0.0, T_OU), initial_cov=[[P0_OU]]
+    )
 
 
 def _dense_chain(grid, A, b, m0, S0, q):
@@ -69,8 +70,13 @@ def _dense_chain(grid, A, b, m0, S0, q):
 
 def _gauss_kl(m1, C1, m2, C2):
     r = m2 - m1
-    return 0.5 * (np.trace(np.linalg.solve(C2, C1)) + r @ np.linalg.solve(C2, r) - m1.size
-                  + np.linalg.slogdet(C2)[1] - np.linalg.slogdet(C1)[1])
+    return 0.5 * (
+        np.trace(np.linalg.solve(C2, C1))
+        + r @ np.linalg.solve(C2, r)
+        - m1.size
+        + np.linalg.slogdet(C2)[1]
+        - np.linalg.slogdet(C1)[1]
+    )
 
 
 @pytest.mark.slow
@@ -93,8 +99,9 @@ def test_ou_vgpa_vs_dense_euler_model_and_exact_gp_at_order_dt():
         ll_em = -0.5 * (y.size * np.log(2 * np.pi) + np.linalg.slogdet(Sy)[1] + r @ np.linalg.solve(Sy, r))
         m_post = mp + Cp[:, idx] @ np.linalg.solve(Sy, r)
         # q as a dense Gaussian: the model's ELBO must be E_q log p(y | x) - KL(q || p) exactly
-        mq, Cq = _dense_chain(g, np.asarray(st.A[:, 0, 0]), np.asarray(st.b[:, 0]), float(st.m0[0]),
-                              float(st.S0[0, 0]), Q_OU)
+        mq, Cq = _dense_chain(
+            g, np.asarray(st.A[:, 0, 0]), np.asarray(st.b[:, 0]), float(st.m0[0]), float(st.S0[0, 0]), Q_OU
+        )
         ell = np.sum(-0.5 * (np.log(2 * np.pi * SIG_OU**2) + ((y - mq[idx]) ** 2 + np.diag(Cq)[idx]) / SIG_OU**2))
         elbo_dense = ell - _gauss_kl(mq, Cq, mp, Cp)
         assert abs(tr.elbo[-1] - elbo_dense) < 1e-9 * abs(elbo_dense), (tr.elbo[-1], elbo_dense)
@@ -106,9 +113,14 @@ def test_ou_vgpa_vs_dense_euler_model_and_exact_gp_at_order_dt():
         assert np.max(np.abs(mq - m_post)) < 1e-7
         mu, v = gp.predict(jnp.asarray(y), g)
         m2, c2 = model.marginals(st, tt)
-        res[dt] = dict(gap=ll_em - tr.elbo[-1], dm=np.max(np.abs(mq - mu)), dv=np.max(np.abs(np.diag(Cq) - v)),
-                       dm_t=np.max(np.abs(np.asarray(m2[:, 0]) - mu_t)),
-                       dv_t=np.max(np.abs(np.asarray(c2[:, 0, 0]) - v_t)), rv=np.max(np.abs(np.diag(Cq) / v - 1)))
+        res[dt] = dict(
+            gap=ll_em - tr.elbo[-1],
+            dm=np.max(np.abs(mq - mu)),
+            dv=np.max(np.abs(np.diag(Cq) - v)),
+            dm_t=np.max(np.abs(np.asarray(m2[:, 0]) - mu_t)),
+            dv_t=np.max(np.abs(np.asarray(c2[:, 0, 0]) - v_t)),
+            rv=np.max(np.abs(np.diag(Cq) / v - 1)),
+        )
     c, f = res[0.1], res[0.05]
     print("OU", res)
     # ELBO <= log p(y) of the Euler model; the gap (the restricted transition covariance) is
@@ -131,8 +143,9 @@ def test_ou_sample_paths_match_dense_q():
     model = _ou_model(t, y, 0.1)
     st, _ = model.fit_posterior(num_iters=60, grow=2.0, atol=1e-12)
     g = np.asarray(model.grid)
-    mq, Cq = _dense_chain(g, np.asarray(st.A[:, 0, 0]), np.asarray(st.b[:, 0]), float(st.m0[0]),
-                          float(st.S0[0, 0]), Q_OU)
+    mq, Cq = _dense_chain(
+        g, np.asarray(st.A[:, 0, 0]), np.asarray(st.b[:, 0]), float(st.m0[0]), float(st.S0[0, 0]), Q_OU
+    )
     S = 4000
     xs = np.asarray(model.sample_paths(jax.random.PRNGKey(0), st, S)[..., 0])
     assert xs.shape == (S, g.size)
@@ -173,7 +186,7 @@ def test_ou_variational_em_maximises_collapsed_elbo():
     ths = np.linspace(0.05, 2.0, 196)
     v = np.array([ll_em(a) for a in ths])
     i = int(np.argmax(v))
-    c2, c1, _ = np.polyfit(ths[i - 3:i + 4] - ths[i], v[i - 3:i + 4], 2)
+    c2, c1, _ = np.polyfit(ths[i - 3 : i + 4] - ths[i], v[i - 3 : i + 4], 2)
     th_ml, se_ml = ths[i] - c1 / (2 * c2), 1 / np.sqrt(-2 * c2)
     assert abs(th - th_ml) < 0.3 * se_ml, (th, th_ml, se_ml)
 
@@ -204,8 +217,9 @@ def test_double_well_marginals_vs_particle_smoother(dw):
     # Gaussian approximation is adequate; across a well switch VGPA would be biased)
     assert float(jnp.min(dw["x"])) > 0.0
     drift = lambda x: 4 * x * (1 - x**2)  # noqa: E731
-    f = jax.jit(lambda k: particle_smoother_scalar(k, drift, DW_Q, DW_SIG, dw["grid"], dw["obs_idx"], dw["y"],
-                                                   1.0, 0.1, 600))
+    f = jax.jit(
+        lambda k: particle_smoother_scalar(k, drift, DW_Q, DW_SIG, dw["grid"], dw["obs_idx"], dw["y"], 1.0, 0.1, 600)
+    )
     reps = [f(jax.random.PRNGKey(10 + r)) for r in range(3)]
     ms = np.stack([np.sum(W * X, 1) for X, W in reps])
     vs = np.stack([np.sum(W * X**2, 1) for X, W in reps]) - ms**2
@@ -243,8 +257,15 @@ def test_float32_runs_without_nan(dw):
     # nonlinear drift (the double-well problem) in float32 vs the float64 fit
     d = dw
     sde = SDE(DoubleWellDrift(jnp.asarray(1.0, jnp.float32)), jnp.sqrt(DW_Q) * jnp.ones(1, jnp.float32), 1)
-    m = vgpa.VGPA(sde, np.asarray(d["grid"])[np.asarray(d["obs_idx"])], jnp.asarray(d["y"], jnp.float32),
-                  obs_noise=DW_SIG**2, grid=np.asarray(d["grid"]), initial_mean=[1.0], initial_cov=[[0.1]])
+    m = vgpa.VGPA(
+        sde,
+        np.asarray(d["grid"])[np.asarray(d["obs_idx"])],
+        jnp.asarray(d["y"], jnp.float32),
+        obs_noise=DW_SIG**2,
+        grid=np.asarray(d["grid"]),
+        initial_mean=[1.0],
+        initial_cov=[[0.1]],
+    )
     st, tr = m.fit_posterior(num_iters=60, grow=2.0, atol=1e-4)
     mom = m.moments(st)
     assert mom.mean.dtype == jnp.float32 and st.A.dtype == jnp.float32

@@ -67,18 +67,38 @@ iobs = 15
 y = jnp.full(times.shape, jnp.nan).at[iobs].set(0.8)
 lik = fs.GaussianLikelihood(jnp.log(jnp.array([noise])), learn_noise=False)
 scale = jnp.concatenate([jnp.ones(1), 1 / jnp.sqrt(2 * fr.gamma_grid(K, 20.0))])
-bridge = fs.FractionalSDE(lambda x, t: -theta * x, fs.AffineControl(times, 1, K, state_scale=scale), lik, 1,
-                          hurst=H_b, num_components=K, gamma_max=20.0, horizon=T, x0_std=0.5, learn_hurst=False)
+bridge = fs.FractionalSDE(
+    lambda x, t: -theta * x,
+    fs.AffineControl(times, 1, K, state_scale=scale),
+    lik,
+    1,
+    hurst=H_b,
+    num_components=K,
+    gamma_max=20.0,
+    horizon=T,
+    x0_std=0.5,
+    learn_hurst=False,
+)
 ssm, idx = fs.euler_lgssm(bridge, times, nsub, noise, jnp.array([[-theta]]))
 yf = jnp.full((ssm.transition_matrix.shape[0] + 1, 1), jnp.nan).at[idx[iobs], 0].set(0.8)
 sm = kalman.smoother(ssm, yf)
 m_ref, sd_ref = np.asarray(sm.mean[idx, 0]), np.sqrt(np.asarray(sm.cov[idx, 0, 0]))
 m_ct, sd_ct = fs.fou_posterior_marginals(theta, 1.0, H_b, times, y, bridge.gammas, T, x0_std=0.5, noise_std=noise)
 sched = optax.piecewise_constant_schedule(0.3, {int(0.6 * BRIDGE_STEPS): 0.1, int(0.85 * BRIDGE_STEPS): 0.1})
-res = fs.fit_elbo(bridge, jax.random.PRNGKey(0), times, y[:, None], BRIDGE_STEPS, optax.adam(sched),
-                  num_samples=32, num_substeps=nsub, freeze=("log_sigma",))
-xs = np.asarray(fs.sample_posterior(res.params, jax.random.PRNGKey(1), times, num_samples=4000,
-                                    num_substeps=nsub)[..., 0])
+res = fs.fit_elbo(
+    bridge,
+    jax.random.PRNGKey(0),
+    times,
+    y[:, None],
+    BRIDGE_STEPS,
+    optax.adam(sched),
+    num_samples=32,
+    num_substeps=nsub,
+    freeze=("log_sigma",),
+)
+xs = np.asarray(
+    fs.sample_posterior(res.params, jax.random.PRNGKey(1), times, num_samples=4000, num_substeps=nsub)[..., 0]
+)
 m_vi, sd_vi = xs.mean(0), xs.std(0)
 metrics["bridge_max_sd_rel_err"] = float(np.max(np.abs(sd_vi / sd_ref - 1)))
 metrics["bridge_max_mean_abs_err"] = float(np.max(np.abs(m_vi - m_ref)))
@@ -135,9 +155,20 @@ if not SMOKE:  # NUTS posterior over (H, sigma) for one data set
     from probdyn.inference import mcmc
 
     ys = fr.sample_fbm(jax.random.PRNGKey(35), t_h, 0.35, HURST_PATHS)
-    idata = mcmc.sample(fs.fou_numpyro_model, jax.random.PRNGKey(3), t_h, ys, g_h, 1.0,
-                        estimate_theta=False, num_warmup=300, num_samples=300, num_chains=2, progress_bar=False,
-                        chain_method="sequential")
+    idata = mcmc.sample(
+        fs.fou_numpyro_model,
+        jax.random.PRNGKey(3),
+        t_h,
+        ys,
+        g_h,
+        1.0,
+        estimate_theta=False,
+        num_warmup=300,
+        num_samples=300,
+        num_chains=2,
+        progress_bar=False,
+        chain_method="sequential",
+    )
     post_H = np.asarray(idata.posterior["H"]).ravel()
     metrics["nuts_H_true"] = 0.35
     metrics["nuts_H_mean"], metrics["nuts_H_sd"] = float(post_H.mean()), float(post_H.std())
@@ -158,8 +189,9 @@ plotting.save(fig, os.path.join(OUT, "hurst.png"))
 # %%
 data = moving_digits(VIDEO["n"], VIDEO["frames"], VIDEO["size"], hurst=0.35, seed=0)
 vt = jnp.asarray(data.times, jnp.float32)
-vm = fv.LatentVideoModel(jax.random.PRNGKey(0), size=VIDEO["size"], latent_dim=4, num_components=3,
-                         hurst=0.5, width=32 if SMOKE else 64)
+vm = fv.LatentVideoModel(
+    jax.random.PRNGKey(0), size=VIDEO["size"], latent_dim=4, num_components=3, hurst=0.5, width=32 if SMOKE else 64
+)
 vres = fv.fit_video(vm, jax.random.PRNGKey(1), vt, data.frames, VIDEO["steps"], batch_size=8, optimizer=3e-3)
 nc = VIDEO["frames"] // 2
 pred = np.asarray(fv.predict_frames(vres.params, jax.random.PRNGKey(2), vt, jnp.asarray(data.frames[0]), nc, 1))[0]

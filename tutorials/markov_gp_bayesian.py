@@ -49,7 +49,9 @@ import arviz as az  # noqa: E402
 SMOKE = os.environ.get("PROBDYN_SMOKE", "0") == "1"
 OUT = os.environ.get("PROBDYN_OUT", os.path.join("probdyn-out", "tutorials", "markov_gp_bayesian"))
 os.makedirs(OUT, exist_ok=True)
-SIZES = dict(num_warmup=60, num_samples=60, num_chains=2) if SMOKE else dict(num_warmup=500, num_samples=500, num_chains=4)
+SIZES = (
+    dict(num_warmup=60, num_samples=60, num_chains=2) if SMOKE else dict(num_warmup=500, num_samples=500, num_chains=4)
+)
 SVI_STEPS = 200 if SMOKE else 3000
 N_POINTS = 80 if SMOKE else 1000
 
@@ -70,6 +72,7 @@ print(f"{len(t)} weeks, {np.sum(~obs)} missing; residual sd {np.nanstd(y):.2f} p
 # %% [markdown]
 # ## The numpyro program
 # Priors are weakly informative on the log scale; the SHO frequency is centred on one cycle per year.
+
 
 # %%
 def model(t, y=None):
@@ -92,13 +95,23 @@ def model(t, y=None):
 results, timings = {}, {}
 for backend in ("numpyro", "blackjax"):
     t0 = time.perf_counter()
-    results[backend] = mcmc.sample(model, jax.random.PRNGKey(0), t, y=y, backend=backend,
-                                   progress_bar=not SMOKE, report=False, **SIZES)
+    results[backend] = mcmc.sample(
+        model, jax.random.PRNGKey(0), t, y=y, backend=backend, progress_bar=not SMOKE, report=False, **SIZES
+    )
     timings[backend] = time.perf_counter() - t0
 
 t0 = time.perf_counter()
-fit = variational.svi(model, jax.random.PRNGKey(1), t, y=y, guide="mvn", optimizer=optax.adam(0.02),
-                      num_steps=SVI_STEPS, num_posterior_samples=1000, progress_bar=not SMOKE)
+fit = variational.svi(
+    model,
+    jax.random.PRNGKey(1),
+    t,
+    y=y,
+    guide="mvn",
+    optimizer=optax.adam(0.02),
+    num_steps=SVI_STEPS,
+    num_posterior_samples=1000,
+    progress_bar=not SMOKE,
+)
 timings["svi"] = time.perf_counter() - t0
 results["svi"] = fit.idata
 
@@ -106,7 +119,7 @@ results["svi"] = fit.idata
 # ## Diagnostics (R-hat, bulk/tail ESS) and the posterior side by side
 
 # %%
-params = (["omega", "s2", "sigma", "period"] if SMOKE else ["ell", "s1", "omega", "s2", "sigma", "period"])
+params = ["omega", "s2", "sigma", "period"] if SMOKE else ["ell", "s1", "omega", "s2", "sigma", "period"]
 diag = {b: mcmc.diagnostics(results[b], var_names=params) for b in ("numpyro", "blackjax")}
 for b, tab in diag.items():
     ndiv = int(results[b].sample_stats["diverging"].sum())
@@ -130,20 +143,24 @@ for r in rows:
 # %%
 # arviz-plots (ArviZ >= 1.0): each call returns a PlotCollection that saves its figure
 az.plot_trace_dist(results["numpyro"], var_names=params[:-1], backend="matplotlib").savefig(
-    os.path.join(OUT, "trace_numpyro.png"), dpi=80)
+    os.path.join(OUT, "trace_numpyro.png"), dpi=80
+)
 plt.close("all")
 
 # plot_forest aligns the methods' draws, so each enters with the same number of pooled draws
 n_pool = min(r.posterior.sizes["chain"] * r.posterior.sizes["draw"] for r in results.values())
-pooled = {b: az.from_dict({"posterior": {v: r.posterior[v].values.reshape(1, -1)[:, :n_pool] for v in params[:-1]}})
-          for b, r in results.items()}
+pooled = {
+    b: az.from_dict({"posterior": {v: r.posterior[v].values.reshape(1, -1)[:, :n_pool] for v in params[:-1]}})
+    for b, r in results.items()
+}
 pc = az.plot_forest(pooled, var_names=params[:-1], combined=True, backend="matplotlib")
 pc.add_legend("model")
 pc.savefig(os.path.join(OUT, "forest_compare.png"), dpi=80)
 plt.close("all")
 
 az.plot_dist(results["blackjax"], var_names=["period", "sigma"], backend="matplotlib").savefig(
-    os.path.join(OUT, "posterior_blackjax.png"), dpi=80)
+    os.path.join(OUT, "posterior_blackjax.png"), dpi=80
+)
 plt.close("all")
 
 fig, ax = plotting.new_figure(1, 2, panel=(5.5, 3.5))
@@ -158,7 +175,9 @@ kern = kern if SMOKE else kernels.Matern32(pick["ell"], pick["s1"] ** 2) + kern
 tt = np.linspace(t[0], t[-1], 400)
 mu, var = MarkovGP(kern, t, pick["sigma"] ** 2).predict(y, tt)
 ax[1].plot(t, y, ".", ms=3, label="detrended CO2")
-plotting.band(ax[1], tt, np.asarray(mu), np.sqrt(np.asarray(var)), color="C1", label="GP posterior at the highest-lp NUTS draw")
+plotting.band(
+    ax[1], tt, np.asarray(mu), np.sqrt(np.asarray(var)), color="C1", label="GP posterior at the highest-lp NUTS draw"
+)
 ax[1].set(xlabel="years since the first point", ylabel="detrended CO2 (ppm)")
 fig.legend(*ax[1].get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=8)
 plotting.save(fig, os.path.join(OUT, "elbo_and_fit.png"))

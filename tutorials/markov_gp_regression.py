@@ -63,6 +63,7 @@ print(f"{train.sum()} training weeks ({np.isnan(y).sum()} missing), {test.sum()}
 # %% [markdown]
 # ## Model: kernels compose with `+` and `*`; parameters live on the log scale
 
+
 # %%
 def build(p):
     e = jnp.exp
@@ -75,8 +76,14 @@ def build(p):
 
 
 init = {
-    "l_trend": np.log(20.0), "s_trend": np.log(100.0), "omega": np.log(2 * np.pi), "quality": np.log(30.0),
-    "s_season": np.log(5.0), "l_short": np.log(0.5), "s_short": np.log(0.5), "noise": np.log(0.1),
+    "l_trend": np.log(20.0),
+    "s_trend": np.log(100.0),
+    "omega": np.log(2 * np.pi),
+    "quality": np.log(30.0),
+    "s_season": np.log(5.0),
+    "l_short": np.log(0.5),
+    "s_short": np.log(0.5),
+    "noise": np.log(0.1),
     "mean": float(np.nanmean(y)),
 }
 # explicit float64 arrays: weakly typed Python floats would make the first optimiser update

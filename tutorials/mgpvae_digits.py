@@ -73,12 +73,25 @@ mgp, iid = mgp.astype(jnp.float32), iid.astype(jnp.float32)
 fits = {}
 for name, model in [("mgpvae", mgp), ("iid_vae", iid)]:
     t0 = time.perf_counter()
-    fits[name] = mg.fit(model, train.times, train.frames, train.mask, k_fit, STEPS, batch_size=16,
-                        learning_rate=2e-3, clip_norm=10.0, progress_bar=not SMOKE,
-                        checkpoint=None if SMOKE else os.path.join(OUT, f"{name}.eqx"), checkpoint_every=250)
-    print(f"{name}: {STEPS} steps in {time.perf_counter() - t0:.1f} s, "
-          f"loss {fits[name].losses[:10].mean():.1f} -> {fits[name].losses[-10:].mean():.1f}, "
-          f"{mg.skipped_steps(fits[name])} steps skipped (non-finite gradient)")
+    fits[name] = mg.fit(
+        model,
+        train.times,
+        train.frames,
+        train.mask,
+        k_fit,
+        STEPS,
+        batch_size=16,
+        learning_rate=2e-3,
+        clip_norm=10.0,
+        progress_bar=not SMOKE,
+        checkpoint=None if SMOKE else os.path.join(OUT, f"{name}.eqx"),
+        checkpoint_every=250,
+    )
+    print(
+        f"{name}: {STEPS} steps in {time.perf_counter() - t0:.1f} s, "
+        f"loss {fits[name].losses[:10].mean():.1f} -> {fits[name].losses[-10:].mean():.1f}, "
+        f"{mg.skipped_steps(fits[name])} steps skipped (non-finite gradient)"
+    )
 mgp, iid = fits["mgpvae"].params, fits["iid_vae"].params
 print("learned lengthscales:", np.round(np.asarray(mgp.kernel.lengthscale), 2))
 
@@ -117,9 +130,10 @@ rmse = {
 for k, v in rmse.items():
     print(f"imputation RMSE (missing frames) {k:14s} {v:.4f}")
 
-iw = {name: float(np.mean(mg.iw_log_likelihood_batch(m, k_eval, test.times, test.frames, test.mask,
-                                                        num_samples=S)))
-      for name, m in [("mgpvae", mgp), ("iid_vae", iid)]}
+iw = {
+    name: float(np.mean(mg.iw_log_likelihood_batch(m, k_eval, test.times, test.frames, test.mask, num_samples=S)))
+    for name, m in [("mgpvae", mgp), ("iid_vae", iid)]
+}
 print("importance-weighted test log-likelihood per sequence:", {k: round(v, 1) for k, v in iw.items()})
 
 # %% [markdown]
@@ -127,8 +141,13 @@ print("importance-weighted test log-likelihood per sequence:", {k: round(v, 1) f
 
 # %%
 i = 0
-rows = [("truth", test.clean[i]), ("observed", np.where(test.mask[i][:, None, None], test.clean[i], np.nan)),
-        ("MGPVAE", imp_mgp[i]), ("linear interp.", imp_lin[i]), ("i.i.d. VAE", imp_iid[i])]
+rows = [
+    ("truth", test.clean[i]),
+    ("observed", np.where(test.mask[i][:, None, None], test.clean[i], np.nan)),
+    ("MGPVAE", imp_mgp[i]),
+    ("linear interp.", imp_lin[i]),
+    ("i.i.d. VAE", imp_iid[i]),
+]
 fig, axes = plotting.new_figure(len(rows), T, panel=(0.9, 1.0))
 for r, (label, imgs) in enumerate(rows):
     for t in range(T):

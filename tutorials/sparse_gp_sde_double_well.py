@@ -61,14 +61,22 @@ ou = np.load(os.path.join(DATA, "linear", "15", "0.npz"))
 theta, q_ou, s_ou = float(ou["decay"]), float(ou["Q"]), float(ou["sigma"])
 t_ou, y_ou = ou["observation_grid"], ou["observations"][:, 0]
 var_ou = q_ou / (2 * theta)
-ou_model = sg.SparseGPSDE(SDE(sg.OUDrift(jnp.asarray(theta)), np.sqrt(q_ou) * np.ones(1), 1), t_ou, y_ou,
-                          obs_noise=s_ou**2, dt=0.05, t_span=(0.0, 10.0), initial_cov=[[var_ou]])
+ou_model = sg.SparseGPSDE(
+    SDE(sg.OUDrift(jnp.asarray(theta)), np.sqrt(q_ou) * np.ones(1), 1),
+    t_ou,
+    y_ou,
+    obs_noise=s_ou**2,
+    dt=0.05,
+    t_span=(0.0, 10.0),
+    initial_cov=[[var_ou]],
+)
 st_ou, _ = ou_model.fit_posterior(num_iters=1, rho=1.0)
 post_ou = ou_model.posterior(st_ou)
 gp = MarkovGP(kernels.Matern12(lengthscale=1 / theta, variance=var_ou), t_ou, noise=s_ou**2)
 mu_gp, var_gp = gp.predict(jnp.asarray(y_ou), np.asarray(ou_model.grid))
-metrics["ou_one_step_max_abs_diff"] = float(max(np.max(np.abs(post_ou.mean[:, 0] - mu_gp)),
-                                                np.max(np.abs(post_ou.cov[:, 0, 0] - var_gp))))
+metrics["ou_one_step_max_abs_diff"] = float(
+    max(np.max(np.abs(post_ou.mean[:, 0] - mu_gp)), np.max(np.abs(post_ou.cov[:, 0, 0] - var_gp)))
+)
 print("OU: max |one CVI step - exact GP posterior| =", metrics["ou_one_step_max_abs_diff"])
 
 # %% [markdown]
@@ -99,8 +107,9 @@ metrics["cvi_iters"] = int(len(trace.rho))
 metrics["cvi_backoffs"] = int(trace.num_backoffs)
 metrics["elbo"] = float(trace.elbo[-1])
 # the same family without the path sites (q = linearised prior x data sites, a fixed-point scheme)
-nopath = sg.SparseGPSDE(sde, t_obs, y_obs, obs_noise=s_dw**2, grid=grid, initial_mean=[x0], initial_cov=[[P0]],
-                        path_sites=False)
+nopath = sg.SparseGPSDE(
+    sde, t_obs, y_obs, obs_noise=s_dw**2, grid=grid, initial_mean=[x0], initial_cov=[[P0]], path_sites=False
+)
 st_np, tr_np = nopath.fit_posterior(num_iters=15 if SMOKE else 60, rho=1.0, grow=2.0, atol=1e-8)
 metrics["elbo_without_path_sites"] = float(model.elbo(st_np))  # the same ELBO, evaluated at that q
 post = model.posterior(state)
@@ -118,7 +127,9 @@ g = jnp.asarray(grid)
 obs_idx = jnp.asarray(np.searchsorted(grid, t_obs))
 test_idx = np.searchsorted(grid, t_test)
 drift_np = lambda x: 4 * x * (c_true - x**2)  # noqa: E731
-run_pf = jax.jit(lambda k: particle_smoother_scalar(k, drift_np, q_dw, s_dw, g, obs_idx, jnp.asarray(y_obs), x0, P0, PARTICLES))
+run_pf = jax.jit(
+    lambda k: particle_smoother_scalar(k, drift_np, q_dw, s_dw, g, obs_idx, jnp.asarray(y_obs), x0, P0, PARTICLES)
+)
 t0 = time.perf_counter()
 ref_m, ref_v, ref_nlpd = [], [], []
 for r in range(REPS):
@@ -126,8 +137,9 @@ for r in range(REPS):
     m_r = jnp.sum(W * X, 1)
     ref_m.append(np.asarray(m_r))
     ref_v.append(np.asarray(jnp.sum(W * X**2, 1) - m_r**2))
-    lpk = jax.scipy.special.logsumexp(jnp.log(W[test_idx] + 1e-300) - 0.5 * (y_test[:, None] - X[test_idx]) ** 2 / s_dw**2,
-                                      axis=1) - 0.5 * np.log(2 * np.pi * s_dw**2)
+    lpk = jax.scipy.special.logsumexp(
+        jnp.log(W[test_idx] + 1e-300) - 0.5 * (y_test[:, None] - X[test_idx]) ** 2 / s_dw**2, axis=1
+    ) - 0.5 * np.log(2 * np.pi * s_dw**2)
     ref_nlpd.append(float(-jnp.mean(lpk)))
 metrics["reference_time_s"] = time.perf_counter() - t0
 ref_m, ref_v = np.stack(ref_m), np.stack(ref_v)
@@ -164,8 +176,15 @@ plotting.save(fig, os.path.join(OUT, "posterior_vs_reference.png"))
 
 # %%
 c_init = 0.5
-model0 = sg.SparseGPSDE(SDE(sg.DoubleWellDrift(jnp.asarray(c_init)), np.sqrt(q_dw) * np.ones(1), 1), t_obs, y_obs,
-                        obs_noise=s_dw**2, grid=grid, initial_mean=[x0], initial_cov=[[P0]])
+model0 = sg.SparseGPSDE(
+    SDE(sg.DoubleWellDrift(jnp.asarray(c_init)), np.sqrt(q_dw) * np.ones(1), 1),
+    t_obs,
+    y_obs,
+    obs_noise=s_dw**2,
+    grid=grid,
+    initial_mean=[x0],
+    initial_cov=[[P0]],
+)
 t0 = time.perf_counter()
 fitted, st_fit, em = model0.fit(jax.random.PRNGKey(0), num_steps=EM_STEPS, progress_bar=not SMOKE)
 metrics["em_time_s"] = time.perf_counter() - t0
@@ -191,7 +210,9 @@ fig, axs = plotting.new_figure(1, 2, panel=(5.0, 3.5))
 axs = axs[0]
 xx = np.linspace(-1.5, 1.5, 200)
 axs[0].plot(xx, 4 * xx * (c_true - xx**2), "k", label=f"true drift (c={c_true})")
-axs[0].plot(xx, 4 * xx * (metrics["learned_parameter"] - xx**2), "C1--", label=f"learned (c={metrics['learned_parameter']:.3f})")
+axs[0].plot(
+    xx, 4 * xx * (metrics["learned_parameter"] - xx**2), "C1--", label=f"learned (c={metrics['learned_parameter']:.3f})"
+)
 axs[0].plot(xx, 4 * xx * (c_init - xx**2), "C2:", label=f"initial (c={c_init})")
 axs[0].legend(fontsize=8)
 axs[0].set(xlabel="state x", ylabel="drift f(x) = 4x(c - x²)")

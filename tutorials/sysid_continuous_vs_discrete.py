@@ -49,8 +49,11 @@ SMOKE = os.environ.get("PROBDYN_SMOKE", "0") == "1"
 OUT = os.environ.get("PROBDYN_OUT", os.path.join("probdyn-out", "tutorials", "sysid_continuous_vs_discrete"))
 os.makedirs(OUT, exist_ok=True)
 FIT_STEPS = 50 if SMOKE else 300
-NUTS = dict(num_warmup=40, num_samples=40, num_chains=1) if SMOKE else dict(num_warmup=1000, num_samples=1000,
-                                                                               num_chains=4)
+NUTS = (
+    dict(num_warmup=40, num_samples=40, num_chains=1)
+    if SMOKE
+    else dict(num_warmup=1000, num_samples=1000, num_chains=4)
+)
 metrics = {"smoke": SMOKE}
 wall = {}
 
@@ -92,8 +95,10 @@ print(res.to_markdown())
 tab = res.table
 test = tab[tab.spacing == "test"]
 horizons = sorted(test.horizon_time.unique())
-nl = lambda name, sp="test": [float(tab[(tab.model == name) & (tab.spacing == sp) & (tab.horizon_time == h)].nlpd.iloc[0])  # noqa: E731
-                               for h in horizons]
+nl = lambda name, sp="test": [
+    float(tab[(tab.model == name) & (tab.spacing == sp) & (tab.horizon_time == h)].nlpd.iloc[0])  # noqa: E731
+    for h in horizons
+]
 metrics["horizons"] = [float(h) for h in horizons]
 metrics["nlpd_continuous"] = nl("continuous (SDE)")
 metrics["nlpd_discrete"] = nl("discrete naive Euler")
@@ -102,8 +107,9 @@ metrics["nlpd_continuous_train_spacing"] = nl("continuous (SDE)", "train")
 metrics["nlpd_discrete_train_spacing"] = nl("discrete naive Euler", "train")
 metrics["fitted_params"] = res.params
 # a forecast whose moments overflow is flagged and scored inf (never NaN)
-metrics["diverged_forecasts"] = [f"{r.model}, {r.spacing} spacing, lead {r.horizon_time:g}"
-                                 for r in tab[tab.diverged].itertuples()]
+metrics["diverged_forecasts"] = [
+    f"{r.model}, {r.spacing} spacing, lead {r.horizon_time:g}" for r in tab[tab.diverged].itertuples()
+]
 assert not tab[["rmse", "nlpd"]].isna().any().any()
 
 # %% [markdown]
@@ -111,7 +117,9 @@ assert not tab[["rmse", "nlpd"]].isna().any().any()
 # steps at the test spacing, and is marked as diverged rather than flattening the others.
 
 # %%
-plotting.compare_forecasts(os.path.join(OUT, "vdp_forecasts.png"), res.forecasts, names=["x (position)", "v (velocity)"])
+plotting.compare_forecasts(
+    os.path.join(OUT, "vdp_forecasts.png"), res.forecasts, names=["x (position)", "v (velocity)"]
+)
 plotting.compare_scores(os.path.join(OUT, "vdp_scores.png"), tab)
 
 # %% [markdown]
@@ -127,14 +135,24 @@ plotting.compare_scores(os.path.join(OUT, "vdp_scores.png"), tab)
 d = lynx_hare()
 t0 = time.perf_counter()
 sysid.solver_failures.reset()
-idata = mcmc.sample(sysid.lotka_volterra, jax.random.PRNGKey(0), d.ts, d.y_init, d.y, progress_bar=False,
-                    report=False, log_likelihood=False, **NUTS)
+idata = mcmc.sample(
+    sysid.lotka_volterra,
+    jax.random.PRNGKey(0),
+    d.ts,
+    d.y_init,
+    d.y,
+    progress_bar=False,
+    report=False,
+    log_likelihood=False,
+    **NUTS,
+)
 wall["nuts_lv"] = time.perf_counter() - t0
 summ = az.summary(idata, var_names=["theta", "z_init", "sigma"], round_to="none")
 print(summ[["mean", "sd", "ess_bulk", "r_hat"]].round(4).to_string())
 ref = sysid.REFERENCE_POSTERIOR_LV
 zscore = (summ["mean"].to_numpy() - np.asarray(ref["mean"])) / np.sqrt(
-    summ["mcse_mean"].to_numpy() ** 2 + np.asarray(ref["mcse_mean"]) ** 2)
+    summ["mcse_mean"].to_numpy() ** 2 + np.asarray(ref["mcse_mean"]) ** 2
+)
 print("z-scores vs the posteriordb Stan reference:", np.round(zscore, 2))
 print("solver failures (rejected proposals):", sysid.solver_failures)
 metrics["lv_theta_mean"] = summ["mean"].to_numpy()[:4].tolist()
@@ -147,10 +165,24 @@ ob_ln = obs.LogNormal(None, jnp.array([0.25, 0.25]))
 times, yall = d.times_all, d.y_all
 t0 = time.perf_counter()
 init = {"alpha": 0.7, "beta": 0.04, "gamma": 0.6, "delta": 0.03}
-sde_fit = sysid.fit_map(sysid.SDEModel(sysid.MechanisticDrift(lv.drift, init), 0.1, 2), ob_ln, times, yall,
-                        jax.random.PRNGKey(1), num_steps=FIT_STEPS, P0_scale=0.3)
-disc_fit = sysid.fit_map(sysid.DiscreteModel(sysid.MechanisticDrift(lv.drift, init), 0.1, 2, "euler", 1.0), ob_ln,
-                         times, yall, jax.random.PRNGKey(1), num_steps=FIT_STEPS, P0_scale=0.3)
+sde_fit = sysid.fit_map(
+    sysid.SDEModel(sysid.MechanisticDrift(lv.drift, init), 0.1, 2),
+    ob_ln,
+    times,
+    yall,
+    jax.random.PRNGKey(1),
+    num_steps=FIT_STEPS,
+    P0_scale=0.3,
+)
+disc_fit = sysid.fit_map(
+    sysid.DiscreteModel(sysid.MechanisticDrift(lv.drift, init), 0.1, 2, "euler", 1.0),
+    ob_ln,
+    times,
+    yall,
+    jax.random.PRNGKey(1),
+    num_steps=FIT_STEPS,
+    P0_scale=0.3,
+)
 wall["lv_sde_and_discrete"] = time.perf_counter() - t0
 m0 = jnp.log(jnp.asarray(yall[0]))
 P0 = 0.09 * jnp.eye(2)
@@ -169,8 +201,9 @@ for j, (c, lab) in enumerate([("C0", "hare"), ("C3", "lynx")]):
     axes[0, 0].plot(d.ts, med, c, label=f"{lab}, 90% band")
     axes[0, 0].fill_between(d.ts, lo, hi, color=c, alpha=0.3, lw=0)
     for ax, mean, cov in ((axes[0, 1], sde_sm.mean, sde_sm.cov), (axes[0, 2], disc_f.mean, disc_f.cov)):
-        plotting.band(ax, times, np.asarray(mean[:, j]), np.sqrt(np.asarray(cov[:, j, j])), color=c, z=1.64,
-                      transform=np.exp)
+        plotting.band(
+            ax, times, np.asarray(mean[:, j]), np.sqrt(np.asarray(cov[:, j, j])), color=c, z=1.64, transform=np.exp
+        )
     for ax in axes[0]:
         ax.plot(times, yall[:, j], ".", color=c, label=f"{lab} data")
         ax.set_xlabel("years since 1900")

@@ -134,8 +134,7 @@ def pendulum_sensors(
         def drift(x, _t):
             return jnp.stack([x[1], -(w0**2) * jnp.sin(x[0]) - c * x[1]])
 
-        return solve_ode(drift, x0, t, backend="diffrax", rtol=1e-7, atol=1e-7, max_steps=100_000,
-                         count_failures=False)
+        return solve_ode(drift, x0, t, backend="diffrax", rtol=1e-7, atol=1e-7, max_steps=100_000, count_failures=False)
 
     states, ok = jax.jit(jax.vmap(one))(x0, w0, c, times)
     if not np.all(np.asarray(ok)):

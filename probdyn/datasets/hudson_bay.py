@@ -45,5 +45,6 @@ def lynx_hare() -> LynxHare:
     y = np.asarray(raw["y"], float)
     if y.shape != (int(raw["N"]), 2) or ts.shape != (int(raw["N"]),):
         raise ValueError("corrupt hudson_lynx_hare.json: shapes do not match N")
-    return LynxHare(ts, np.asarray(raw["y_init"], float), y, 1900 + np.concatenate([[0], ts]).astype(int),
-                    ("hare", "lynx"))
+    return LynxHare(
+        ts, np.asarray(raw["y_init"], float), y, 1900 + np.concatenate([[0], ts]).astype(int), ("hare", "lynx")
+    )

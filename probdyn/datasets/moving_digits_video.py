@@ -42,12 +42,20 @@ def _render(img, pos, size):
     h, w = img.shape
     for dr, wr in ((0, 1 - fr), (1, fr)):
         for dc, wc in ((0, 1 - fc), (1, fc)):
-            canvas[r0 + dr:r0 + dr + h, c0 + dc:c0 + dc + w] += wr * wc * img
+            canvas[r0 + dr : r0 + dr + h, c0 + dc : c0 + dc + w] += wr * wc * img
     return canvas[:size, :size]
 
 
-def moving_digits(num_sequences: int = 64, num_frames: int = 16, size: int = 16, hurst: float = 0.5,
-                  speed: float = 1.0, duration: float = 1.0, digits=None, seed: int = 0) -> MovingDigits:
+def moving_digits(
+    num_sequences: int = 64,
+    num_frames: int = 16,
+    size: int = 16,
+    hurst: float = 0.5,
+    speed: float = 1.0,
+    duration: float = 1.0,
+    digits=None,
+    seed: int = 0,
+) -> MovingDigits:
     """Generate stochastic moving-digit videos.
 
     Args:
@@ -87,7 +95,5 @@ def moving_digits(num_sequences: int = 64, num_frames: int = 16, size: int = 16,
     start = rng.uniform(0.0, length, (N, 2))
     raw = start[:, None, :] + speed * length * fbm.reshape(N, 2, T).transpose(0, 2, 1)
     pos = _fold(raw, length)
-    frames = np.stack([np.stack([_render(images[pick[n]], pos[n, t], size) for t in range(T)])
-                       for n in range(N)])
-    return MovingDigits(np.clip(frames, 0.0, 1.0).astype(np.float32), pos, times, labels[pick],
-                        float(hurst))
+    frames = np.stack([np.stack([_render(images[pick[n]], pos[n, t], size) for t in range(T)]) for n in range(N)])
+    return MovingDigits(np.clip(frames, 0.0, 1.0).astype(np.float32), pos, times, labels[pick], float(hurst))

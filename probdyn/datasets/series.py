@@ -49,8 +49,9 @@ def load_series(name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(SERIES)}")
 
 
-def read_csv_series(path: str | Path, time_col: str | None = None, columns: str | list[str] | None = None,
-                    min_points: int = 5) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def read_csv_series(
+    path: str | Path, time_col: str | None = None, columns: str | list[str] | None = None, min_points: int = 5
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """``(times (T,), values (T, k), names)`` from a CSV file with a header row.
 
     ``time_col``: the time column (default the first); ``columns``: the value columns, a list
@@ -83,7 +84,9 @@ def read_csv_series(path: str | Path, time_col: str | None = None, columns: str 
         raise ValueError(f"time column {tc!r} must be numeric and finite (row {bad + 2}: {df[tc].iloc[bad]!r})")
     if np.any(np.diff(t) <= 0):
         bad = int(np.argmax(np.diff(t) <= 0))
-        raise ValueError(f"times must be strictly increasing (rows {bad + 2} and {bad + 3}: {t[bad]} then {t[bad + 1]})")
+        raise ValueError(
+            f"times must be strictly increasing (rows {bad + 2} and {bad + 3}: {t[bad]} then {t[bad + 1]})"
+        )
     vals = []
     for c in names:
         v = pd.to_numeric(df[c], errors="coerce")

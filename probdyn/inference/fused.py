@@ -65,10 +65,25 @@ import jax.numpy as jnp
 from probdyn.linalg import tree_sum, ldl_from_cholesky, ldl_lists, mgs_lower, neg_half_log, safe_inv
 
 __all__ = [
-    "Layout", "pack_state", "unpack_states", "transition_columns", "pack_inputs", "dense_inputs", "Staged",
-    "first_state", "fused_scan",
-    "mwgs_lower", "stack_scalars", "stack_columns", "fused_scan_last", "filter_states", "filter_last",
-    "smooth_scan", "sample_scan", "finite_guard", "FUSED_MAX_DIM",
+    "Layout",
+    "pack_state",
+    "unpack_states",
+    "transition_columns",
+    "pack_inputs",
+    "dense_inputs",
+    "Staged",
+    "first_state",
+    "fused_scan",
+    "mwgs_lower",
+    "stack_scalars",
+    "stack_columns",
+    "fused_scan_last",
+    "filter_states",
+    "filter_last",
+    "smooth_scan",
+    "sample_scan",
+    "finite_guard",
+    "FUSED_MAX_DIM",
 ]
 
 FUSED_MAX_DIM = 4
@@ -171,7 +186,11 @@ def transition_columns(lay: Layout, A, LQ, DQ) -> list:
     """The transition part of the step inputs from (n, d, d) ``A``, unit lower ``LQ`` and
     (n, d) ``DQ``, as (n,) columns (with ``lay.basis`` pass the basis coefficients instead)."""
     d = lay.d
-    return [A[:, i, j] for i in range(d) for j in range(d)] + [LQ[:, i, j] for i, j in lay.strict] + [DQ[:, i] for i in range(d)]
+    return (
+        [A[:, i, j] for i in range(d) for j in range(d)]
+        + [LQ[:, i, j] for i, j in lay.strict]
+        + [DQ[:, i] for i in range(d)]
+    )
 
 
 def pack_inputs(lay: Layout, trans: list, y, H, LR, DR) -> tuple:
@@ -280,7 +299,9 @@ def mwgs_lower(rows: list[list], w: list) -> tuple[list[list], list, list]:
 def _propagate(A: list, m: list, L: list) -> tuple[list, list]:
     """``A m`` and ``A L`` on lists of scalars (the prediction of mean and factor)."""
     d = len(m)
-    return [_dot(A[i], m) for i in range(d)], [[_dot(A[i], [L[k][j] for k in range(d)]) for j in range(d)] for i in range(d)]
+    return [_dot(A[i], m) for i in range(d)], [
+        [_dot(A[i], [L[k][j] for k in range(d)]) for j in range(d)] for i in range(d)
+    ]
 
 
 def _step_lists(lay: Layout, s: list, x: list, predict: bool = True) -> list:
@@ -324,8 +345,10 @@ def _step_lists(lay: Layout, s: list, x: list, predict: bool = True) -> list:
     if p == 1:  # missing: the noise row becomes a unit-variance row
         noise, wN, zeros = [[_ONE]], [jnp.where(obs[0], DR[0], 1.0)], [None]
     else:
-        noise = [[_mul(LR[i][j], of[i]) for j in range(p)] + [1.0 - of[i] if j == i else None for j in range(p)]
-                 for i in range(p)]
+        noise = [
+            [_mul(LR[i][j], of[i]) for j in range(p)] + [1.0 - of[i] if j == i else None for j in range(p)]
+            for i in range(p)
+        ]
         wN, zeros = list(DR) + [1.0] * p, [None] * (2 * p)
     rows = [noise[i] + HAL[i] + HQ[i] for i in range(p)]
     rows += [zeros + AL[i] + Q[i] for i in range(d)]

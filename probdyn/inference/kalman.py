@@ -263,8 +263,20 @@ def _arrays(ssm: LinearGaussianSSM, T: int, dtype, H_static=None) -> _Arrays:
     else:
         SR = psd_cholesky(R)
     basis = None if ssm.transition_basis is None else jax.tree.map(c, ssm.transition_basis)
-    return _Arrays(c(ssm.initial_mean), psd_cholesky(c(ssm.initial_cov)), A, SQ, H, SR, tv_t, tv_e,
-                   None if tv_e else H_static, Q, R, basis)
+    return _Arrays(
+        c(ssm.initial_mean),
+        psd_cholesky(c(ssm.initial_cov)),
+        A,
+        SQ,
+        H,
+        SR,
+        tv_t,
+        tv_e,
+        None if tv_e else H_static,
+        Q,
+        R,
+        basis,
+    )
 
 
 def _trans(arr: _Arrays, t):
@@ -307,7 +319,9 @@ def _scan(body, carry, xs):
     nc = -(-n // C)
     pad = nc * C - n
     live = jnp.arange(nc * C) < n
-    xs_p = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]).reshape((nc, C) + a.shape[1:]), xs)
+    xs_p = jax.tree.map(
+        lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]).reshape((nc, C) + a.shape[1:]), xs
+    )
     live = live.reshape(nc, C)
 
     def masked(c, inp):  # padded steps leave the carry unchanged
@@ -458,8 +472,7 @@ def _filter_combine(ei, ej):
     mT = lambda x: jnp.swapaxes(x, -1, -2)  # noqa: E731
     mv = lambda M, v: jnp.einsum("...ij,...j->...i", M, v)  # noqa: E731
     eye = jnp.broadcast_to(jnp.eye(d, dtype=Ai.dtype), Ai.shape)
-    Phi = jnp.concatenate([jnp.concatenate([mT(Zj) @ Ui, eye], -1),
-                           jnp.concatenate([Ui, jnp.zeros_like(Ui)], -1)], -2)
+    Phi = jnp.concatenate([jnp.concatenate([mT(Zj) @ Ui, eye], -1), jnp.concatenate([Ui, jnp.zeros_like(Ui)], -1)], -2)
     Th = _tria_any(Phi)
     T11, T21, T22 = Th[..., :d, :d], Th[..., d:, :d], Th[..., d:, d:]
     X = jnp.vectorize(solve_lower, signature="(n,n),(n,k)->(n,k)")(T11, mT(Zj))  # T11^{-1} Z_j^T
@@ -599,9 +612,7 @@ def backward_kernels(arr: _Arrays, ms, Ss):
     SQ = arr.SQ if arr.tv_trans else jnp.broadcast_to(arr.SQ, (n,) + arr.SQ.shape)
     m, S = ms[:-1], Ss[:-1]
     AS = A @ S
-    Phi = jnp.concatenate(
-        [jnp.concatenate([AS, SQ], axis=2), jnp.concatenate([S, jnp.zeros_like(SQ)], axis=2)], axis=1
-    )
+    Phi = jnp.concatenate([jnp.concatenate([AS, SQ], axis=2), jnp.concatenate([S, jnp.zeros_like(SQ)], axis=2)], axis=1)
     # psd_cholesky's pivot rule for the predicted covariance A P_f A^T + Q:
     # a direction whose predicted variance is within 16 eps of its row's is rounding
     # noise, and dividing by it makes G an O(1) gain on rounding errors that the backward
@@ -768,6 +779,7 @@ def _sample_jit(key, ssm, y, num_samples: int, par: bool, Hs=None):
     G, g, D = backward_kernels(arr, f.mean, f.chol)
     h = g[None] + jnp.einsum("tij,stj->sti", D, eps[:, :-1])  # (S, T-1, d)
     if par:
+
         def one(hs, xl):
             E = jnp.concatenate([G, jnp.zeros((1, d, d), G.dtype)])
             hh = jnp.concatenate([hs, xl[None]])

@@ -164,19 +164,37 @@ def _no_valid_start(model, args, kwargs, params: dict, chains: str):
     with warnings.catch_warnings():  # numpyro's out-of-support notes: the error below says it
         warnings.simplefilter("ignore")
         _, tr = log_density(model, args, kwargs, params)
-        sites = [name for name, site in tr.items() if site["type"] == "sample"
-                 and not np.all(np.isfinite(np.asarray(site["fn"].log_prob(site["value"]))))]
+        sites = [
+            name
+            for name, site in tr.items()
+            if site["type"] == "sample" and not np.all(np.isfinite(np.asarray(site["fn"].log_prob(site["value"]))))
+        ]
     where = f"at site(s) {', '.join(map(repr, sites))}" if sites else "in a factor or a transform's Jacobian"
-    raise ValueError(f"the model's log density is not finite at the initial point of {chains} (no valid "
-                     f"starting point was found); it is NaN or -inf {where}: check those sites' parameters, "
-                     "priors and observed values, or pass an init_strategy")
+    raise ValueError(
+        f"the model's log density is not finite at the initial point of {chains} (no valid "
+        f"starting point was found); it is NaN or -inf {where}: check those sites' parameters, "
+        "priors and observed values, or pass an init_strategy"
+    )
 
 
 # ----------------------------------------------------------------------------------
 # backends: each returns (z (chain, draw, ...), stats dict (chain, draw), timings)
 # ----------------------------------------------------------------------------------
-def _run_numpyro(model, key, args, kwargs, sampler, num_warmup, num_samples, num_chains, progress_bar,
-                 sampler_kwargs, init_strategy, sharding, chain_method="vectorized"):
+def _run_numpyro(
+    model,
+    key,
+    args,
+    kwargs,
+    sampler,
+    num_warmup,
+    num_samples,
+    num_chains,
+    progress_bar,
+    sampler_kwargs,
+    init_strategy,
+    sharding,
+    chain_method="vectorized",
+):
     from numpyro.infer import HMC, NUTS
 
     kern = (NUTS if sampler == "nuts" else HMC)(model, init_strategy=init_strategy, **sampler_kwargs)
@@ -196,9 +214,17 @@ def _run_numpyro(model, key, args, kwargs, sampler, num_warmup, num_samples, num
             st = kern.sample(st, args, kwargs)
             prog.tick(c * total + i)
             clock.stamp(i, c, num_warmup - 1, total - 1, st.potential_energy)
-            return st, (st.z, dict(diverging=st.diverging, energy=st.energy, n_steps=st.num_steps,
-                                   step_size=st.adapt_state.step_size, acceptance_rate=st.accept_prob,
-                                   lp=-st.potential_energy))
+            return st, (
+                st.z,
+                dict(
+                    diverging=st.diverging,
+                    energy=st.energy,
+                    n_steps=st.num_steps,
+                    step_size=st.adapt_state.step_size,
+                    acceptance_rate=st.accept_prob,
+                    lp=-st.potential_energy,
+                ),
+            )
 
         st, out = jax.lax.scan(body, state, jnp.arange(total))
         return jax.tree.map(lambda x: x[num_warmup:], out)
@@ -207,8 +233,9 @@ def _run_numpyro(model, key, args, kwargs, sampler, num_warmup, num_samples, num
     if sequential:  # chains one after another inside one program: no lock-step across chains
         init_time = 0.0  # each chain's initialisation runs inside the compiled program
         seq = lambda ks: jax.lax.map(lambda a: run(init(a[0]), a[1]), (ks, jnp.arange(num_chains)))  # noqa: E731
-        with _Progress(progress_bar, total * num_chains, f"{num_chains} chains in sequence (numpyro, "
-                                                        f"{num_warmup} warmup each)") as prog:
+        with _Progress(
+            progress_bar, total * num_chains, f"{num_chains} chains in sequence (numpyro, {num_warmup} warmup each)"
+        ) as prog:
             (z, stats), comp, _, start = _timed_compile(seq, keys)
     else:
         # init under jit: numpyro's initialisation otherwise evaluates the potential's gradient eagerly
@@ -229,15 +256,33 @@ def _run_numpyro(model, key, args, kwargs, sampler, num_warmup, num_samples, num
     return z, stats, post, timings
 
 
-def _run_blackjax(model, key, args, kwargs, sampler, num_warmup, num_samples, num_chains, progress_bar,
-                  sampler_kwargs, init_strategy, sharding):
+def _run_blackjax(
+    model,
+    key,
+    args,
+    kwargs,
+    sampler,
+    num_warmup,
+    num_samples,
+    num_chains,
+    progress_bar,
+    sampler_kwargs,
+    init_strategy,
+    sharding,
+):
     import blackjax
 
     kinit, kwarm, ksamp = jax.random.split(key, 3)
     t0 = time.perf_counter()
     try:
-        info = initialize_model(jax.random.split(kinit, num_chains), model, init_strategy=init_strategy,
-                                dynamic_args=True, model_args=args, model_kwargs=kwargs)
+        info = initialize_model(
+            jax.random.split(kinit, num_chains),
+            model,
+            init_strategy=init_strategy,
+            dynamic_args=True,
+            model_args=args,
+            model_kwargs=kwargs,
+        )
     except RuntimeError as e:  # numpyro: "Cannot find valid initial parameters"
         tr = handlers.trace(handlers.seed(model, kinit)).get_trace(*args, **kwargs)
         prior = {k: v["value"] for k, v in tr.items() if v["type"] == "sample" and not v.get("is_observed")}
@@ -259,8 +304,9 @@ def _run_blackjax(model, key, args, kwargs, sampler, num_warmup, num_samples, nu
 
     def warm(z0, wkeys):
         def one(k, z):
-            wa = blackjax.window_adaptation(algo, logdensity, is_mass_matrix_diagonal=not dense,
-                                            target_acceptance_rate=target, **skw)
+            wa = blackjax.window_adaptation(
+                algo, logdensity, is_mass_matrix_diagonal=not dense, target_acceptance_rate=target, **skw
+            )
             (st, params), _ = wa.run(k, z, num_steps=num_warmup)
             return st, params
 
@@ -281,8 +327,13 @@ def _run_blackjax(model, key, args, kwargs, sampler, num_warmup, num_samples, nu
                 ks = jax.vmap(lambda k: jax.random.fold_in(k, i))(skeys)
                 st, inf = jax.vmap(step1)(st, params, ks)
                 prog.tick(i)
-                out = dict(diverging=inf.is_divergent, energy=inf.energy, acceptance_rate=inf.acceptance_rate,
-                           lp=st.logdensity, n_steps=inf.num_integration_steps)
+                out = dict(
+                    diverging=inf.is_divergent,
+                    energy=inf.energy,
+                    acceptance_rate=inf.acceptance_rate,
+                    lp=st.logdensity,
+                    n_steps=inf.num_integration_steps,
+                )
                 if sampler == "nuts":
                     out["tree_depth"] = inf.num_trajectory_expansions
                 return st, (st.position, out)
@@ -308,7 +359,7 @@ def _site_log_lik(fn, value):
     if hasattr(base, "pointwise_log_prob"):
         lp = base.pointwise_log_prob(value)
         if base is not fn:
-            lp = jnp.broadcast_to(lp, fn.batch_shape + lp.shape[len(base.batch_shape):])
+            lp = jnp.broadcast_to(lp, fn.batch_shape + lp.shape[len(base.batch_shape) :])
         return lp
     return fn.log_prob(value)
 
@@ -356,15 +407,20 @@ def _log_likelihood(model, samples: dict, args, kwargs, num_chains: int, num_dra
     return jax.tree.map(lambda x: x.reshape((num_chains, num_draws) + x.shape[1:]), ll)
 
 
-def to_inference_data(model: Callable, samples: dict, *args: Any, sample_stats: dict | None = None,
-                      log_likelihood: bool = True, **kwargs: Any) -> xr.DataTree:
+def to_inference_data(
+    model: Callable,
+    samples: dict,
+    *args: Any,
+    sample_stats: dict | None = None,
+    log_likelihood: bool = True,
+    **kwargs: Any,
+) -> xr.DataTree:
     """ArviZ results (``xarray.DataTree``) from constrained site values ``samples`` (chain, draw, ...).
 
     Adds ``observed_data`` and (optionally) the pointwise ``log_likelihood`` of every
     observed site of ``model(*args, **kwargs)``. Used by MCMC and by SVI.
     """
-    return _inference_data(model, samples, args, kwargs, model_sites(model, args, kwargs), sample_stats,
-                           log_likelihood)
+    return _inference_data(model, samples, args, kwargs, model_sites(model, args, kwargs), sample_stats, log_likelihood)
 
 
 def _inference_data(model, samples, args, kwargs, sites, sample_stats, log_likelihood) -> xr.DataTree:
@@ -379,8 +435,9 @@ def _inference_data(model, samples, args, kwargs, sites, sample_stats, log_likel
     if observed:
         groups["observed_data"] = {k: np.asarray(v) for k, v in observed.items()}
         if log_likelihood:
-            ll = _log_likelihood(model, {k: samples[k] for k in latent if k in samples}, args, kwargs,
-                                 num_chains, num_draws)
+            ll = _log_likelihood(
+                model, {k: samples[k] for k in latent if k in samples}, args, kwargs, num_chains, num_draws
+            )
             groups["log_likelihood"] = {k: np.asarray(v) for k, v in ll.items()}
     return az.from_dict(groups)
 
@@ -481,11 +538,36 @@ def sample(
         raise ValueError("chain_method='sequential' is available with backend='numpyro'")
     sharding, ndev = _chain_sharding(num_chains) if chain_method == "vectorized" else (None, 1)
     if backend == "numpyro":
-        z, stats, post, times = _run_numpyro(model, key, args, kwargs, sampler, num_warmup, num_samples, num_chains,
-                                             progress_bar, sampler_kwargs, init_strategy, sharding, chain_method)
+        z, stats, post, times = _run_numpyro(
+            model,
+            key,
+            args,
+            kwargs,
+            sampler,
+            num_warmup,
+            num_samples,
+            num_chains,
+            progress_bar,
+            sampler_kwargs,
+            init_strategy,
+            sharding,
+            chain_method,
+        )
     else:
-        z, stats, post, times = _run_blackjax(model, key, args, kwargs, sampler, num_warmup, num_samples,
-                                              num_chains, progress_bar, sampler_kwargs, init_strategy, sharding)
+        z, stats, post, times = _run_blackjax(
+            model,
+            key,
+            args,
+            kwargs,
+            sampler,
+            num_warmup,
+            num_samples,
+            num_chains,
+            progress_bar,
+            sampler_kwargs,
+            init_strategy,
+            sharding,
+        )
     out_devices = len(jax.tree.leaves(z)[0].sharding.device_set)
 
     def constrain(zz):
@@ -497,9 +579,16 @@ def sample(
     idata = _inference_data(model, samples, args, kwargs, sites, stats, log_likelihood)
     compile_time = times["compile_warmup"] + times["compile_sample"]
     idata.attrs.update(
-        backend=backend, sampler=sampler, chain_method=chain_method, num_chains=num_chains, num_devices=int(ndev),
-        output_devices=int(out_devices), init_time_s=float(times["init"]), compile_time_s=float(compile_time),
-        warmup_time_s=float(times["warmup"]), sampling_time_s=float(times["sample"]),
+        backend=backend,
+        sampler=sampler,
+        chain_method=chain_method,
+        num_chains=num_chains,
+        num_devices=int(ndev),
+        output_devices=int(out_devices),
+        init_time_s=float(times["init"]),
+        compile_time_s=float(compile_time),
+        warmup_time_s=float(times["warmup"]),
+        sampling_time_s=float(times["sample"]),
     )
     _, ndiv = _report(idata, num_chains, rhat_threshold, report)
     idata.attrs["num_divergences"] = ndiv

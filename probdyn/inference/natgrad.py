@@ -233,9 +233,19 @@ def natural_gradient_ascent(
         r = r * shrink
         return r, r < min_rho
 
-    state, _, tr = backoff_ascent(lambda st, r: fused(st, jnp.asarray(r)), state, cur, num_iters, rho, accept,
-                                  adapt, progress_bar=progress_bar, desc=desc, checkpoint=checkpoint,
-                                  checkpoint_every=checkpoint_every)
+    state, _, tr = backoff_ascent(
+        lambda st, r: fused(st, jnp.asarray(r)),
+        state,
+        cur,
+        num_iters,
+        rho,
+        accept,
+        adapt,
+        progress_bar=progress_bar,
+        desc=desc,
+        checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
+    )
     return state, NatGradTrace(tr.values, tr.dampings, tr.num_rejected)
 
 
@@ -332,7 +342,8 @@ def condition_chain(initial_mean, initial_cov, Psi, c, V, nat1, nat2, pair) -> G
     J = -2.0 * symmetrize(nat2)
     init = (J[-1], nat1[-1])
     (Lam0, eta0), (F, g, Q, cholQ, dF, dg, dQ) = jax.lax.scan(
-        bstep, init, (Psi, c, V, pair, J[:-1], nat1[:-1]), reverse=True)
+        bstep, init, (Psi, c, V, pair, J[:-1], nat1[:-1]), reverse=True
+    )
     chol0, Einv0 = _whitened_gain(initial_cov, Lam0)
     P0 = chol0 @ chol0.T
     m0 = Einv0(initial_mean + initial_cov @ eta0)

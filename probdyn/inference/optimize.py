@@ -165,7 +165,8 @@ def fit(
             if not np.isfinite(lv):
                 raise FloatingPointError(
                     f"{desc}: loss became {lv} at step {i}; parameters of step {i - 1} kept"
-                    + (f" (checkpoint {checkpoint})" if checkpoint is not None else ""))
+                    + (f" (checkpoint {checkpoint})" if checkpoint is not None else "")
+                )
             params, opt_state = new_params, new_state
             losses.append(lv)
             if callback is not None:
@@ -181,8 +182,7 @@ def fit(
             bar.close()
     if checkpoint is not None and num_steps > start:
         save_checkpoint(checkpoint, params, opt_state, num_steps, losses)
-    return FitResult(params, np.asarray(losses), opt_state, max(num_steps, start),
-                     time.perf_counter() - t0)
+    return FitResult(params, np.asarray(losses), opt_state, max(num_steps, start), time.perf_counter() - t0)
 
 
 class AscentTrace(NamedTuple):
@@ -243,8 +243,19 @@ def backoff_ascent(
 
     def save(i):
         if checkpoint is not None:
-            _save_ascent(checkpoint, state, dict(values=values, dampings=dampings, rejected=rejected,
-                                                 attempts=attempts, iteration=i, stopped=stop, damping=damping))
+            _save_ascent(
+                checkpoint,
+                state,
+                dict(
+                    values=values,
+                    dampings=dampings,
+                    rejected=rejected,
+                    attempts=attempts,
+                    iteration=i,
+                    stopped=stop,
+                    damping=damping,
+                ),
+            )
 
     bar = None
     if progress_bar and not stop:

@@ -124,15 +124,29 @@ def svi(
     res = engine.run(kfit, num_steps, *args, progress_bar=progress_bar, stable_update=stable_update, **kwargs)
     jax.block_until_ready(res.losses)
     elapsed = time.perf_counter() - t0
-    idata = posterior_idata(model, g, res.params, kpost, *args, num_samples=num_posterior_samples,
-                            log_likelihood=log_likelihood, **kwargs)
-    idata.attrs.update(method="svi", guide=type(g).__name__ if isinstance(g, autoguide.AutoGuide) else getattr(g, "__name__", "custom"),
-                       num_steps=num_steps, time_s=float(elapsed), final_elbo=float(-res.losses[-1]))
+    idata = posterior_idata(
+        model, g, res.params, kpost, *args, num_samples=num_posterior_samples, log_likelihood=log_likelihood, **kwargs
+    )
+    idata.attrs.update(
+        method="svi",
+        guide=type(g).__name__ if isinstance(g, autoguide.AutoGuide) else getattr(g, "__name__", "custom"),
+        num_steps=num_steps,
+        time_s=float(elapsed),
+        final_elbo=float(-res.losses[-1]),
+    )
     return SVIResult(res.params, -res.losses, g, idata, res.state, elapsed)
 
 
-def posterior_idata(model: Callable, guide: Callable, params: dict, key: PRNGKeyArray, *args: Any,
-                    num_samples: int = 1000, log_likelihood: bool = True, **kwargs: Any) -> xr.DataTree:
+def posterior_idata(
+    model: Callable,
+    guide: Callable,
+    params: dict,
+    key: PRNGKeyArray,
+    *args: Any,
+    num_samples: int = 1000,
+    log_likelihood: bool = True,
+    **kwargs: Any,
+) -> xr.DataTree:
     """Draws of a fitted ``guide`` (plus the model's deterministic sites) as a ``DataTree``
     with one chain; observed sites give ``observed_data`` and the pointwise ``log_likelihood``."""
     tr = handlers.trace(handlers.seed(model, 0)).get_trace(*args, **kwargs)
@@ -147,7 +161,6 @@ def posterior_idata(model: Callable, guide: Callable, params: dict, key: PRNGKey
         draws.update(Predictive(model, posterior_samples=draws, return_sites=determ)(k2, *args, **kwargs))
     samples = {n: jnp.asarray(v)[None] for n, v in draws.items()}
     return to_inference_data(model, samples, *args, log_likelihood=log_likelihood, **kwargs)
-
 
 
 # ----------------------------------------------------------------------------------

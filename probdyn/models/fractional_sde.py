@@ -4,5 +4,9 @@ import warnings
 
 from probdyn.models.fractional import *  # noqa: F401,F403
 
-warnings.warn("probdyn.models.fractional_sde is deprecated and will be removed in the next release; "
-              "import probdyn.models.fractional instead", DeprecationWarning, stacklevel=2)
+warnings.warn(
+    "probdyn.models.fractional_sde is deprecated and will be removed in the next release; "
+    "import probdyn.models.fractional instead",
+    DeprecationWarning,
+    stacklevel=2,
+)

@@ -4,5 +4,9 @@ import warnings
 
 from probdyn.models.sde_posteriors.observed import *  # noqa: F401,F403
 
-warnings.warn("probdyn.models.sde_data is deprecated and will be removed in the next release; "
-              "import probdyn.models.sde_posteriors.observed instead", DeprecationWarning, stacklevel=2)
+warnings.warn(
+    "probdyn.models.sde_data is deprecated and will be removed in the next release; "
+    "import probdyn.models.sde_posteriors.observed instead",
+    DeprecationWarning,
+    stacklevel=2,
+)

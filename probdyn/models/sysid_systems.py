@@ -4,5 +4,9 @@ import warnings
 
 from probdyn.models.sysid.systems import *  # noqa: F401,F403
 
-warnings.warn("probdyn.models.sysid_systems is deprecated and will be removed in the next release; "
-              "import probdyn.models.sysid.systems instead", DeprecationWarning, stacklevel=2)
+warnings.warn(
+    "probdyn.models.sysid_systems is deprecated and will be removed in the next release; "
+    "import probdyn.models.sysid.systems instead",
+    DeprecationWarning,
+    stacklevel=2,
+)

@@ -66,8 +66,7 @@ class SDE(eqx.Module):
             if diffusion.ndim == 1:
                 diffusion = jnp.diag(diffusion)
             if diffusion.ndim != 2 or diffusion.shape[0] != int(state_dim):
-                raise ValueError(
-                    f"diffusion must be (d,) or (d, m) with d={state_dim}, got {diffusion.shape}")
+                raise ValueError(f"diffusion must be (d,) or (d, m) with d={state_dim}, got {diffusion.shape}")
         self.diffusion = diffusion
         self.state_dim = int(state_dim)
 
@@ -94,8 +93,7 @@ class SDE(eqx.Module):
             x = jax.ShapeDtypeStruct((self.state_dim,), dtype)
             out = jax.eval_shape(lambda z: self.diffusion(z, jnp.zeros((), dtype)), x)
             if len(out.shape) != 2 or out.shape[0] != self.state_dim:
-                raise ValueError(
-                    f"diffusion(x, t) must return shape ({self.state_dim}, m), got {out.shape}")
+                raise ValueError(f"diffusion(x, t) must return shape ({self.state_dim}, m), got {out.shape}")
         return self
 
 
@@ -212,10 +210,20 @@ def simulate_diffrax(
     drift = diffrax.ODETerm(lambda t, x, args: sde.drift_fn(x, t))
     diff = diffrax.ControlTerm(lambda t, x, args: sde.diffusion_fn(x, t), bm)
     terms = diffrax.MultiTerm(drift, diff)
-    controller = (diffrax.ConstantStepSize() if rtol is None
-                  else diffrax.PIDController(rtol=rtol, atol=atol if atol is not None else rtol))
+    controller = (
+        diffrax.ConstantStepSize()
+        if rtol is None
+        else diffrax.PIDController(rtol=rtol, atol=atol if atol is not None else rtol)
+    )
     sol = diffrax.diffeqsolve(
-        terms, solver, times[0], times[-1], dt0, x0.astype(dtype),
-        saveat=diffrax.SaveAt(ts=times), stepsize_controller=controller, max_steps=max_steps,
+        terms,
+        solver,
+        times[0],
+        times[-1],
+        dt0,
+        x0.astype(dtype),
+        saveat=diffrax.SaveAt(ts=times),
+        stepsize_controller=controller,
+        max_steps=max_steps,
     )
     return sol.ys

@@ -88,8 +88,9 @@ def check_fbm_params(hurst=None, **nonnegative) -> None:
     (0, 1) (fBM is defined there; ``H = 0`` and ``H = 1`` are degenerate) or a concrete
     negative value of any keyword (e.g. ``theta=...``, ``noise_std=...``). Traced values are
     not checked (the engine's NaN contract applies to them)."""
-    checks = [] if hurst is None else [("hurst", hurst, lambda v: np.all((v > 0) & (v < 1)),
-                                        "in the open interval (0, 1)")]
+    checks = (
+        [] if hurst is None else [("hurst", hurst, lambda v: np.all((v > 0) & (v < 1)), "in the open interval (0, 1)")]
+    )
     checks += [(k, v, lambda v: np.all(v >= 0), ">= 0") for k, v in nonnegative.items()]
     for name, value, ok, what in checks:
         if isinstance(value, jax.core.Tracer):
@@ -403,9 +404,7 @@ def _solve_spd(A, b):
     return d * jnp.linalg.solve(As, d * b)
 
 
-def optimal_weights(
-    hurst, gammas, horizon, kind: Kind = "type1", normalize: bool = False
-) -> jax.Array:
+def optimal_weights(hurst, gammas, horizon, kind: Kind = "type1", normalize: bool = False) -> jax.Array:
     r"""Optimal MA-fBM weights :math:`\omega` (shape (K,)) for speeds ``gammas`` (K,).
 
     :math:`\omega = A^{-1} b` minimises :math:`E\int_0^T (B^H(t) - \sum_k\omega_k Z_k(t))^2dt`
@@ -543,9 +542,7 @@ def _rl_cross(t, s, H):
     return s**a * jnp.sum(weights * integrand, axis=-1)
 
 
-def fbm_covariance(
-    times, hurst, kind: Kind = "type1", normalization: Normalization = "standard"
-) -> jax.Array:
+def fbm_covariance(times, hurst, kind: Kind = "type1", normalization: Normalization = "standard") -> jax.Array:
     r"""Exact fBM covariance (N, N) at ``times`` (N,), ``times >= 0``.
 
     Type I (standard): :math:`\tfrac12(t^{2H} + s^{2H} - |t-s|^{2H})`.
@@ -572,6 +569,7 @@ def _fbm_cov(t, H, kind, normalization):
     ti = t[:, None]
     sj = t[None, :]
     if kind == "type1":
+
         def pw(x):
             pos = x > 0
             return jnp.where(pos, _where_split(pos, x, 1.0) ** (2 * H), 0.0)
@@ -726,8 +724,9 @@ def relative_integrated_mse(
 # ------------------------------------------------------- linear SDEs with MA-fBM noise
 
 
-def ma_fbm_weights(hurst, gammas, horizon, kind: Kind = "type1",
-                   normalization: Normalization = "standard") -> jax.Array:
+def ma_fbm_weights(
+    hurst, gammas, horizon, kind: Kind = "type1", normalization: Normalization = "standard"
+) -> jax.Array:
     """Optimal weights (K,) for ``B^H`` in the given normalisation (differentiable in ``hurst``).
 
     ``"standard"`` (``Var B^H(t) ~ t^{2H}``) divides the paper-normalised optimum
@@ -793,10 +792,12 @@ def ma_fbm_linear_sde(
         C = eye if output_matrix is None else jnp.asarray(output_matrix, out)
         return LTISDE(F=A, L=jnp.diag(s), Qc=eye, H=C)
     w = ma_fbm_weights(jnp.asarray(hurst, out), g, jnp.asarray(horizon, out), kind, normalization)
-    F = jnp.block([
-        [A, -jnp.kron(jnp.diag(s), (w * g)[None, :])],
-        [jnp.zeros((d * K, d), out), -jnp.kron(eye, jnp.diag(g))],
-    ])
+    F = jnp.block(
+        [
+            [A, -jnp.kron(jnp.diag(s), (w * g)[None, :])],
+            [jnp.zeros((d * K, d), out), -jnp.kron(eye, jnp.diag(g))],
+        ]
+    )
     L = jnp.concatenate([jnp.diag(s * jnp.sum(w)), jnp.kron(eye, jnp.ones((K, 1), out))], axis=0)
     Hx = jnp.concatenate([eye, jnp.zeros((d, d * K), out)], axis=1)
     if output_matrix is not None:

@@ -53,7 +53,16 @@ from jax.custom_batching import custom_vmap
 from jax.custom_derivatives import SymbolicZero
 from jax.flatten_util import ravel_pytree
 
-__all__ = ["solve_ode", "solver_failures", "SolverFailureCounter", "BACKENDS", "Tableau", "explicit_tableau", "rk_step", "RK4"]
+__all__ = [
+    "solve_ode",
+    "solver_failures",
+    "SolverFailureCounter",
+    "BACKENDS",
+    "Tableau",
+    "explicit_tableau",
+    "rk_step",
+    "RK4",
+]
 
 BACKENDS = ("fused_rk", "diffrax")
 
@@ -116,8 +125,14 @@ class Tableau(NamedTuple):
 
 
 # classical fourth-order Runge-Kutta (no embedded error estimate: e = 0)
-RK4 = Tableau(c=(0.0, 0.5, 0.5, 1.0), a=((0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)), b=(1 / 6, 1 / 3, 1 / 3, 1 / 6),
-              e=(0.0, 0.0, 0.0, 0.0), fsal=False, order=4)
+RK4 = Tableau(
+    c=(0.0, 0.5, 0.5, 1.0),
+    a=((0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)),
+    b=(1 / 6, 1 / 3, 1 / 3, 1 / 6),
+    e=(0.0, 0.0, 0.0, 0.0),
+    fsal=False,
+    order=4,
+)
 
 
 def explicit_tableau(solver) -> Tableau | None:
@@ -180,8 +195,11 @@ def _initial_step(rhs, primal, Y0, K0, t0, span, tab, rtol, atol):
     f1 = primal(rhs(jax.tree.map(lambda a, k: a + h0 * k, Y0, K0), t0 + h0))
     d2 = _rms((f1 - f0) / sc) / h0
     dm = jnp.maximum(d1, d2)
-    h1 = jnp.where(dm <= 1e-15, jnp.maximum(1e-6 * jnp.maximum(span, 1.0), h0 * 1e-3),
-                   (0.01 / jnp.maximum(dm, 1e-300)) ** (1.0 / tab.order))
+    h1 = jnp.where(
+        dm <= 1e-15,
+        jnp.maximum(1e-6 * jnp.maximum(span, 1.0), h0 * 1e-3),
+        (0.01 / jnp.maximum(dm, 1e-300)) ** (1.0 / tab.order),
+    )
     h = jnp.minimum(jnp.minimum(100 * h0, h1), span)
     return jnp.where(jnp.isfinite(h) & (h > 0) & jnp.all(jnp.isfinite(y1)), h, 1e-6 * jnp.maximum(span, 1.0))
 
@@ -199,8 +217,7 @@ def _rk_solve(rhs, primal, Y0, times, tab: Tableau, rtol, atol, max_steps, dt0):
     t0 = times[0]
     span = times[-1] - t0
     K0 = rhs(Y0, t0)
-    h = (_initial_step(rhs, primal, Y0, K0, t0, span, tab, rtol, atol) if dt0 is None
-         else jnp.asarray(dt0, dtype))
+    h = _initial_step(rhs, primal, Y0, K0, t0, span, tab, rtol, atol) if dt0 is None else jnp.asarray(dt0, dtype)
     alpha, beta = 1.0 / tab.order - 0.75 * _BETA, _BETA
     tiny = 16 * jnp.finfo(dtype).eps
 
@@ -226,8 +243,16 @@ def _rk_solve(rhs, primal, Y0, times, tab: Tableau, rtol, atol, max_steps, dt0):
             keep = lambda a, b: jax.tree.map(lambda u, v: jnp.where(acc, u, v), a, b)  # noqa: E731
             t_new = jnp.where(acc, jnp.where(land, t_end, t + hh), t)
             ok = ok & (hnew > tiny * jnp.maximum(jnp.abs(t), jnp.abs(span)))
-            return (t_new, keep(Yn, Y), keep(Kn, K), hnew, jnp.where(acc & (hh == h), err, errp), n + 1,
-                    nrej + (~acc).astype(n.dtype), ok)
+            return (
+                t_new,
+                keep(Yn, Y),
+                keep(Kn, K),
+                hnew,
+                jnp.where(acc & (hh == h), err, errp),
+                n + 1,
+                nrej + (~acc).astype(n.dtype),
+                ok,
+            )
 
         t, Y, K, h, errp, n, nrej, ok = jax.lax.while_loop(cond, body, carry)
         ok = ok & (t >= t_end)
@@ -258,8 +283,11 @@ def _make_rk_solver(drift, tab, rtol, atol, max_steps, dt0):
         d = x0.shape[0]
         # differentiated parameter-like inputs: theta leaves and closed-over float values
         is_zero = lambda v: isinstance(v, SymbolicZero)  # noqa: E731
-        pt = [(x, dx) for x, dx in zip(jax.tree.leaves(theta), jax.tree.leaves(dtheta, is_leaf=is_zero))
-              if not is_zero(dx)]
+        pt = [
+            (x, dx)
+            for x, dx in zip(jax.tree.leaves(theta), jax.tree.leaves(dtheta, is_leaf=is_zero))
+            if not is_zero(dx)
+        ]
         pc = [(i, x, dx) for i, (x, dx) in enumerate(zip(consts, dconsts)) if not is_zero(dx)]
         q, unravel_q = ravel_pytree(([x for x, _ in pt], [x for _, x, _ in pc]))
         dq, _ = ravel_pytree(([dx for _, dx in pt], [dx for _, _, dx in pc]))
@@ -272,8 +300,9 @@ def _make_rk_solver(drift, tab, rtol, atol, max_steps, dt0):
         def fq(y, t, qq):  # drift with the differentiated inputs replaced by qq
             lt, lc = unravel_q(qq)
             leaves, it = jax.tree.leaves(theta), iter(lt)
-            th_leaves = [next(it) if not is_zero(dx) else x
-                         for x, dx in zip(leaves, jax.tree.leaves(dtheta, is_leaf=is_zero))]
+            th_leaves = [
+                next(it) if not is_zero(dx) else x for x, dx in zip(leaves, jax.tree.leaves(dtheta, is_leaf=is_zero))
+            ]
             th = jax.tree.unflatten(jax.tree.structure(theta), th_leaves)
             cs, it = list(consts), iter(lc)
             for i, _, _ in pc:
@@ -316,9 +345,19 @@ def _solve_diffrax(drift, theta, x0, times, solver, rtol, atol, max_steps, adjoi
     import diffrax
 
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(lambda t, x, th: drift(x, t, th)), solver, times[0], times[-1], dt0, x0, args=theta,
-        saveat=diffrax.SaveAt(ts=times), stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-        max_steps=max_steps, throw=False, adjoint=adjoint)
+        diffrax.ODETerm(lambda t, x, th: drift(x, t, th)),
+        solver,
+        times[0],
+        times[-1],
+        dt0,
+        x0,
+        args=theta,
+        saveat=diffrax.SaveAt(ts=times),
+        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        max_steps=max_steps,
+        throw=False,
+        adjoint=adjoint,
+    )
     return sol.ys, sol.result == diffrax.RESULTS.successful, sol.stats["num_steps"], sol.stats["num_rejected_steps"]
 
 
@@ -337,8 +376,9 @@ def _solve_diffrax_forward(drift, theta, x0, times, solver, rtol, atol, max_step
         return conv(x, t, th, *cs)
 
     def solve_flat(p, times):
-        return _solve_diffrax(rhs, unravel(p[:n]), p[n:], times, solver, rtol, atol, max_steps,
-                              diffrax.ForwardMode(), dt0)
+        return _solve_diffrax(
+            rhs, unravel(p[:n]), p[n:], times, solver, rtol, atol, max_steps, diffrax.ForwardMode(), dt0
+        )
 
     @jax.custom_vjp
     def f(p, times):
@@ -420,12 +460,40 @@ def solve_ode(
         theta, fn = (), lambda x, t, th: drift(x, t)
     else:
         fn = drift
-    return _solve(fn, theta, x0, times, backend, solver, rtol, atol, max_steps, dt0, sensitivity, positive,
-                  count_failures, return_stats)
+    return _solve(
+        fn,
+        theta,
+        x0,
+        times,
+        backend,
+        solver,
+        rtol,
+        atol,
+        max_steps,
+        dt0,
+        sensitivity,
+        positive,
+        count_failures,
+        return_stats,
+    )
 
 
-def _solve(drift, theta, x0, times, backend, solver, rtol, atol, max_steps, dt0, sensitivity, positive,
-           count_failures, return_stats):
+def _solve(
+    drift,
+    theta,
+    x0,
+    times,
+    backend,
+    solver,
+    rtol,
+    atol,
+    max_steps,
+    dt0,
+    sensitivity,
+    positive,
+    count_failures,
+    return_stats,
+):
     import diffrax
 
     if sensitivity not in ("forward", "reverse"):
@@ -447,12 +515,16 @@ def _solve(drift, theta, x0, times, backend, solver, rtol, atol, max_steps, dt0,
     tab = None
     if backend == "fused_rk":
         if sensitivity != "forward":
-            raise ValueError("backend='fused_rk' fuses forward sensitivities into the solve; for "
-                             "sensitivity='reverse' use backend='diffrax'")
+            raise ValueError(
+                "backend='fused_rk' fuses forward sensitivities into the solve; for "
+                "sensitivity='reverse' use backend='diffrax'"
+            )
         tab = explicit_tableau(solver)
         if tab is None:
-            raise ValueError(f"backend='fused_rk' needs an explicit embedded Runge-Kutta pair (Tsit5, Dopri5, "
-                             f"Dopri8, Bosh3, ...), got {type(solver).__name__}; use backend='diffrax'")
+            raise ValueError(
+                f"backend='fused_rk' needs an explicit embedded Runge-Kutta pair (Tsit5, Dopri5, "
+                f"Dopri8, Bosh3, ...), got {type(solver).__name__}; use backend='diffrax'"
+            )
 
     def run(theta, x0, times):
         if tab is not None:
@@ -461,11 +533,13 @@ def _solve(drift, theta, x0, times, backend, solver, rtol, atol, max_steps, dt0,
             solve = _make_rk_solver(lambda x, t, th, cs: conv(x, t, th, *cs), tab, rtol, atol, int(max_steps), dt0)
             ys, ok, steps, rej = solve(theta, x0, times, tuple(consts))
         elif sensitivity == "reverse":
-            ys, ok, steps, rej = _solve_diffrax(drift, theta, x0, times, solver, rtol, atol, int(max_steps),
-                                                diffrax.RecursiveCheckpointAdjoint(), dt0)
+            ys, ok, steps, rej = _solve_diffrax(
+                drift, theta, x0, times, solver, rtol, atol, int(max_steps), diffrax.RecursiveCheckpointAdjoint(), dt0
+            )
         else:
-            ys, ok, steps, rej = _solve_diffrax_forward(drift, theta, x0, times, solver, rtol, atol,
-                                                        int(max_steps), dt0)
+            ys, ok, steps, rej = _solve_diffrax_forward(
+                drift, theta, x0, times, solver, rtol, atol, int(max_steps), dt0
+            )
         good = ok & jnp.all(jnp.isfinite(ys))
         if positive:
             good = good & jnp.all(ys > 0)

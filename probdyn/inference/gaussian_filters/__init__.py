@@ -44,10 +44,24 @@ from probdyn.inference.gaussian_filters.observations import (
 from probdyn.inference.gaussian_filters.particle import particle_filter, particle_smoother_scalar
 
 __all__ = [
-    "GaussianFilterResult", "GaussianSmootherResult", "filter", "smoother", "discrete_filter", "particle_filter",
-    "particle_smoother_scalar", "sigma_points", "METHODS", "PROPAGATIONS",
-    "ObservationModel", "LinearGaussian", "LogNormal", "Poisson", "LogDensity", "laplace_update",
-    "SDEFilterDistribution", "DiscreteFilterDistribution",
+    "GaussianFilterResult",
+    "GaussianSmootherResult",
+    "filter",
+    "smoother",
+    "discrete_filter",
+    "particle_filter",
+    "particle_smoother_scalar",
+    "sigma_points",
+    "METHODS",
+    "PROPAGATIONS",
+    "ObservationModel",
+    "LinearGaussian",
+    "LogNormal",
+    "Poisson",
+    "LogDensity",
+    "laplace_update",
+    "SDEFilterDistribution",
+    "DiscreteFilterDistribution",
 ]
 
 
@@ -56,7 +70,11 @@ def __getattr__(name):
         import warnings
 
         new = "Gaussian" + name
-        warnings.warn(f"probdyn.inference.gaussian_filters.{name} is deprecated (it shared its name with "
-                      f"probdyn.inference.kalman.{name}); use {new}", DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            f"probdyn.inference.gaussian_filters.{name} is deprecated (it shared its name with "
+            f"probdyn.inference.kalman.{name}); use {new}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return globals()[new]
     raise AttributeError(f"module 'probdyn.inference.gaussian_filters' has no attribute {name!r}")

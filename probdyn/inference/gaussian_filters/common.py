@@ -15,9 +15,23 @@ from probdyn.inference.gaussian_filters.observations import ObservationModel
 from probdyn.sde import SDE
 from probdyn.ssm import check_times
 
-__all__ = ["GaussianFilterResult", "GaussianSmootherResult", "METHODS", "PROPAGATIONS", "sigma_points", "SigmaPointRule",
-           "sigma_point_rule", "check_options", "check_step_options", "check_inputs", "check_sde_inputs", "check_transition", "drift_at",
-           "diffusion_at", "filter_scan"]
+__all__ = [
+    "GaussianFilterResult",
+    "GaussianSmootherResult",
+    "METHODS",
+    "PROPAGATIONS",
+    "sigma_points",
+    "SigmaPointRule",
+    "sigma_point_rule",
+    "check_options",
+    "check_step_options",
+    "check_inputs",
+    "check_sde_inputs",
+    "check_transition",
+    "drift_at",
+    "diffusion_at",
+    "filter_scan",
+]
 
 METHODS = ("ekf", "ukf", "cubature", "gauss_hermite")
 PROPAGATIONS = ("moments", "linearised")
@@ -143,7 +157,9 @@ def check_inputs(observation, y, m0, P0, d):
     """Validate the observation model, ``y`` (T, p) (or (T,) when p = 1), ``m0`` (d,) and a
     symmetric PSD ``P0`` (d, d); returns ``(m0, P0, y, dtype)`` in one floating dtype."""
     if not isinstance(observation, ObservationModel):
-        raise TypeError(f"observation must be a probdyn.inference.gaussian_filters observation model, got {type(observation).__name__}")
+        raise TypeError(
+            f"observation must be a probdyn.inference.gaussian_filters observation model, got {type(observation).__name__}"
+        )
     p = observation.obs_dim_for(d)
     m0, P0, y = jnp.asarray(m0), jnp.asarray(P0), jnp.asarray(y)
     if m0.shape != (d,):

@@ -92,8 +92,16 @@ from probdyn.sde import SDE
 from probdyn.sde.ode import RK4, Tableau, explicit_tableau, rk_step
 from probdyn.ssm import discretise_affine
 
-__all__ = ["filter", "smoother", "step_counts", "chunk_size", "default_max_step", "plan_costs", "solver_tableau",
-           "DEFAULT_STEPS_PER_INTERVAL"]
+__all__ = [
+    "filter",
+    "smoother",
+    "step_counts",
+    "chunk_size",
+    "default_max_step",
+    "plan_costs",
+    "solver_tableau",
+    "DEFAULT_STEPS_PER_INTERVAL",
+]
 
 # The default cost budget: as much as this many RK4 steps on every interval (module docstring).
 DEFAULT_STEPS_PER_INTERVAL = 10
@@ -146,6 +154,7 @@ def _substeps(step, carry, n, active, dtype):
     """``carry = step(carry, j)`` for ``j = 0..n-1`` (one ``lax.scan``); with a traced count
     ``active`` the steps ``j >= active`` keep the carry (masked with ``where``: computed, not
     kept, so the loop has one cost under ``jit``, ``grad`` and ``vmap``)."""
+
     def body(c, j):
         if active is None:
             return step(c, j), None
@@ -182,6 +191,7 @@ def _propagate_moments(sde, rule, m, S, t0, t1, n, need_trans, active=None, tab:
 
 def _local_linear(sde, rule, m, S, t):
     """(J, E f, d_t E f, E[L L^T]) for the local linearisation at (m, S S^T, t)."""
+
     def f_and_ft(x):
         return jax.jvp(lambda tt: drift_at(sde, x, tt), (t,), (jnp.ones_like(t),))
 
@@ -245,8 +255,10 @@ def solver_tableau(solver=None) -> Tableau:
         return RK4
     tab = explicit_tableau(solver) if not isinstance(solver, str) else None
     if tab is None:
-        raise ValueError(f"solver must be 'rk4' or an explicit diffrax Runge-Kutta solver (Tsit5(), Dopri5(), "
-                         f"Bosh3(), ...), got {solver!r}")
+        raise ValueError(
+            f"solver must be 'rk4' or an explicit diffrax Runge-Kutta solver (Tsit5(), Dopri5(), "
+            f"Bosh3(), ...), got {solver!r}"
+        )
     return tab
 
 
@@ -327,8 +339,23 @@ def _cached_plan(times_bytes: bytes, dtype: str, max_step, costs):
     return grid, steps, idx, chunk
 
 
-def _run_filter(sde, observation, times, y, m0, P0, method, propagation, num_substeps, max_step, max_substeps,
-                solver, need_trans, ukf_params, gh_order):
+def _run_filter(
+    sde,
+    observation,
+    times,
+    y,
+    m0,
+    P0,
+    method,
+    propagation,
+    num_substeps,
+    max_step,
+    max_substeps,
+    solver,
+    need_trans,
+    ukf_params,
+    gh_order,
+):
     """The filter on the step plan of the module docstring -> (result, the per-step ``(A, SQ)``
     transitions of the grid it ran on or ``None``, and the indices of ``times`` in that grid or
     ``None`` when it is ``times`` itself). Without ``need_trans`` the result is at ``times``;
@@ -345,20 +372,24 @@ def _run_filter(sde, observation, times, y, m0, P0, method, propagation, num_sub
         return _filter_core(sde, observation, times, y, m0, P0, n, None, None, *options) + (None,)
     if t_np is None:
         if max_substeps is None:
-            raise ValueError("max_step with traced times (an argument of jit/vmap) needs max_substeps, the "
-                             "most sub-steps an interval may take (or pass the times as a concrete array, or "
-                             "use num_substeps)")
+            raise ValueError(
+                "max_step with traced times (an argument of jit/vmap) needs max_substeps, the "
+                "most sub-steps an interval may take (or pass the times as a concrete array, or "
+                "use num_substeps)"
+            )
         counts = jnp.clip(jnp.ceil(jnp.diff(times) / jnp.asarray(max_step, dtype)), 1, max_substeps)
         active = jnp.concatenate([jnp.ones(1, dtype), counts])
         return _filter_core(sde, observation, times, y, m0, P0, int(max_substeps), active, None, *options) + (None,)
     t_np = np.ascontiguousarray(t_np, dtype)
-    grid, steps, idx, chunk = _cached_plan(t_np.tobytes(), t_np.dtype.str, None if max_step is None else float(max_step),
-                                           costs)
+    grid, steps, idx, chunk = _cached_plan(
+        t_np.tobytes(), t_np.dtype.str, None if max_step is None else float(max_step), costs
+    )
     if grid.size == times.shape[0] and np.all(steps[1:] == chunk):  # n equal steps on every interval
         return _filter_core(sde, observation, times, y, m0, P0, chunk, None, None, *options) + (None,)
     idx = jnp.asarray(idx)
-    res, trans = _filter_core(sde, observation, jnp.asarray(grid, dtype), y, m0, P0, chunk,
-                              jnp.asarray(steps, dtype), idx, *options)
+    res, trans = _filter_core(
+        sde, observation, jnp.asarray(grid, dtype), y, m0, P0, chunk, jnp.asarray(steps, dtype), idx, *options
+    )
     return res, trans, (idx if need_trans else None)
 
 
@@ -369,8 +400,9 @@ def _at(res: GaussianFilterResult, idx) -> GaussianFilterResult:
 
 
 @eqx.filter_jit
-def _filter_core(sde, observation, times, y, m0, P0, n, active, idx, method, propagation, tab, need_trans,
-                 ukf_params, gh_order):
+def _filter_core(
+    sde, observation, times, y, m0, P0, n, active, idx, method, propagation, tab, need_trans, ukf_params, gh_order
+):
     """The scan over ``times`` (the observation times, or a refined grid with the observation
     times at ``idx``: ``y`` (T, p) is placed there, NaN elsewhere, and without ``need_trans`` the
     result is taken back at ``idx``)."""
@@ -387,8 +419,7 @@ def _filter_core(sde, observation, times, y, m0, P0, n, active, idx, method, pro
     t_prev = jnp.concatenate([times[:1], times[:-1]])
 
     def predict(m, S, k):
-        mp, Sp, A, SQ = prop(sde, rule, m, S, t_prev[k], times[k], n, need_trans,
-                             None if active is None else active[k])
+        mp, Sp, A, SQ = prop(sde, rule, m, S, t_prev[k], times[k], n, need_trans, None if active is None else active[k])
         return mp, Sp, ((A, SQ) if need_trans else None)
 
     res, trans = filter_scan(predict, observation, y, m0, S0, method)
@@ -435,8 +466,23 @@ def filter(
 
     Jit-, grad- and vmap-compatible (options are static Python values).
     """
-    return _run_filter(sde, observation, times, y, m0, P0, method, propagation, num_substeps, max_step,
-                       max_substeps, solver, False, ukf_params, gh_order)[0]
+    return _run_filter(
+        sde,
+        observation,
+        times,
+        y,
+        m0,
+        P0,
+        method,
+        propagation,
+        num_substeps,
+        max_step,
+        max_substeps,
+        solver,
+        False,
+        ukf_params,
+        gh_order,
+    )[0]
 
 
 @jax.jit
@@ -468,8 +514,23 @@ def smoother(
 ) -> GaussianSmootherResult:
     """Gaussian RTS smoother over :func:`filter` (same arguments); see module docstring. On a
     refined grid it smooths over every grid point and reports the observation times."""
-    f, trans, idx = _run_filter(sde, observation, times, y, m0, P0, method, propagation, num_substeps, max_step,
-                                max_substeps, solver, True, ukf_params, gh_order)
+    f, trans, idx = _run_filter(
+        sde,
+        observation,
+        times,
+        y,
+        m0,
+        P0,
+        method,
+        propagation,
+        num_substeps,
+        max_step,
+        max_substeps,
+        solver,
+        True,
+        ukf_params,
+        gh_order,
+    )
     if f.mean.shape[0] == 1:
         return GaussianSmootherResult(f.mean, f.cov, f.log_likelihood, f)
     ms, Ps, f = _rts(f, *trans, idx)

@@ -81,8 +81,9 @@ def discrete_filter(
     if int(num_substeps) < 1:
         raise ValueError(f"num_substeps must be >= 1, got {num_substeps}")
     check_transition(transition, d, dtype)
-    return _discrete_core(transition, Q.astype(dtype), observation, y, m0, P0, method, int(num_substeps),
-                          tuple(ukf_params), int(gh_order))
+    return _discrete_core(
+        transition, Q.astype(dtype), observation, y, m0, P0, method, int(num_substeps), tuple(ukf_params), int(gh_order)
+    )
 
 
 @eqx.filter_jit

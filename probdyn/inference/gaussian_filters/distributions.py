@@ -68,13 +68,29 @@ class SDEFilterDistribution(KalmanDistribution):
     pytree_data_fields = ("sde", "observation", "times", "m0", "P0")
     pytree_aux_fields = ("method", "num_substeps", "propagation", "max_step", "solver", "ukf_params", "gh_order")
 
-    def __init__(self, sde, observation, times, m0, P0, method: str = "ekf", num_substeps: int | None = None,
-                 propagation: str = "moments", *, max_step: float | None = None, solver=None,
-                 ukf_params: tuple = (1.0, 0.0, None), gh_order: int = 3, validate_args=None):
+    def __init__(
+        self,
+        sde,
+        observation,
+        times,
+        m0,
+        P0,
+        method: str = "ekf",
+        num_substeps: int | None = None,
+        propagation: str = "moments",
+        *,
+        max_step: float | None = None,
+        solver=None,
+        ukf_params: tuple = (1.0, 0.0, None),
+        gh_order: int = 3,
+        validate_args=None,
+    ):
         if not isinstance(sde, SDE):
             raise TypeError(f"sde must be a probdyn.sde.SDE, got {type(sde).__name__}")
         if not isinstance(observation, ObservationModel):
-            raise TypeError(f"observation must be a probdyn.inference.gaussian_filters observation model, got {type(observation).__name__}")
+            raise TypeError(
+                f"observation must be a probdyn.inference.gaussian_filters observation model, got {type(observation).__name__}"
+            )
         check_options(method, propagation, num_substeps)
         self.times = jnp.asarray(check_times(times))
         d = sde.state_dim
@@ -96,10 +112,21 @@ class SDEFilterDistribution(KalmanDistribution):
         return RealOrNaN(2)
 
     def _filter(self, y):
-        return filter(self.sde, self.observation, self.times, y, self.m0, self.P0, self.method,
-                         self.num_substeps, self.propagation, max_step=self.max_step, solver=self.solver,
-                         ukf_params=self.ukf_params,
-                         gh_order=self.gh_order)
+        return filter(
+            self.sde,
+            self.observation,
+            self.times,
+            y,
+            self.m0,
+            self.P0,
+            self.method,
+            self.num_substeps,
+            self.propagation,
+            max_step=self.max_step,
+            solver=self.solver,
+            ukf_params=self.ukf_params,
+            gh_order=self.gh_order,
+        )
 
     def _log_prob(self, value):
         return _over_leading(lambda y: self._filter(y).log_likelihood, _filter_value(value, self.event_shape))
@@ -113,7 +140,9 @@ class SDEFilterDistribution(KalmanDistribution):
 
         def one(key):
             k0, k1, k2 = jax.random.split(key, 3)
-            x0 = self.m0.astype(dtype) + psd_cholesky(self.P0.astype(dtype)) @ jax.random.normal(k0, self.m0.shape, dtype)
+            x0 = self.m0.astype(dtype) + psd_cholesky(self.P0.astype(dtype)) @ jax.random.normal(
+                k0, self.m0.shape, dtype
+            )
             xs = euler_maruyama(self.sde, x0, self.times.astype(dtype), k1, self.num_substeps or 10)
             return jax.vmap(self.observation.sample)(jax.random.split(k2, T), xs)
 
@@ -136,12 +165,26 @@ class DiscreteFilterDistribution(KalmanDistribution):
     pytree_data_fields = ("transition", "Q", "observation", "m0", "P0")
     pytree_aux_fields = ("method", "ukf_params", "gh_order")
 
-    def __init__(self, transition, Q, observation, m0, P0, method: str = "ekf", *, num_timesteps: int | None = None,
-                 ukf_params: tuple = (1.0, 0.0, None), gh_order: int = 3, validate_args=None):
+    def __init__(
+        self,
+        transition,
+        Q,
+        observation,
+        m0,
+        P0,
+        method: str = "ekf",
+        *,
+        num_timesteps: int | None = None,
+        ukf_params: tuple = (1.0, 0.0, None),
+        gh_order: int = 3,
+        validate_args=None,
+    ):
         if not callable(transition):
             raise TypeError("transition must be callable as g(x (d,), k) -> (d,)")
         if not isinstance(observation, ObservationModel):
-            raise TypeError(f"observation must be a probdyn.inference.gaussian_filters observation model, got {type(observation).__name__}")
+            raise TypeError(
+                f"observation must be a probdyn.inference.gaussian_filters observation model, got {type(observation).__name__}"
+            )
         check_options(method, None, None)
         self.m0, self.P0, self.Q = jnp.asarray(m0), jnp.asarray(P0), jnp.asarray(Q)
         d = self.m0.shape[-1]
@@ -169,8 +212,17 @@ class DiscreteFilterDistribution(KalmanDistribution):
         return _filter_value(value, (value.shape[-2] if value.ndim >= 2 else -1, p))
 
     def _filter(self, y):
-        return discrete_filter(self.transition, self.Q, self.observation, y, self.m0, self.P0, self.method,
-                                  ukf_params=self.ukf_params, gh_order=self.gh_order)
+        return discrete_filter(
+            self.transition,
+            self.Q,
+            self.observation,
+            y,
+            self.m0,
+            self.P0,
+            self.method,
+            ukf_params=self.ukf_params,
+            gh_order=self.gh_order,
+        )
 
     def _log_prob(self, value):
         return _over_leading(lambda y: self._filter(y).log_likelihood, self._shape(value))

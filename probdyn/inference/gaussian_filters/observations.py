@@ -173,8 +173,10 @@ class LogNormal(ObservationModel):
         if self.H is not None:
             return _check_H_state(self.H, state_dim)
         if self.sigma.ndim == 1 and self.sigma.shape[0] != state_dim:
-            raise ValueError(f"LogNormal with H=None observes the whole state: sigma must have shape "
-                             f"({state_dim},), got {self.sigma.shape}")
+            raise ValueError(
+                f"LogNormal with H=None observes the whole state: sigma must have shape "
+                f"({state_dim},), got {self.sigma.shape}"
+            )
         return state_dim
 
     def _parts(self, d, dtype):
@@ -354,8 +356,15 @@ class LogDensity(_LaplaceModel):
     fill_value: float = eqx.field(static=True)
     num_iter: int = eqx.field(static=True)
 
-    def __init__(self, log_prob: Callable, obs_dim: int, state_dim: int | None = None, sample_fn=None,
-                 fill_value: float = 0.0, num_iter: int = 10):
+    def __init__(
+        self,
+        log_prob: Callable,
+        obs_dim: int,
+        state_dim: int | None = None,
+        sample_fn=None,
+        fill_value: float = 0.0,
+        num_iter: int = 10,
+    ):
         if not callable(log_prob):
             raise TypeError("log_prob must be callable as log_prob(y (p,), x (d,))")
         if int(obs_dim) < 1:
@@ -374,8 +383,9 @@ class LogDensity(_LaplaceModel):
             raise ValueError(f"LogDensity was declared for state_dim={self.state_dim}, got {state_dim}")
         dt = jnp.result_type(float)
         try:
-            out = jax.eval_shape(self.fn, jax.ShapeDtypeStruct((self.obs_dim,), dt),
-                                 jax.ShapeDtypeStruct((state_dim,), dt))
+            out = jax.eval_shape(
+                self.fn, jax.ShapeDtypeStruct((self.obs_dim,), dt), jax.ShapeDtypeStruct((state_dim,), dt)
+            )
         except Exception as e:  # noqa: BLE001 - re-raise with context
             raise ValueError(f"log_prob(y ({self.obs_dim},), x ({state_dim},)) failed: {e}") from e
         if tuple(out.shape) not in ((), (self.obs_dim,)):

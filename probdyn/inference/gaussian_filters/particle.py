@@ -108,8 +108,9 @@ def _pf_core(model, observation, times, y, m0, P0, key, n, nsub, SQ):
     return ll
 
 
-def particle_smoother_scalar(key: PRNGKeyArray, drift, q: float, obs_sd: float, grid, obs_idx, y, m0: float,
-                             v0: float, num_particles: int):
+def particle_smoother_scalar(
+    key: PRNGKeyArray, drift, q: float, obs_sd: float, grid, obs_idx, y, m0: float, v0: float, num_particles: int
+):
     """Reference smoother for a scalar SDE ``dx = drift(x) dt + sqrt(q) dW`` on an Euler grid.
 
     Bootstrap particle filter (adaptive multinomial resampling at ESS < P/2) on ``grid`` (N,)

@@ -12,7 +12,6 @@ and evaluation points has left XLA's CPU Eigen thread pool waiting forever (all 
 reproducible); :func:`fou_mle` and :func:`fou_numpyro_model` therefore loop over paths with
 """
 
-
 from __future__ import annotations
 
 import functools
@@ -88,8 +87,9 @@ def _fou_ssm(theta, sigma, hurst, times, gammas, horizon, kind, x0_std, noise_st
     return LinearGaussianSSM(m0, P0, A, jitter(Q), sde.H, R)
 
 
-def fou_log_likelihood(theta, sigma, hurst, times, y, gammas, horizon=None, kind: str = "type1",
-                       x0_std=0.0, noise_std=1e-3) -> Float[Array, ""]:
+def fou_log_likelihood(
+    theta, sigma, hurst, times, y, gammas, horizon=None, kind: str = "type1", x0_std=0.0, noise_std=1e-3
+) -> Float[Array, ""]:
     """Exact log p(y) under the MA-fBM fractional OU observed with Gaussian noise (Kalman).
 
     ``times`` (T,) start the process (``X(times[0]) ~ N(0, x0_std^2)``); ``y`` (T,) (NaN
@@ -131,8 +131,18 @@ class FOUFit(NamedTuple):
     num_iterations: int
 
 
-def fou_mle(times, y, gammas=None, horizon=None, kind: str = "type1", noise_std=1e-3, x0_std=0.0,
-            estimate_theta: bool = False, hurst_init: float = 0.5, num_iters: int = 50) -> FOUFit:
+def fou_mle(
+    times,
+    y,
+    gammas=None,
+    horizon=None,
+    kind: str = "type1",
+    noise_std=1e-3,
+    x0_std=0.0,
+    estimate_theta: bool = False,
+    hurst_init: float = 0.5,
+    num_iters: int = 50,
+) -> FOUFit:
     r"""Maximum-likelihood ``(H, sigma[, theta])`` of the MA-fBM fractional OU (exact Kalman likelihood).
 
     Maximises :math:`\sum_p` :func:`fou_log_likelihood` over independent paths ``y`` (T,) or
@@ -192,12 +202,21 @@ def fou_mle(times, y, gammas=None, horizon=None, kind: str = "type1", noise_std=
     if estimate_theta:
         u0.append(-np.log(T))
     grid = tuple(float(v) for v in t - t[0])
-    args = (yy, g, jnp.asarray(horizon, dtype), jnp.asarray(noise_std, dtype), jnp.asarray(x0_std, dtype),
-            grid, kind, bool(estimate_theta))
+    args = (
+        yy,
+        g,
+        jnp.asarray(horizon, dtype),
+        jnp.asarray(noise_std, dtype),
+        jnp.asarray(x0_std, dtype),
+        grid,
+        kind,
+        bool(estimate_theta),
+    )
     u = jnp.asarray(u0, dtype)
     f, gr, Hs = _fou_value_grad_hess(u, *args)
     if not np.isfinite(float(f)):
         raise FloatingPointError(f"fou_mle: log-likelihood is {float(-f)} at the starting point")
+
     def newton_direction(Hs, gr):
         ev, V = np.linalg.eigh(np.asarray(Hs, float))
         return np.abs(ev), V, V.T @ np.asarray(gr, float)  # saddle-free: |Hessian|, never towards a maximum
@@ -218,9 +237,18 @@ def fou_mle(times, y, gammas=None, horizon=None, kind: str = "type1", noise_std=
     def adapt(accepted, lam, cur, new):
         return (max(lam / 4, 1e-12) if accepted else min(lam * 8, 1e6)), False
 
-    (u, f, gr, Hs), _, trace = backoff_ascent(propose, (u, f, gr, Hs), -float(f), int(num_iters), 1e-3,
-                                              lambda cur, new: new >= cur, adapt, retry=False, converged=converged,
-                                              desc="fou_mle")
+    (u, f, gr, Hs), _, trace = backoff_ascent(
+        propose,
+        (u, f, gr, Hs),
+        -float(f),
+        int(num_iters),
+        1e-3,
+        lambda cur, new: new >= cur,
+        adapt,
+        retry=False,
+        converged=converged,
+        desc="fou_mle",
+    )
     it = trace.num_attempts
     H, sigma, theta = _fou_unpack(u, delta, estimate_theta)
     cov = np.linalg.inv(np.asarray(Hs, float))
@@ -254,12 +282,13 @@ def _fou_value_grad_hess(u, y, gammas, horizon, noise_std, x0_std, grid, kind, e
     E = eps * jnp.eye(p, dtype=u.dtype)
     pts = jnp.concatenate([u[None], u + E, u - E], axis=0)
     f, g = jax.lax.map(jax.value_and_grad(nll), pts)
-    Hs = (g[1:p + 1] - g[p + 1:]) / (2 * eps)
+    Hs = (g[1 : p + 1] - g[p + 1 :]) / (2 * eps)
     return f[0], g[0], 0.5 * (Hs + Hs.T)
 
 
-def fou_posterior_marginals(theta, sigma, hurst, times, y, gammas, horizon=None, kind: str = "type1",
-                            x0_std=0.0, noise_std=1e-3):
+def fou_posterior_marginals(
+    theta, sigma, hurst, times, y, gammas, horizon=None, kind: str = "type1", x0_std=0.0, noise_std=1e-3
+):
     """Exact smoothed ``(mean (T,), sd (T,))`` of ``X`` under the MA-fBM fOU (Kalman smoother)."""
     times = jnp.asarray(check_times(times))
     if horizon is None:
@@ -269,8 +298,9 @@ def fou_posterior_marginals(theta, sigma, hurst, times, y, gammas, horizon=None,
     return s.mean[:, 0], jnp.sqrt(s.cov[:, 0, 0])
 
 
-def fou_numpyro_model(times, y, gammas, horizon=None, kind: str = "type1", noise_std=1e-3,
-                      x0_std=0.0, estimate_theta: bool = True):
+def fou_numpyro_model(
+    times, y, gammas, horizon=None, kind: str = "type1", noise_std=1e-3, x0_std=0.0, estimate_theta: bool = True
+):
     """numpyro program: priors on ``(theta, sigma, H)``, exact MA-fBM likelihood by Kalman.
 
     ``y`` is (T,) or (P, T) (independent paths sharing the parameters). Priors:

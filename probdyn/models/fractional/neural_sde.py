@@ -31,7 +31,6 @@ learnable; ``num_components=0`` gives the Brownian SDE (``H = 1/2``) exactly.
 The exact likelihood of the linear case (fractional OU) is :mod:`probdyn.models.fractional.fou`.
 """
 
-
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -97,14 +96,28 @@ class MLPControl(eqx.Module):
 
     mlp: eqx.nn.MLP
 
-    def __init__(self, state_dim: int, aug_dim: int, context_dim: int, key: PRNGKeyArray,
-                 width: int = 64, depth: int = 2, dtype=None):
+    def __init__(
+        self,
+        state_dim: int,
+        aug_dim: int,
+        context_dim: int,
+        key: PRNGKeyArray,
+        width: int = 64,
+        depth: int = 2,
+        dtype=None,
+    ):
         dtype = jnp.float32 if dtype is None else dtype
-        mlp = eqx.nn.MLP(state_dim + aug_dim + context_dim + 1, state_dim, width, depth,
-                         activation=jax.nn.softplus, key=key, dtype=dtype)
+        mlp = eqx.nn.MLP(
+            state_dim + aug_dim + context_dim + 1,
+            state_dim,
+            width,
+            depth,
+            activation=jax.nn.softplus,
+            key=key,
+            dtype=dtype,
+        )
         last = mlp.layers[-1]
-        last = eqx.tree_at(lambda l: (l.weight, l.bias), last,
-                           (jnp.zeros_like(last.weight), jnp.zeros_like(last.bias)))
+        last = eqx.tree_at(lambda l: (l.weight, l.bias), last, (jnp.zeros_like(last.weight), jnp.zeros_like(last.bias)))
         self.mlp = eqx.tree_at(lambda m: m.layers[-1], mlp, last)
 
     def __call__(self, t, x, y, ctx):
@@ -152,8 +165,16 @@ class AffineControl(eqx.Module):
     batched: bool = eqx.field(static=True)
     shared_gain: bool = eqx.field(static=True)
 
-    def __init__(self, knots, state_dim: int, aug_dim: int, num_paths: int | None = None, dtype=None,
-                 state_scale=None, shared_gain: bool = False):
+    def __init__(
+        self,
+        knots,
+        state_dim: int,
+        aug_dim: int,
+        num_paths: int | None = None,
+        dtype=None,
+        state_scale=None,
+        shared_gain: bool = False,
+    ):
         knots = jnp.asarray(check_times(knots, "knots"))
         if knots.shape[0] < 2:
             raise ValueError("AffineControl needs at least two knots")
@@ -167,8 +188,9 @@ class AffineControl(eqx.Module):
         self.shared_gain = bool(shared_gain)
         self.C = jnp.zeros((() if shared_gain else lead) + (M - 1, 2, state_dim, n), dtype)
         self.batched = num_paths is not None
-        self.state_scale = (jnp.ones(n, dtype) if state_scale is None
-                            else jnp.broadcast_to(jnp.asarray(state_scale, dtype), (n,)))
+        self.state_scale = (
+            jnp.ones(n, dtype) if state_scale is None else jnp.broadcast_to(jnp.asarray(state_scale, dtype), (n,))
+        )
 
     def __call__(self, t, x, y, ctx):
         a = self.a[ctx] if self.batched else self.a
@@ -240,11 +262,28 @@ class FractionalSDE(eqx.Module):
     learn_x0_prior: bool = eqx.field(static=True)
     sigma_scale_time: float | None = eqx.field(static=True)
 
-    def __init__(self, drift, control, likelihood, state_dim: int, hurst: float = 0.5,
-                 num_components: int = 5, gamma_max: float = 20.0, gammas=None, horizon: float = 1.0,
-                 sigma=1.0, sigma_fn=None, kind: str = "type1", x0_mean=None, x0_std=1.0,
-                 learn_hurst: bool = True, learn_x0_prior: bool = False, dtype=None,
-                 sigma_scale_time: float | None = None, num_paths: int | None = None):
+    def __init__(
+        self,
+        drift,
+        control,
+        likelihood,
+        state_dim: int,
+        hurst: float = 0.5,
+        num_components: int = 5,
+        gamma_max: float = 20.0,
+        gammas=None,
+        horizon: float = 1.0,
+        sigma=1.0,
+        sigma_fn=None,
+        kind: str = "type1",
+        x0_mean=None,
+        x0_std=1.0,
+        learn_hurst: bool = True,
+        learn_x0_prior: bool = False,
+        dtype=None,
+        sigma_scale_time: float | None = None,
+        num_paths: int | None = None,
+    ):
         if kind not in ("type1", "type2"):
             raise ValueError(f"kind must be 'type1' or 'type2', got {kind!r}")
         if not 0.0 < float(hurst) < 1.0:
@@ -256,8 +295,11 @@ class FractionalSDE(eqx.Module):
             raise ValueError(f"state_dim must be >= 1, got {state_dim}")
         dtype = jnp.result_type(float) if dtype is None else dtype
         if gammas is None:
-            gammas = (jnp.zeros((0,), dtype) if int(num_components) == 0
-                      else gamma_grid(int(num_components), gamma_max).astype(dtype))
+            gammas = (
+                jnp.zeros((0,), dtype)
+                if int(num_components) == 0
+                else gamma_grid(int(num_components), gamma_max).astype(dtype)
+            )
         gammas = jnp.asarray(gammas, dtype)
         if gammas.ndim != 1:
             raise ValueError(f"gammas must have shape (K,), got {gammas.shape}")
@@ -305,8 +347,10 @@ class FractionalSDE(eqx.Module):
 
     def _check_single(self):
         if self.num_paths is not None:
-            raise ValueError("this model has one q(z_0) per sequence (num_paths); select one with "
-                             "model.for_path(p) (fit_elbo(batched=True) does)")
+            raise ValueError(
+                "this model has one q(z_0) per sequence (num_paths); select one with "
+                "model.for_path(p) (fit_elbo(batched=True) does)"
+            )
 
     # -- prior quantities ------------------------------------------------------------
     @property
@@ -366,7 +410,7 @@ class FractionalSDE(eqx.Module):
 
     def _split(self, s):
         d, K = self.state_dim, self.num_components
-        return s[:d], s[d:d + d * K].reshape(d, K)
+        return s[:d], s[d : d + d * K].reshape(d, K)
 
     def augmented_sde(self, ctx=None, controlled: bool = True, stratonovich: bool = False) -> SDE:
         """The (posterior if ``controlled``) augmented SDE on ``(x, Y, kl)`` as a :class:`SDE`."""
@@ -455,8 +499,9 @@ def simulate_augmented(model, s0, times, key, ctx, controlled, solver, num_subst
         return euler_maruyama(model.augmented_sde(ctx, controlled), s0, times, key, num_substeps)
     if solver == "diffrax" or not isinstance(solver, str):
         sde = model.augmented_sde(ctx, controlled, stratonovich=stratonovich)
-        return simulate_diffrax(sde, s0, times, key, solver=None if isinstance(solver, str) else solver,
-                                dt0=dt0, stratonovich=stratonovich)
+        return simulate_diffrax(
+            sde, s0, times, key, solver=None if isinstance(solver, str) else solver, dt0=dt0, stratonovich=stratonovich
+        )
     raise ValueError(f"unknown solver {solver!r}; use 'euler', 'diffrax' or a diffrax solver")
 
 
@@ -468,9 +513,18 @@ def _check_obs(times, obs):
     return times
 
 
-def elbo(model: FractionalSDE, key: PRNGKeyArray, times: Float[Array, " T"], obs, ctx=None,
-         num_samples: int = 8, num_substeps: int = 1, solver="euler", stratonovich: bool = False,
-         dt0: float | None = None) -> Float[Array, ""]:
+def elbo(
+    model: FractionalSDE,
+    key: PRNGKeyArray,
+    times: Float[Array, " T"],
+    obs,
+    ctx=None,
+    num_samples: int = 8,
+    num_substeps: int = 1,
+    solver="euler",
+    stratonovich: bool = False,
+    dt0: float | None = None,
+) -> Float[Array, ""]:
     """Monte-Carlo ELBO of one sequence ``obs`` (leading axis ``T``) observed at ``times`` (T,).
 
     ``E_q[likelihood(X_{times}, obs)] - KL(q(z_0)||p(z_0)) - E_q int u^2/2 dt`` with
@@ -484,38 +538,68 @@ def elbo(model: FractionalSDE, key: PRNGKeyArray, times: Float[Array, " T"], obs
 
     def one(s, k):
         path = simulate_augmented(model, s, times, k, ctx, True, solver, num_substeps, stratonovich, dt0)
-        return model.likelihood(path[:, :model.state_dim], obs) - path[-1, -1]
+        return model.likelihood(path[:, : model.state_dim], obs) - path[-1, -1]
 
     vals = jax.vmap(one)(s0, jax.random.split(k1, num_samples))
     return jnp.mean(vals) - model.initial_kl()
 
 
-def sample_posterior(model: FractionalSDE, key: PRNGKeyArray, times, ctx=None, num_samples: int = 100,
-                     num_substeps: int = 1, solver="euler", stratonovich: bool = False, dt0=None,
-                     return_augmented: bool = False):
+def sample_posterior(
+    model: FractionalSDE,
+    key: PRNGKeyArray,
+    times,
+    ctx=None,
+    num_samples: int = 100,
+    num_substeps: int = 1,
+    solver="euler",
+    stratonovich: bool = False,
+    dt0=None,
+    return_augmented: bool = False,
+):
     """Posterior paths ``(num_samples, T, d)`` (or ``(.., aug_dim)`` with ``return_augmented``)."""
     times = jnp.asarray(check_times(times))
     k0, k1 = jax.random.split(key)
     s0 = model.sample_initial(k0, num_samples)
-    paths = jax.vmap(lambda s, k: simulate_augmented(model, s, times, k, ctx, True, solver, num_substeps,
-                                            stratonovich, dt0))(s0, jax.random.split(k1, num_samples))
-    return paths if return_augmented else paths[..., :model.state_dim]
+    paths = jax.vmap(
+        lambda s, k: simulate_augmented(model, s, times, k, ctx, True, solver, num_substeps, stratonovich, dt0)
+    )(s0, jax.random.split(k1, num_samples))
+    return paths if return_augmented else paths[..., : model.state_dim]
 
 
-def sample_prior(model: FractionalSDE, key: PRNGKeyArray, times, num_samples: int = 100,
-                 num_substeps: int = 1, solver="euler", stratonovich: bool = False, dt0=None):
+def sample_prior(
+    model: FractionalSDE,
+    key: PRNGKeyArray,
+    times,
+    num_samples: int = 100,
+    num_substeps: int = 1,
+    solver="euler",
+    stratonovich: bool = False,
+    dt0=None,
+):
     """Prior paths ``(num_samples, T, d)`` (control switched off, ``z_0 ~ p(z_0)``)."""
     times = jnp.asarray(check_times(times))
     k0, k1 = jax.random.split(key)
     s0 = model.sample_initial(k0, num_samples, posterior=False)
-    paths = jax.vmap(lambda s, k: simulate_augmented(model, s, times, k, None, False, solver, num_substeps,
-                                            stratonovich, dt0))(s0, jax.random.split(k1, num_samples))
-    return paths[..., :model.state_dim]
+    paths = jax.vmap(
+        lambda s, k: simulate_augmented(model, s, times, k, None, False, solver, num_substeps, stratonovich, dt0)
+    )(s0, jax.random.split(k1, num_samples))
+    return paths[..., : model.state_dim]
 
 
-def fit_elbo(model: FractionalSDE, key: PRNGKeyArray, times, obs, num_steps: int, optimizer=1e-2,
-             num_samples: int = 8, num_substeps: int = 1, ctx=None, batched: bool = False,
-             freeze: tuple[str, ...] = (), **fit_kwargs):
+def fit_elbo(
+    model: FractionalSDE,
+    key: PRNGKeyArray,
+    times,
+    obs,
+    num_steps: int,
+    optimizer=1e-2,
+    num_samples: int = 8,
+    num_substeps: int = 1,
+    ctx=None,
+    batched: bool = False,
+    freeze: tuple[str, ...] = (),
+    **fit_kwargs,
+):
     """Maximise :func:`elbo` with :func:`probdyn.inference.optimize.fit` (returns its FitResult).
 
     With ``batched=True`` ``obs`` has a leading sequence axis ``(P, T, ...)``, the loss is the
@@ -534,8 +618,7 @@ def fit_elbo(model: FractionalSDE, key: PRNGKeyArray, times, obs, num_steps: int
 
     def loss(m, k, batch):
         for name in freeze:
-            m = eqx.tree_at(lambda mm, n=name: _get_attr(mm, n), m,
-                            jax.lax.stop_gradient(_get_attr(m, name)))
+            m = eqx.tree_at(lambda mm, n=name: _get_attr(mm, n), m, jax.lax.stop_gradient(_get_attr(m, name)))
         if not batched:
             return -elbo(m, k, times, obs, ctx, num_samples, num_substeps) / T
         P = jax.tree.leaves(obs)[0].shape[0]
@@ -543,7 +626,8 @@ def fit_elbo(model: FractionalSDE, key: PRNGKeyArray, times, obs, num_steps: int
         paths = jnp.arange(P)
         pick = (lambda p: m.for_path(p)) if m.num_paths is not None else (lambda p: m)
         vals = jax.vmap(lambda o, c, p, kk: elbo(pick(p), kk, times, o, c, num_samples, num_substeps))(
-            obs, cs, paths, jax.random.split(k, P))
+            obs, cs, paths, jax.random.split(k, P)
+        )
         return -jnp.mean(vals) / T
 
     fit_kwargs.setdefault("progress_bar", False)
@@ -570,11 +654,9 @@ def euler_lgssm(model: FractionalSDE, times, num_substeps: int, noise_std, drift
 
     times = np.asarray(check_times(times), float)
     n = int(num_substeps)
-    sde = ma_fbm_linear_sde(drift_matrix, model.constant_sigma(), model.hurst, model.gammas,
-                            model.horizon, model.kind)
+    sde = ma_fbm_linear_sde(drift_matrix, model.constant_sigma(), model.hurst, model.gammas, model.horizon, model.kind)
     dtype = sde.F.dtype
-    fine = np.concatenate([np.linspace(a, b, n, endpoint=False) for a, b in zip(times[:-1], times[1:])]
-                          + [times[-1:]])
+    fine = np.concatenate([np.linspace(a, b, n, endpoint=False) for a, b in zip(times[:-1], times[1:])] + [times[-1:]])
     h = jnp.asarray(np.diff(fine), dtype)
     D = sde.F.shape[0]
     A = jnp.eye(D, dtype=dtype)[None] + h[:, None, None] * sde.F[None]
@@ -583,7 +665,7 @@ def euler_lgssm(model: FractionalSDE, times, num_substeps: int, noise_std, drift
     P0 = model.prior_initial_cov()
     if P0.shape[0] < D:  # type II: Y_0 = 0
         P0 = jax.scipy.linalg.block_diag(P0, 1e-12 * jnp.eye(D - P0.shape[0], dtype=dtype))
-    m0 = jnp.zeros(D, dtype).at[:model.state_dim].set(model.x0_mean)
+    m0 = jnp.zeros(D, dtype).at[: model.state_dim].set(model.x0_mean)
     R = jnp.diag(jnp.broadcast_to(jnp.asarray(noise_std, dtype) ** 2, (model.state_dim,)))
     ssm = LinearGaussianSSM(m0, P0, A, Q, sde.H, R)
     return ssm, np.arange(0, fine.size, n)

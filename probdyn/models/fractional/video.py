@@ -50,19 +50,43 @@ class LatentVideoModel(eqx.Module):
     gru: eqx.nn.GRUCell
     q0_head: eqx.nn.Linear
 
-    def __init__(self, key: PRNGKeyArray, size: int = 16, latent_dim: int = 4, context_dim: int = 16,
-                 num_components: int = 3, hurst: float = 0.5, gamma_max: float = 20.0, horizon: float = 1.0,
-                 kind: str = "type1", width: int = 64, learn_hurst: bool = True, dtype=jnp.float32):
+    def __init__(
+        self,
+        key: PRNGKeyArray,
+        size: int = 16,
+        latent_dim: int = 4,
+        context_dim: int = 16,
+        num_components: int = 3,
+        hurst: float = 0.5,
+        gamma_max: float = 20.0,
+        horizon: float = 1.0,
+        kind: str = "type1",
+        width: int = 64,
+        learn_hurst: bool = True,
+        dtype=jnp.float32,
+    ):
         ks = jax.random.split(key, 6)
         d, K = int(latent_dim), int(num_components)
         drift = eqx.nn.MLP(d, d, width, 2, activation=jax.nn.softplus, key=ks[0], dtype=dtype)
         control = MLPControl(d, d * K, context_dim, ks[1], width=width, dtype=dtype)
         dec = BernoulliDecoder(d, size, ks[2], width=2 * width, dtype=dtype)
-        self.sde = FractionalSDE(_TimeFree(drift), control, dec, d, hurst=hurst, num_components=K,
-                                 gamma_max=gamma_max, horizon=horizon, sigma=0.5, kind=kind,
-                                 learn_hurst=learn_hurst, dtype=dtype)
-        self.frame_enc = eqx.nn.MLP(size * size, context_dim, width, 1, activation=jax.nn.softplus,
-                                    key=ks[3], dtype=dtype)
+        self.sde = FractionalSDE(
+            _TimeFree(drift),
+            control,
+            dec,
+            d,
+            hurst=hurst,
+            num_components=K,
+            gamma_max=gamma_max,
+            horizon=horizon,
+            sigma=0.5,
+            kind=kind,
+            learn_hurst=learn_hurst,
+            dtype=dtype,
+        )
+        self.frame_enc = eqx.nn.MLP(
+            size * size, context_dim, width, 1, activation=jax.nn.softplus, key=ks[3], dtype=dtype
+        )
         self.gru = eqx.nn.GRUCell(context_dim, context_dim, key=ks[4], dtype=dtype)
         n0 = self.sde.q0_mean.shape[0]
         self.q0_head = eqx.nn.Linear(context_dim, 2 * n0, key=ks[5], dtype=dtype)
@@ -96,16 +120,26 @@ class _TimeFree(eqx.Module):
         return self.mlp(x)
 
 
-def video_elbo(model: LatentVideoModel, key: PRNGKeyArray, times, frames, num_samples: int = 1,
-               num_substeps: int = 1) -> Float[Array, ""]:
+def video_elbo(
+    model: LatentVideoModel, key: PRNGKeyArray, times, frames, num_samples: int = 1, num_substeps: int = 1
+) -> Float[Array, ""]:
     """ELBO of one video ``frames`` (T, S, S) at ``times`` (T,)."""
     ctx = model.encode(frames)
     sde = model.conditioned(ctx)
     return elbo(sde, key, times, frames, (times, ctx), num_samples, num_substeps)
 
 
-def fit_video(model: LatentVideoModel, key: PRNGKeyArray, times, frames, num_steps: int,
-              batch_size: int = 16, optimizer=1e-3, num_substeps: int = 1, **fit_kwargs):
+def fit_video(
+    model: LatentVideoModel,
+    key: PRNGKeyArray,
+    times,
+    frames,
+    num_steps: int,
+    batch_size: int = 16,
+    optimizer=1e-3,
+    num_substeps: int = 1,
+    **fit_kwargs,
+):
     """Train on videos ``frames`` (N, T, S, S) with minibatches; returns ``FitResult``.
 
     The loss is the mean negative ELBO per frame.
@@ -131,8 +165,15 @@ def fit_video(model: LatentVideoModel, key: PRNGKeyArray, times, frames, num_ste
     return fit(loss, model, key, num_steps, optimizer, batches=batches, **fit_kwargs)
 
 
-def predict_frames(model: LatentVideoModel, key: PRNGKeyArray, times, frames, num_context: int,
-                   num_samples: int = 1, num_substeps: int = 1) -> Float[Array, "num_samples T S S"]:
+def predict_frames(
+    model: LatentVideoModel,
+    key: PRNGKeyArray,
+    times,
+    frames,
+    num_context: int,
+    num_samples: int = 1,
+    num_substeps: int = 1,
+) -> Float[Array, "num_samples T S S"]:
     """Frame probabilities ``(num_samples, T, S, S)``: posterior on the first ``num_context``
     frames (encoder sees only those), then the prior SDE (control off) beyond them."""
     times = jnp.asarray(check_times(times))
@@ -143,7 +184,7 @@ def predict_frames(model: LatentVideoModel, key: PRNGKeyArray, times, frames, nu
     sde = model.conditioned(ctx)
     k0, k1, k2 = jax.random.split(key, 3)
     s0 = sde.sample_initial(k0, num_samples)
-    tc, tf = times[:nc], times[nc - 1:]
+    tc, tf = times[:nc], times[nc - 1 :]
 
     def one(s, ka, kb):
         if nc > 1:
@@ -153,6 +194,6 @@ def predict_frames(model: LatentVideoModel, key: PRNGKeyArray, times, frames, nu
         if tf.shape[0] > 1:
             b = simulate_augmented(sde, a[-1], tf, kb, None, False, "euler", num_substeps, False, None)
             a = jnp.concatenate([a, b[1:]], axis=0)
-        return jax.nn.sigmoid(sde.likelihood.logits(a[:, :sde.state_dim]))
+        return jax.nn.sigmoid(sde.likelihood.logits(a[:, : sde.state_dim]))
 
     return jax.vmap(one)(s0, jax.random.split(k1, num_samples), jax.random.split(k2, num_samples))

@@ -173,8 +173,17 @@ class _SiteVAE(eqx.Module):
 
     def to(self, cls: type) -> "_SiteVAE":
         """The same encoder, decoder and hyperparameters under another prior class."""
-        return cls(self.encoder, self.decoder, self.latent_dim, self.obs_shape, self.kernel, self.likelihood,
-                   jnp.exp(self.log_obs_var), self.beta, self.parallel)
+        return cls(
+            self.encoder,
+            self.decoder,
+            self.latent_dim,
+            self.obs_shape,
+            self.kernel,
+            self.likelihood,
+            jnp.exp(self.log_obs_var),
+            self.beta,
+            self.parallel,
+        )
 
     # -- prior-specific (overridden) -------------------------------------------------
     def posterior_marginals(self, times, site_mean, site_var, mask):
@@ -307,7 +316,7 @@ def _dense_solve(K, m, v, mf):
     Lc = jnp.linalg.cholesky(_masked_system(K, v, mf))
     rhs = jnp.concatenate([jnp.eye(T, dtype=K.dtype), (mf * m)[:, None], mf[:, None] * K], axis=1)
     X = jax.scipy.linalg.solve_triangular(Lc, rhs, lower=True)
-    return Lc, X[:, :T] * mf[None, :], X[:, T], X[:, T + 1:]
+    return Lc, X[:, :T] * mf[None, :], X[:, T], X[:, T + 1 :]
 
 
 @jax.custom_vjp
@@ -342,7 +351,7 @@ def _dense_condition_bwd(res, g):
     WK = LinvM.T @ B  # W K   (its transpose is K W)
     b = WK @ gm  # W K g_mean
     E = (WK * gv[None, :]) @ WK.T  # W K diag(g_var) K W
-    gK = (jnp.outer(gm - b + 0.5 * gz * a, a) + jnp.diag(gv) - 2.0 * gv[:, None] * WK.T + E - 0.5 * gz * W)
+    gK = jnp.outer(gm - b + 0.5 * gz * a, a) + jnp.diag(gv) - 2.0 * gv[:, None] * WK.T + E - 0.5 * gz * W
     gK = 0.5 * (gK + gK.T)  # K is symmetric: only the symmetric part of the cotangent matters
     gvv = -b * a + jnp.diag(E) + 0.5 * gz * (a * a - jnp.diag(W))
     gmm = b - gz * a
@@ -558,9 +567,21 @@ def fit(
         el = jax.vmap(lambda kk, tt, yy, mm: params.elbo(kk, tt, yy, mm, num_samples))(keys, t, y, m)
         return -jnp.sum(el) / jnp.maximum(jnp.sum(m), 1)
 
-    return optimize.fit(loss, model, key, num_steps, learning_rate, batches=batches, clip_norm=clip_norm,
-                        checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume,
-                        progress_bar=progress_bar, desc=desc or type(model).__name__, callback=callback)
+    return optimize.fit(
+        loss,
+        model,
+        key,
+        num_steps,
+        learning_rate,
+        batches=batches,
+        clip_norm=clip_norm,
+        checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+        progress_bar=progress_bar,
+        desc=desc or type(model).__name__,
+        callback=callback,
+    )
 
 
 def skipped_steps(result: optimize.FitResult) -> int:

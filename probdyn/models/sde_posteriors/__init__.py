@@ -38,5 +38,11 @@ from probdyn.models.sde_posteriors.observed import *  # noqa: F401,F403
 from probdyn.models.sde_posteriors.sparse_gp import *  # noqa: F401,F403
 from probdyn.models.sde_posteriors.vgpa import *  # noqa: F401,F403
 
-__all__ = (list(_sparse_gp.__all__) + list(_vgpa.__all__) + list(_observed.__all__) + list(_drifts.__all__)
-           + list(_em.__all__) + list(_bridges.__all__))
+__all__ = (
+    list(_sparse_gp.__all__)
+    + list(_vgpa.__all__)
+    + list(_observed.__all__)
+    + list(_drifts.__all__)
+    + list(_em.__all__)
+    + list(_bridges.__all__)
+)

@@ -135,8 +135,9 @@ def make_grid(t0: float, t1: float, dt: float, include=()) -> np.ndarray:
 discretise_linear = discretise_affine
 
 
-def statistical_linearisation(drift: Callable, m: Float[Array, " d"], C: Float[Array, "d d"], t,
-                              rule: QuadratureRule) -> tuple[Float[Array, "d d"], Float[Array, " d"]]:
+def statistical_linearisation(
+    drift: Callable, m: Float[Array, " d"], C: Float[Array, "d d"], t, rule: QuadratureRule
+) -> tuple[Float[Array, "d d"], Float[Array, " d"]]:
     """Statistical linear regression of ``drift(x, t)`` under ``x ~ N(m, C)``.
 
     Returns ``(A (d, d), b (d,))`` with ``A = Cov(f(x), x) C^{-1}`` (= ``E[df/dx]`` for a

@@ -41,11 +41,25 @@ class FitTrace(NamedTuple):
     time_s: float
 
 
-def variational_em(model: Any, key: PRNGKeyArray, state: Any = None, num_steps: int = 50, optimizer="lbfgs",
-                   learning_rate: float | None = None, max_step: float = 0.5, e_iters: int = 20,
-                   e_atol: float = 1e-6, rho: float = 1.0, learn_drift: bool = True,
-                   learn_diffusion: bool = False, learn_noise: bool = False, log_space: bool = True,
-                   progress_bar: bool = True, desc: str = "variational EM", **fit_kwargs):
+def variational_em(
+    model: Any,
+    key: PRNGKeyArray,
+    state: Any = None,
+    num_steps: int = 50,
+    optimizer="lbfgs",
+    learning_rate: float | None = None,
+    max_step: float = 0.5,
+    e_iters: int = 20,
+    e_atol: float = 1e-6,
+    rho: float = 1.0,
+    learn_drift: bool = True,
+    learn_diffusion: bool = False,
+    learn_noise: bool = False,
+    log_space: bool = True,
+    progress_bar: bool = True,
+    desc: str = "variational EM",
+    **fit_kwargs,
+):
     """Variational EM (see module doc); returns ``(fitted model, state, FitTrace)``.
 
     Args:
@@ -97,12 +111,24 @@ def variational_em(model: Any, key: PRNGKeyArray, state: Any = None, num_steps: 
         iters.append(len(t.rho))
         ptrace.append(jax.tree_util.tree_unflatten(treedef, leaves_))
 
-    res = _fit(_em_loss, raw, key, num_steps, batches=lambda k, i: (holder["aux"], (treedef, modes), static, n),
-               callback=callback, progress_bar=progress_bar, desc=desc, **fit_kwargs)
+    res = _fit(
+        _em_loss,
+        raw,
+        key,
+        num_steps,
+        batches=lambda k, i: (holder["aux"], (treedef, modes), static, n),
+        callback=callback,
+        progress_bar=progress_bar,
+        desc=desc,
+        **fit_kwargs,
+    )
     leaves_ = [_from_raw(v, mo) for v, mo in zip(res.params, modes)]
     fitted = eqx.combine(jax.tree_util.tree_unflatten(treedef, leaves_), static)
-    return fitted, holder["state"], FitTrace(np.asarray(elbos), ptrace, np.asarray(iters), float(rho),
-                                             time.perf_counter() - t0)
+    return (
+        fitted,
+        holder["state"],
+        FitTrace(np.asarray(elbos), ptrace, np.asarray(iters), float(rho), time.perf_counter() - t0),
+    )
 
 
 # module level, so that the compiled M-step is reused across fits

@@ -37,8 +37,7 @@ from probdyn.models.sde_posteriors.drifts import make_grid
 from probdyn.sde.base import SDE
 from probdyn.ssm import check_times
 
-__all__ = ["ObservedSDE", "ObservedSDEModel", "check_observed_sde", "expected_log_likelihood",
-           "predictive_log_density"]
+__all__ = ["ObservedSDE", "ObservedSDEModel", "check_observed_sde", "expected_log_likelihood", "predictive_log_density"]
 
 _LOG2PI = math.log(2 * math.pi)
 
@@ -58,9 +57,19 @@ class ObservedSDE(NamedTuple):
     dtype: object
 
 
-def check_observed_sde(sde: SDE, obs_times, y, obs_noise=1.0, obs_matrix=None, log_likelihood=None,
-                       dt: float | None = None, t_span=None, grid=None, initial_mean=None,
-                       initial_cov=None) -> ObservedSDE:
+def check_observed_sde(
+    sde: SDE,
+    obs_times,
+    y,
+    obs_noise=1.0,
+    obs_matrix=None,
+    log_likelihood=None,
+    dt: float | None = None,
+    t_span=None,
+    grid=None,
+    initial_mean=None,
+    initial_cov=None,
+) -> ObservedSDE:
     """Validate an observed-SDE problem (raises ``TypeError``/``ValueError`` with a clear message).
 
     Args:
@@ -127,9 +136,15 @@ def _obs_moments(H, mean, cov):
     return mean @ H.T, jnp.einsum("pd,nde,qe->npq", H, cov, H)
 
 
-def expected_log_likelihood(y: Float[Array, "n p"], mean: Float[Array, "n d"], cov: Float[Array, "n d d"],
-                            H: Float[Array, "p d"], obs_var: Float[Array, " p"],
-                            log_likelihood: Callable | None = None, gh_order: int = 10) -> Float[Array, ""]:
+def expected_log_likelihood(
+    y: Float[Array, "n p"],
+    mean: Float[Array, "n d"],
+    cov: Float[Array, "n d d"],
+    H: Float[Array, "p d"],
+    obs_var: Float[Array, " p"],
+    log_likelihood: Callable | None = None,
+    gh_order: int = 10,
+) -> Float[Array, ""]:
     """``sum_i E_{N(mean_i, cov_i)}[log p(y_i | H x)]``.
 
     Gaussian noise (``log_likelihood=None``, variances ``obs_var``): closed form
@@ -146,9 +161,15 @@ def expected_log_likelihood(y: Float[Array, "n p"], mean: Float[Array, "n d"], c
     return jnp.sum(jax.vmap(one)(y, mz, Cz))
 
 
-def predictive_log_density(y: Float[Array, "T p"], mean: Float[Array, "T d"], cov: Float[Array, "T d d"],
-                           H: Float[Array, "p d"], obs_var: Float[Array, " p"],
-                           log_likelihood: Callable | None = None, gh_order: int = 20) -> Float[Array, " T"]:
+def predictive_log_density(
+    y: Float[Array, "T p"],
+    mean: Float[Array, "T d"],
+    cov: Float[Array, "T d d"],
+    H: Float[Array, "p d"],
+    obs_var: Float[Array, " p"],
+    log_likelihood: Callable | None = None,
+    gh_order: int = 20,
+) -> Float[Array, " T"]:
     """``log int p(y_t | H x) N(x | mean_t, cov_t) dx`` per point: Gaussian noise in closed form,
     otherwise log-mean-exp of the likelihood over a Gauss–Hermite rule (``max(gh_order, 20)``
     points per dimension)."""
@@ -245,12 +266,14 @@ class ObservedSDEModel(eqx.Module):
         if tc is not None and (np.any(tc < g[0] - 1e-9) or np.any(tc > g[-1] + 1e-9) or not np.all(np.isfinite(tc))):
             raise ValueError(f"times must lie in the grid span [{g[0]}, {g[-1]}]")
 
-    def marginal_log_density(self, mean: Float[Array, "T d"], cov: Float[Array, "T d d"],
-                             y: Float[Array, "T p"]) -> Float[Array, " T"]:
+    def marginal_log_density(
+        self, mean: Float[Array, "T d"], cov: Float[Array, "T d d"], y: Float[Array, "T p"]
+    ) -> Float[Array, " T"]:
         """``log int p(y_t | H x) N(x | mean_t, cov_t) dx`` per row (:func:`predictive_log_density`
         with this model's observation model)."""
-        return predictive_log_density(y, mean, cov, self.obs_matrix, self.obs_var, self.log_likelihood_fn,
-                                      self.gh_order)
+        return predictive_log_density(
+            y, mean, cov, self.obs_matrix, self.obs_var, self.log_likelihood_fn, self.gh_order
+        )
 
     def predictive_log_density(self, state, times, y) -> Float[Array, " T"]:
         """``log int p(y_t | H x(t)) q(x(t)) dx`` per test point (T,) at ``times`` (T,) in the grid

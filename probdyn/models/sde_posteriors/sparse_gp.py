@@ -120,6 +120,7 @@ from probdyn.ssm import discretise_affine
 
 __all__ = ["SparseGPSDE", "VariationalState", "Posterior"]
 
+
 # ----------------------------------------------------------------------------------
 # State and results
 # ----------------------------------------------------------------------------------
@@ -164,9 +165,6 @@ def _kl_cov_term(dQ, V):
     return jnp.sum(e - jnp.log1p(e))
 
 
-
-
-
 # ----------------------------------------------------------------------------------
 # The model
 # ----------------------------------------------------------------------------------
@@ -203,11 +201,27 @@ class SparseGPSDE(ObservedSDEModel, InducingBridges):
     quad_order: int = eqx.field(static=True)
     path_sites: bool = eqx.field(static=True)
 
-    def __init__(self, sde: SDE, obs_times, y, obs_noise=1.0, obs_matrix=None, log_likelihood=None,
-                 dt: float | None = None, t_span=None, grid=None, initial_mean=None, initial_cov=None,
-                 inducing_times=None, gh_order: int = 10, quad_order: int = 8, path_sites: bool = True):
-        prob = check_observed_sde(sde, obs_times, y, obs_noise, obs_matrix, log_likelihood, dt, t_span, grid,
-                                  initial_mean, initial_cov)
+    def __init__(
+        self,
+        sde: SDE,
+        obs_times,
+        y,
+        obs_noise=1.0,
+        obs_matrix=None,
+        log_likelihood=None,
+        dt: float | None = None,
+        t_span=None,
+        grid=None,
+        initial_mean=None,
+        initial_cov=None,
+        inducing_times=None,
+        gh_order: int = 10,
+        quad_order: int = 8,
+        path_sites: bool = True,
+    ):
+        prob = check_observed_sde(
+            sde, obs_times, y, obs_noise, obs_matrix, log_likelihood, dt, t_span, grid, initial_mean, initial_cov
+        )
         super().__init__(sde, prob, log_likelihood, gh_order)
         grid = prob.grid
         if int(gh_order) < 1 or int(quad_order) < 1:
@@ -272,8 +286,13 @@ class SparseGPSDE(ObservedSDEModel, InducingBridges):
         K = M - 1
         A, b = jax.vmap(lambda t: self._slr_one(self.initial_mean, self.initial_cov, t))(self._zt()[:-1])
         n, p = self.y.shape
-        return VariationalState(A.astype(dt), b.astype(dt), GaussianSites.zeros(n, p, dt),
-                                GaussianSites.zeros(M, d, dt), jnp.zeros((K, d, d), dt))
+        return VariationalState(
+            A.astype(dt),
+            b.astype(dt),
+            GaussianSites.zeros(n, p, dt),
+            GaussianSites.zeros(M, d, dt),
+            jnp.zeros((K, d, d), dt),
+        )
 
     # ------------------------------------------------------------------ the chain q(u)
     def _map_data(self, data: GaussianSites, A, b):
@@ -300,8 +319,16 @@ class SparseGPSDE(ObservedSDEModel, InducingBridges):
     def _chain(self, state: VariationalState) -> _Chain:
         Psi, c, V = self._cell_disc(state.A, state.b)
         n1, n2, W = self._map_data(state.data, state.A, state.b)
-        q = condition_chain(self.initial_mean, self.initial_cov, Psi, c, V,
-                            n1 + state.path.nat1, n2 + state.path.nat2, W + state.path_pair)
+        q = condition_chain(
+            self.initial_mean,
+            self.initial_cov,
+            Psi,
+            c,
+            V,
+            n1 + state.path.nat1,
+            n2 + state.path.nat2,
+            W + state.path_pair,
+        )
         return _Chain(q, Psi, c, V)
 
     def posterior(self, state: VariationalState) -> Posterior:
@@ -319,8 +346,9 @@ class SparseGPSDE(ObservedSDEModel, InducingBridges):
     # ------------------------------------------------------------------ ELBO pieces
     def _expected_log_lik(self, mean, cov):
         """``sum_i E_q[log p(y_i | H x_i)]`` from the marginals (n, d), (n, d, d) at the observations."""
-        return expected_log_likelihood(self.y, mean, cov, self.obs_matrix, self.obs_var, self.log_likelihood_fn,
-                                       self.gh_order)
+        return expected_log_likelihood(
+            self.y, mean, cov, self.obs_matrix, self.obs_var, self.log_likelihood_fn, self.gh_order
+        )
 
     def _residual(self, mean, cov, cross, A, b):
         """Dense variant: Euler/Itô discretisation of ``E_q[log dp/dp_L]`` on the grid (one cell per
@@ -433,15 +461,19 @@ class SparseGPSDE(ObservedSDEModel, InducingBridges):
         data_t = self._data_target(*self._obs_marginals(m, C, X, A_s, b_s))
         data_new = damped(state.data, data_t, rho)
         if not self.path_sites:
-            return VariationalState(damped(state.A, A_s, rho), damped(state.b, b_s, rho), data_new,
-                                    state.path, state.path_pair)
+            return VariationalState(
+                damped(state.A, A_s, rho), damped(state.b, b_s, rho), data_new, state.path, state.path_pair
+            )
         sg = jax.lax.stop_gradient
 
         def parts(m_, C_, X_):
             A_, b_ = self._slr_cells(m_, C_)
             lik, res = self._lik_and_residual(m_, C_, X_, A_, b_)
-            path = (res + self._expected_log_lin_prior(m_, C_, X_, A_, b_)
-                    - self._expected_log_lin_prior(m_, C_, X_, sg(A_), sg(b_)))
+            path = (
+                res
+                + self._expected_log_lin_prior(m_, C_, X_, A_, b_)
+                - self._expected_log_lin_prior(m_, C_, X_, sg(A_), sg(b_))
+            )
             return lik, path
 
         _, vjp = jax.vjp(parts, m, C, X)
@@ -477,12 +509,27 @@ class SparseGPSDE(ObservedSDEModel, InducingBridges):
             cand, v, c = call(aux[0], r)
             return (cand, c), v
 
-        (st, ch), tr = natural_gradient_ascent(step, None, (state, ch), num_iters, rho=rho, initial_value=val,
-                                               progress_bar=progress_bar, desc="cvi", **kwargs)
+        (st, ch), tr = natural_gradient_ascent(
+            step,
+            None,
+            (state, ch),
+            num_iters,
+            rho=rho,
+            initial_value=val,
+            progress_bar=progress_bar,
+            desc="cvi",
+            **kwargs,
+        )
         return st, ch, tr
 
-    def fit_posterior(self, state: VariationalState | None = None, num_iters: int = 20, rho: float = 1.0,
-                      progress_bar: bool = False, **kwargs) -> tuple[VariationalState, NatGradTrace]:
+    def fit_posterior(
+        self,
+        state: VariationalState | None = None,
+        num_iters: int = 20,
+        rho: float = 1.0,
+        progress_bar: bool = False,
+        **kwargs,
+    ) -> tuple[VariationalState, NatGradTrace]:
         """Natural-gradient iterations with ELBO back-off from ``state`` (default: the prior).
 
         ``kwargs`` go to :func:`probdyn.inference.natgrad.natural_gradient_ascent`, e.g.
@@ -491,12 +538,24 @@ class SparseGPSDE(ObservedSDEModel, InducingBridges):
         return st, tr
 
     # ------------------------------------------------------------------ learning
-    def fit(self, key: PRNGKeyArray, state: VariationalState | None = None, num_steps: int = 50,
-            optimizer="lbfgs", learning_rate: float | None = None, max_step: float = 0.5,
-            e_iters: int = 20, e_atol: float = 1e-6, rho: float = 1.0,
-            learn_drift: bool = True, learn_diffusion: bool = False, learn_noise: bool = False,
-            log_space: bool = True, progress_bar: bool = True,
-            **fit_kwargs) -> tuple["SparseGPSDE", VariationalState, FitTrace]:
+    def fit(
+        self,
+        key: PRNGKeyArray,
+        state: VariationalState | None = None,
+        num_steps: int = 50,
+        optimizer="lbfgs",
+        learning_rate: float | None = None,
+        max_step: float = 0.5,
+        e_iters: int = 20,
+        e_atol: float = 1e-6,
+        rho: float = 1.0,
+        learn_drift: bool = True,
+        learn_diffusion: bool = False,
+        learn_noise: bool = False,
+        log_space: bool = True,
+        progress_bar: bool = True,
+        **fit_kwargs,
+    ) -> tuple["SparseGPSDE", VariationalState, FitTrace]:
         """Variational EM by gradient steps on the ELBO.
 
         Each of the ``num_steps`` steps is one optimiser step on ``-ELBO / n`` w.r.t. the
@@ -520,8 +579,24 @@ class SparseGPSDE(ObservedSDEModel, InducingBridges):
 
         Returns ``(fitted model, state, FitTrace)``.
         """
-        return variational_em(self, key, state, num_steps, optimizer, learning_rate, max_step, e_iters, e_atol, rho,
-                              learn_drift, learn_diffusion, learn_noise, log_space, progress_bar, **fit_kwargs)
+        return variational_em(
+            self,
+            key,
+            state,
+            num_steps,
+            optimizer,
+            learning_rate,
+            max_step,
+            e_iters,
+            e_atol,
+            rho,
+            learn_drift,
+            learn_diffusion,
+            learn_noise,
+            log_space,
+            progress_bar,
+            **fit_kwargs,
+        )
 
     def _elbo_aux(self, chain: _Chain):
         """ELBO at fixed ``q(u)`` (the chain) as a function of the model's parameters (M-step)."""

@@ -158,12 +158,24 @@ class VGPA(ObservedSDEModel):
         gh_order: Gauss–Hermite points per dimension for the energy and its gradients.
     """
 
-    def __init__(self, sde: SDE, obs_times: ArrayLike, y: ArrayLike, obs_noise: ArrayLike = 1.0,
-                 obs_matrix: ArrayLike | None = None, log_likelihood: Callable | None = None,
-                 dt: float | None = None, t_span: tuple[float, float] | None = None, grid: ArrayLike | None = None,
-                 initial_mean: ArrayLike | None = None, initial_cov: ArrayLike | None = None, gh_order: int = 10):
-        prob = check_observed_sde(sde, obs_times, y, obs_noise, obs_matrix, log_likelihood, dt, t_span, grid,
-                                  initial_mean, initial_cov)
+    def __init__(
+        self,
+        sde: SDE,
+        obs_times: ArrayLike,
+        y: ArrayLike,
+        obs_noise: ArrayLike = 1.0,
+        obs_matrix: ArrayLike | None = None,
+        log_likelihood: Callable | None = None,
+        dt: float | None = None,
+        t_span: tuple[float, float] | None = None,
+        grid: ArrayLike | None = None,
+        initial_mean: ArrayLike | None = None,
+        initial_cov: ArrayLike | None = None,
+        gh_order: int = 10,
+    ):
+        prob = check_observed_sde(
+            sde, obs_times, y, obs_noise, obs_matrix, log_likelihood, dt, t_span, grid, initial_mean, initial_cov
+        )
         if int(gh_order) < 2:
             raise ValueError(f"gh_order must be >= 2, got {gh_order}")
         super().__init__(sde, prob, log_likelihood, gh_order)
@@ -171,8 +183,9 @@ class VGPA(ObservedSDEModel):
     def init_state(self) -> VGPAState:
         """The statistically linearised prior: ``-A_k x + b_k`` the SLR of the drift under
         ``N(initial_mean, initial_cov)`` on every cell, ``q(x(t_0))`` the prior."""
-        slr = jax.vmap(lambda t: statistical_linearisation(self.sde.drift_fn, self.initial_mean, self.initial_cov,
-                                                           t, self._rule()))
+        slr = jax.vmap(
+            lambda t: statistical_linearisation(self.sde.drift_fn, self.initial_mean, self.initial_cov, t, self._rule())
+        )
         J, c = slr(self.grid[:-1])
         return VGPAState(-J, c, self.initial_mean, self.initial_cov)
 
@@ -212,8 +225,9 @@ class VGPA(ObservedSDEModel):
 
     def _obs_energy(self, m, S):
         """``-sum_i E_q[log p(y_i | H x_i)]`` from the observation-node marginals (n, d), (n, d, d)."""
-        return -expected_log_likelihood(self.y, m, S, self.obs_matrix, self.obs_var, self.log_likelihood_fn,
-                                        self.gh_order)
+        return -expected_log_likelihood(
+            self.y, m, S, self.obs_matrix, self.obs_var, self.log_likelihood_fn, self.gh_order
+        )
 
     def _kl0(self, m0, S0):
         P0, d = self.initial_cov, self.state_dim
@@ -272,7 +286,8 @@ class VGPA(ObservedSDEModel):
         d = self.state_dim
         eye = jnp.eye(d, dtype=self.dtype)
         J, c = jax.vmap(lambda m, S, t: statistical_linearisation(self.sde.drift_fn, m, S, t, self._rule()))(
-            mom.mean[:-1], mom.cov[:-1], self.grid[:-1])
+            mom.mean[:-1], mom.cov[:-1], self.grid[:-1]
+        )
         Ef = c + jnp.einsum("kij,kj->ki", J, mom.mean[:-1])  # <f>
 
         def upd(Jk, Efk, mk, lk, Pk, h, Ak, bk):
@@ -307,12 +322,19 @@ class VGPA(ObservedSDEModel):
         state = self.init_state() if state is None else state
         val = self._jit_call("_elbo_state", state)
         call = lambda s, r: self._jit_call("_step", s, jnp.asarray(r, self.dtype))  # noqa: E731
-        st, tr = natural_gradient_ascent(call, None, state, num_iters, rho=rho, initial_value=val,
-                                         progress_bar=progress_bar, desc="vgpa", **kwargs)
+        st, tr = natural_gradient_ascent(
+            call, None, state, num_iters, rho=rho, initial_value=val, progress_bar=progress_bar, desc="vgpa", **kwargs
+        )
         return st, st, tr
 
-    def fit_posterior(self, state: VGPAState | None = None, num_iters: int = 100, omega: float = 0.5,
-                      progress_bar: bool = False, **kwargs) -> tuple[VGPAState, NatGradTrace]:
+    def fit_posterior(
+        self,
+        state: VGPAState | None = None,
+        num_iters: int = 100,
+        omega: float = 0.5,
+        progress_bar: bool = False,
+        **kwargs,
+    ) -> tuple[VGPAState, NatGradTrace]:
         """Smoothing iterations with step ``omega`` and ELBO back-off from ``state`` (default:
         :meth:`init_state`). ``kwargs`` go to :func:`probdyn.inference.natgrad.natural_gradient_ascent`
         (e.g. ``atol`` to stop at convergence, ``grow`` to re-grow ``omega`` after back-offs)."""
@@ -320,8 +342,15 @@ class VGPA(ObservedSDEModel):
         st, _, tr = self._fit_aux(state, num_iters, rho=omega, progress_bar=progress_bar, **kwargs)
         return st, tr
 
-    def fit(self, key: PRNGKeyArray, state: VGPAState | None = None, num_steps: int = 50, e_iters: int = 50,
-            omega: float = 0.5, **kwargs) -> tuple["VGPA", VGPAState, FitTrace]:
+    def fit(
+        self,
+        key: PRNGKeyArray,
+        state: VGPAState | None = None,
+        num_steps: int = 50,
+        e_iters: int = 50,
+        omega: float = 0.5,
+        **kwargs,
+    ) -> tuple["VGPA", VGPAState, FitTrace]:
         """Variational EM for the drift (and optionally diffusion / noise) parameters with the
         smoothing iterations as E-step: :func:`probdyn.models.sde_posteriors.em.variational_em` (same
         options, e.g. ``learn_diffusion``, ``optimizer``). Returns ``(fitted model, state, FitTrace)``."""

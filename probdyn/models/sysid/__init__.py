@@ -60,9 +60,17 @@ from probdyn.models.sysid.sde_fit import *  # noqa: F401,F403
 from probdyn.models.sysid.systems import *  # noqa: F401,F403
 from probdyn.sde.ode import SolverFailureCounter, solver_failures  # noqa: F401
 
-__all__ = (list(_drifts.__all__) + list(_models.__all__) + list(_fit.__all__) + list(_equivalence.__all__)
-           + list(_harness.__all__) + list(_systems.__all__) + list(_lotka_volterra.__all__) + list(_sde_fit.__all__)
-           + ["solver_failures", "SolverFailureCounter"])
+__all__ = (
+    list(_drifts.__all__)
+    + list(_models.__all__)
+    + list(_fit.__all__)
+    + list(_equivalence.__all__)
+    + list(_harness.__all__)
+    + list(_systems.__all__)
+    + list(_lotka_volterra.__all__)
+    + list(_sde_fit.__all__)
+    + ["solver_failures", "SolverFailureCounter"]
+)
 
 
 def __getattr__(name):

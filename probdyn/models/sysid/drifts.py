@@ -55,8 +55,16 @@ class NeuralDrift(eqx.Module):
     mlp: eqx.nn.MLP
     time_input: bool = eqx.field(static=True)
 
-    def __init__(self, state_dim: int, key: PRNGKeyArray, width: int = 32, depth: int = 2,
-                 time_input: bool = False, activation: Callable = jax.nn.tanh, scale: float = 0.1):
+    def __init__(
+        self,
+        state_dim: int,
+        key: PRNGKeyArray,
+        width: int = 32,
+        depth: int = 2,
+        time_input: bool = False,
+        activation: Callable = jax.nn.tanh,
+        scale: float = 0.1,
+    ):
         d = int(state_dim)
         mlp = eqx.nn.MLP(d + int(time_input), d, width, depth, activation=activation, key=key)
         # small last layer: the initial drift is close to zero (a random walk)

@@ -41,19 +41,30 @@ def ou_ar1_check(y, dt: float, lam, s, noise_var) -> dict:
         ou = discretise(kernels.Matern12(1.0 / lam, s**2).sde(), times, emission_cov=r * jnp.eye(1, dtype=y.dtype))
         ll_ou = kalman.log_likelihood(ou, y)
         a = jnp.exp(-lam * dt)
-        ar = LinearGaussianSSM(jnp.zeros(1, y.dtype), s**2 * jnp.eye(1, dtype=y.dtype), a * jnp.eye(1, dtype=y.dtype),
-                               s**2 * (1 - a**2) * jnp.eye(1, dtype=y.dtype), jnp.eye(1, dtype=y.dtype),
-                               r * jnp.eye(1, dtype=y.dtype))
+        ar = LinearGaussianSSM(
+            jnp.zeros(1, y.dtype),
+            s**2 * jnp.eye(1, dtype=y.dtype),
+            a * jnp.eye(1, dtype=y.dtype),
+            s**2 * (1 - a**2) * jnp.eye(1, dtype=y.dtype),
+            jnp.eye(1, dtype=y.dtype),
+            r * jnp.eye(1, dtype=y.dtype),
+        )
         ll_ar = kalman.log_likelihood(ar, y)
         sde = SDE(lambda x, t: -lam * x, s * jnp.sqrt(2 * lam) * jnp.ones(1, y.dtype), 1)
         ob = obs_lib.LinearGaussian(jnp.eye(1, dtype=y.dtype), r * jnp.eye(1, dtype=y.dtype))
         m0, P0 = jnp.zeros(1, y.dtype), s**2 * jnp.eye(1, dtype=y.dtype)
         ll_cd = gf.filter(sde, ob, times, y, m0, P0, num_substeps=1, propagation="linearised").log_likelihood
-        ll_df = gf.discrete_filter(lambda x, k: a * x, s**2 * (1 - a**2) * jnp.eye(1, dtype=y.dtype), ob, y, m0,
-                                   P0).log_likelihood
+        ll_df = gf.discrete_filter(
+            lambda x, k: a * x, s**2 * (1 - a**2) * jnp.eye(1, dtype=y.dtype), ob, y, m0, P0
+        ).log_likelihood
         return ll_ou, ll_ar, ll_cd, ll_df
 
     ll_ou, ll_ar, ll_cd, ll_df = jax.jit(jax.vmap(one))(lam, s, noise_var)
     diffs = [jnp.abs(a - b) for a, b in ((ll_ou, ll_ar), (ll_cd, ll_df), (ll_cd, ll_ar))]
-    return dict(ou_kalman=np.asarray(ll_ou), ar1_kalman=np.asarray(ll_ar), ou_filter=np.asarray(ll_cd),
-                ar1_filter=np.asarray(ll_df), max_abs_diff=float(max(jnp.max(d) for d in diffs)))
+    return dict(
+        ou_kalman=np.asarray(ll_ou),
+        ar1_kalman=np.asarray(ll_ar),
+        ou_filter=np.asarray(ll_cd),
+        ar1_filter=np.asarray(ll_df),
+        max_abs_diff=float(max(jnp.max(d) for d in diffs)),
+    )

@@ -42,8 +42,18 @@ class FitInfo(NamedTuple):
     log_likelihood: float
 
 
-def fit_map(model, observation, times, y, key, num_steps: int = 300, learning_rate: float = 0.05,
-            P0_scale: float = 1.0, filter_kwargs: dict | None = None, progress_bar: bool = False) -> FitInfo:
+def fit_map(
+    model,
+    observation,
+    times,
+    y,
+    key,
+    num_steps: int = 300,
+    learning_rate: float = 0.05,
+    P0_scale: float = 1.0,
+    filter_kwargs: dict | None = None,
+    progress_bar: bool = False,
+) -> FitInfo:
     """Maximum-likelihood fit of any model here by its filter log-likelihood (Adam through
     :func:`probdyn.inference.optimize.fit`); the loss is ``-loglik / T``."""
     from probdyn.inference.optimize import fit
@@ -57,15 +67,32 @@ def fit_map(model, observation, times, y, key, num_steps: int = 300, learning_ra
     def loss(m, k, b):
         return -m.log_likelihood(observation, times, y, m0, P0, **kw) / T
 
-    res = fit(loss, model, key, num_steps, optimizer=learning_rate, clip_norm=10.0, progress_bar=progress_bar,
-              desc=type(model).__name__)
+    res = fit(
+        loss,
+        model,
+        key,
+        num_steps,
+        optimizer=learning_rate,
+        clip_norm=10.0,
+        progress_bar=progress_bar,
+        desc=type(model).__name__,
+    )
     # log-likelihood at the last optimisation step (saves a separate compilation)
     ll = float(-res.losses[-1] * T) if len(res.losses) else float("nan")
     return FitInfo(res.params, res.losses, res.time_s, ll)
 
 
-def forecast(model, observation, times, y, origins, horizon: int, context: int, P0_scale: float = 1.0,
-             filter_kwargs: dict | None = None):
+def forecast(
+    model,
+    observation,
+    times,
+    y,
+    origins,
+    horizon: int,
+    context: int,
+    P0_scale: float = 1.0,
+    filter_kwargs: dict | None = None,
+):
     """Multi-step predictive distributions of ``y`` from several forecast origins.
 
     For origin ``c`` the model filters ``y[c - context + 1 : c + 1]`` and predicts

@@ -71,8 +71,9 @@ class CompareResult(NamedTuple):
 
     def summary(self):
         """NLPD/RMSE pivot: rows model x spacing, columns horizon_time."""
-        return self.table.pivot_table(index=["model", "kind", "spacing"], columns="horizon_time",
-                                      values=["nlpd", "rmse"])
+        return self.table.pivot_table(
+            index=["model", "kind", "spacing"], columns="horizon_time", values=["nlpd", "rmse"]
+        )
 
     def scores(self, metric: str):
         """``metric`` (``"nlpd"`` or ``"rmse"``) as model x spacing (rows in the table's order,
@@ -99,10 +100,19 @@ class CompareResult(NamedTuple):
             lines = [markdown_table(self.table, floatfmt, index=False)]
         else:
             div = lambda df: df.map(lambda v: "diverged" if np.isinf(v) else v)  # noqa: E731
-            lines = ["NLPD (nats per observation) by lead time (columns, in time units of the data):", "",
-                     markdown_table(div(self.scores("nlpd")), floatfmt), "", "RMSE by lead time:", "",
-                     markdown_table(div(self.scores("rmse")), floatfmt), "", "Per model:", "",
-                     markdown_table(self.per_model(), floatfmt)]
+            lines = [
+                "NLPD (nats per observation) by lead time (columns, in time units of the data):",
+                "",
+                markdown_table(div(self.scores("nlpd")), floatfmt),
+                "",
+                "RMSE by lead time:",
+                "",
+                markdown_table(div(self.scores("rmse")), floatfmt),
+                "",
+                "Per model:",
+                "",
+                markdown_table(self.per_model(), floatfmt),
+            ]
         extra = [f"{k} = {v:.3g}" if isinstance(v, float) else f"{k} = {v}" for k, v in self.extras.items()]
         return "\n".join(lines + ([""] + extra if extra else []))
 
@@ -126,8 +136,11 @@ def _scores(mean, cov, truth):
     nlpd = jnp.mean(nl, axis=0)
     diverged = ~jnp.all(moments_ok & jnp.isfinite(nl), axis=0) | ~jnp.isfinite(rmse) | ~jnp.isfinite(nlpd)
     inf = jnp.asarray(jnp.inf, nlpd.dtype)
-    return (np.asarray(jnp.where(diverged, inf, rmse)), np.asarray(jnp.where(diverged, inf, nlpd)),
-            np.asarray(diverged))
+    return (
+        np.asarray(jnp.where(diverged, inf, rmse)),
+        np.asarray(jnp.where(diverged, inf, nlpd)),
+        np.asarray(diverged),
+    )
 
 
 def _simulate_series(system: System, key, t_end, dt, x0, irregular: bool, num_substeps: int = 20):
@@ -138,8 +151,11 @@ def _simulate_series(system: System, key, t_end, dt, x0, irregular: bool, num_su
         times = np.concatenate([[0.0], np.cumsum(gaps)])
     else:
         times = dt * np.arange(n + 1)
-    sde = SDE(lambda x, t: system.drift(x, t, {k: jnp.asarray(v) for k, v in system.params.items()}),
-              jnp.asarray(system.diffusion), system.state_dim)
+    sde = SDE(
+        lambda x, t: system.drift(x, t, {k: jnp.asarray(v) for k, v in system.params.items()}),
+        jnp.asarray(system.diffusion),
+        system.state_dim,
+    )
     xs = euler_maruyama(sde, jnp.asarray(x0), jnp.asarray(times), kx, num_substeps)
     return jnp.asarray(times), xs
 
@@ -148,17 +164,20 @@ def _models_for(system_like, dt_train, key, init_params: dict, diffusion0, neura
     d, f = system_like.state_dim, system_like.drift
     models = {
         "continuous (SDE)": SDEModel(MechanisticDrift(f, init_params), diffusion0, d),
-        "discrete naive Euler": DiscreteModel(MechanisticDrift(f, init_params), diffusion0 * np.sqrt(dt_train), d,
-                                              "euler", dt_train),
-        "discrete time-aware": DiscreteModel(MechanisticDrift(f, init_params), diffusion0, d, "time_aware", dt_train,
-                                             num_substeps=4),
+        "discrete naive Euler": DiscreteModel(
+            MechanisticDrift(f, init_params), diffusion0 * np.sqrt(dt_train), d, "euler", dt_train
+        ),
+        "discrete time-aware": DiscreteModel(
+            MechanisticDrift(f, init_params), diffusion0, d, "time_aware", dt_train, num_substeps=4
+        ),
     }
     if system_like.linear and d == 1:  # the AR(1): g(x) = a x learnt directly
         a0 = float(np.exp(-list(init_params.values())[0] * dt_train))
         models["discrete AR(1)"] = DiscreteModel(AR1Map(a0), diffusion0 * np.sqrt(dt_train), d, "direct", dt_train)
     if neural:
-        models["discrete neural (direct MLP)"] = DiscreteModel(ResidualMLP(d, key), diffusion0 * np.sqrt(dt_train),
-                                                               d, "direct", dt_train)
+        models["discrete neural (direct MLP)"] = DiscreteModel(
+            ResidualMLP(d, key), diffusion0 * np.sqrt(dt_train), d, "direct", dt_train
+        )
     return models
 
 
@@ -263,19 +282,30 @@ def fit_models(
     system, truth = data.system, data.truth
     steps = num_steps if num_steps is not None else (150 if quick else 300)
     rng = np.random.default_rng(int(jax.random.randint(init_key, (), 0, 2**31 - 1)))
-    init = {k: float(v) * (float(np.exp(rng.choice([-0.4, 0.4]))) if truth is not None else 1.0)
-            for k, v in system.params.items()}
+    init = {
+        k: float(v) * (float(np.exp(rng.choice([-0.4, 0.4]))) if truth is not None else 1.0)
+        for k, v in system.params.items()
+    }
     diff0 = float(np.mean(system.diffusion))
     models = _models_for(system, data.dt_train, init_key, init, diff0, neural)
     tr_t, tr_y = data.train
     fits = {}
     for name, model in models.items():
-        info = fit_map(model, data.observation, tr_t, tr_y, key, num_steps=steps, P0_scale=P0_SCALE,
-                       filter_kwargs=_filter_kwargs(model, system))
+        info = fit_map(
+            model,
+            data.observation,
+            tr_t,
+            tr_y,
+            key,
+            num_steps=steps,
+            P0_scale=P0_SCALE,
+            filter_kwargs=_filter_kwargs(model, system),
+        )
         fits[name] = info
         if verbose:
-            print(f"{name}: fit {info.time_s:.1f} s, loglik {info.log_likelihood:.2f}, "
-                  f"params {fitted_params(info.model)}")
+            print(
+                f"{name}: fit {info.time_s:.1f} s, loglik {info.log_likelihood:.2f}, params {fitted_params(info.model)}"
+            )
     return fits
 
 
@@ -312,15 +342,28 @@ def score_forecasts(
             origins = np.unique(np.linspace(ctx - 1, last, n_orig).astype(int))
             mean, cov, tru = forecast(info.model, ob, tt, ty, origins, H_max, ctx, P0_SCALE, fkw)
             rmse, nlpd, diverged = _scores(mean, cov, tru)
-            forecasts[(name, spacing)] = dict(mean=np.asarray(mean[0]), cov=np.asarray(cov[0]),
-                                              truth=np.asarray(tru[0]),
-                                              times=np.asarray(tt[origins[0] + 1: origins[0] + 1 + H_max]),
-                                              ctx_times=np.asarray(tt[origins[0] - ctx + 1: origins[0] + 1]),
-                                              ctx_y=np.asarray(ty[origins[0] - ctx + 1: origins[0] + 1]))
+            forecasts[(name, spacing)] = dict(
+                mean=np.asarray(mean[0]),
+                cov=np.asarray(cov[0]),
+                truth=np.asarray(tru[0]),
+                times=np.asarray(tt[origins[0] + 1 : origins[0] + 1 + H_max]),
+                ctx_times=np.asarray(tt[origins[0] - ctx + 1 : origins[0] + 1]),
+                ctx_y=np.asarray(ty[origins[0] - ctx + 1 : origins[0] + 1]),
+            )
             for hs in sorted(set(hsteps)):  # lead time actually scored: hs steps of this spacing
-                rows.append(dict(model=name, kind=_kind(info.model), spacing=spacing, dt=dt,
-                                 horizon_time=round(hs * dt, 10), horizon_steps=hs, rmse=float(rmse[hs - 1]),
-                                 nlpd=float(nlpd[hs - 1]), diverged=bool(diverged[hs - 1])))
+                rows.append(
+                    dict(
+                        model=name,
+                        kind=_kind(info.model),
+                        spacing=spacing,
+                        dt=dt,
+                        horizon_time=round(hs * dt, 10),
+                        horizon_steps=hs,
+                        rmse=float(rmse[hs - 1]),
+                        nlpd=float(nlpd[hs - 1]),
+                        diverged=bool(diverged[hs - 1]),
+                    )
+                )
     return rows, forecasts
 
 
@@ -340,25 +383,42 @@ def report(data: CompareData, fits: dict[str, FitInfo], rows: list[dict], foreca
         perr[name] = np.nan
         if truth is not None and set(fitted[name]) == set(truth):
             perr[name] = float(np.mean([abs(fitted[name][k] - truth[k]) / abs(truth[k]) for k in truth]))
-    table = pd.DataFrame([dict(system=system.name, **r, param_rel_error=perr[r["model"]],
-                               fit_time_s=fits[r["model"]].time_s, train_loglik=fits[r["model"]].log_likelihood)
-                          for r in rows])
+    table = pd.DataFrame(
+        [
+            dict(
+                system=system.name,
+                **r,
+                param_rel_error=perr[r["model"]],
+                fit_time_s=fits[r["model"]].time_s,
+                train_loglik=fits[r["model"]].log_likelihood,
+            )
+            for r in rows
+        ]
+    )
     extras = {}
     if system.linear and system.state_dim == 1 and "discrete AR(1)" in fitted and not data.irregular:
         lam = fitted["continuous (SDE)"]["lam"]
         extras["ar1_a_fitted"] = fitted["discrete AR(1)"]["a"]
         extras["ou_exp_minus_lam_dt"] = float(np.exp(-lam * dt_train))
-        extras["ou_vs_ar1_fitted_loglik_diff"] = abs(fits["continuous (SDE)"].log_likelihood
-                                                     - fits["discrete AR(1)"].log_likelihood)
+        extras["ou_vs_ar1_fitted_loglik_diff"] = abs(
+            fits["continuous (SDE)"].log_likelihood - fits["discrete AR(1)"].log_likelihood
+        )
         sd = float(jnp.exp(fits["continuous (SDE)"].model.log_diffusion[0])) / np.sqrt(2 * lam)
         # exact equivalence on a regular, complete series (the test series at the training spacing)
         chk = ou_ar1_check(data.tests["train"][1], dt_train, [lam, 0.3, 1.0], [sd, 1.0, 0.5], system.obs_sd**2)
         extras["ou_ar1_max_abs_diff"] = chk["max_abs_diff"]
     tr_t, tr_y = data.train
-    return CompareResult(table, fitted, extras, forecasts,
-                         dict(fit=(np.asarray(tr_t), np.asarray(tr_y)),
-                              **{f"test_{k}": (np.asarray(a), np.asarray(b)) for k, (a, b) in data.tests.items()}),
-                         {k: v.model for k, v in fits.items()})
+    return CompareResult(
+        table,
+        fitted,
+        extras,
+        forecasts,
+        dict(
+            fit=(np.asarray(tr_t), np.asarray(tr_y)),
+            **{f"test_{k}": (np.asarray(a), np.asarray(b)) for k, (a, b) in data.tests.items()},
+        ),
+        {k: v.model for k, v in fits.items()},
+    )
 
 
 def compare(
@@ -390,13 +450,24 @@ def compare(
         ``.per_model()``, ``.summary()``).
     """
     if engine != "map":
-        raise ValueError("engine must be 'map' (fit by the filters' likelihoods with optimize.fit); "
-                         "for NUTS build the numpyro program with SDEFilterDistribution / "
-                         "DiscreteFilterDistribution and call mcmc.sample")
+        raise ValueError(
+            "engine must be 'map' (fit by the filters' likelihoods with optimize.fit); "
+            "for NUTS build the numpyro program with SDEFilterDistribution / "
+            "DiscreteFilterDistribution and call mcmc.sample"
+        )
     key = jax.random.PRNGKey(key) if isinstance(key, int) else key
     kdata, kfit, kinit = jax.random.split(key, 3)
-    data = simulate_data(system, kdata, times=times, y=y, quick=quick, dt_train=dt_train, dt_test=dt_test,
-                         irregular=irregular, missing=missing)
+    data = simulate_data(
+        system,
+        kdata,
+        times=times,
+        y=y,
+        quick=quick,
+        dt_train=dt_train,
+        dt_test=dt_test,
+        irregular=irregular,
+        missing=missing,
+    )
     fits = fit_models(data, kfit, kinit, quick=quick, num_steps=num_steps, neural=neural, verbose=verbose)
     rows, forecasts = score_forecasts(data, fits, quick=quick, horizons=horizons)
     return report(data, fits, rows, forecasts)

@@ -44,20 +44,56 @@ def lotka_volterra_log_drift(w, t, theta):
 #: /hudson_lynx_hare-lotka_volterra.json.
 REFERENCE_POSTERIOR_LV = {
     "names": ["theta[0]", "theta[1]", "theta[2]", "theta[3]", "z_init[0]", "z_init[1]", "sigma[0]", "sigma[1]"],
-    "mean": [0.546864499783931, 0.0277472877678081, 0.800095360233122, 0.0240859152534545,
-             34.0352224770469, 5.93589713368062, 0.24805686320252, 0.251016914583618],
-    "mcse_mean": [0.00062626907415417, 4.11604266143508e-05, 0.000884603225898987, 3.50047668143892e-05,
-                  0.0293082761729642, 0.00533872103038814, 0.000439337727695207, 0.000439525598676463],
-    "mean_squared_value": [0.3030362900, 0.0007871719, 0.6481388153, 0.0005925775,
-                           1166.9038171313, 35.5163321009, 0.0634036795, 0.0649094189],
+    "mean": [
+        0.546864499783931,
+        0.0277472877678081,
+        0.800095360233122,
+        0.0240859152534545,
+        34.0352224770469,
+        5.93589713368062,
+        0.24805686320252,
+        0.251016914583618,
+    ],
+    "mcse_mean": [
+        0.00062626907415417,
+        4.11604266143508e-05,
+        0.000884603225898987,
+        3.50047668143892e-05,
+        0.0293082761729642,
+        0.00533872103038814,
+        0.000439337727695207,
+        0.000439525598676463,
+    ],
+    "mean_squared_value": [
+        0.3030362900,
+        0.0007871719,
+        0.6481388153,
+        0.0005925775,
+        1166.9038171313,
+        35.5163321009,
+        0.0634036795,
+        0.0649094189,
+    ],
 }
-REFERENCE_POSTERIOR_LV["sd"] = [float(np.sqrt(m2 - m**2)) for m, m2 in
-                                zip(REFERENCE_POSTERIOR_LV["mean"], REFERENCE_POSTERIOR_LV["mean_squared_value"])]
+REFERENCE_POSTERIOR_LV["sd"] = [
+    float(np.sqrt(m2 - m**2))
+    for m, m2 in zip(REFERENCE_POSTERIOR_LV["mean"], REFERENCE_POSTERIOR_LV["mean_squared_value"])
+]
 
 
-def lotka_volterra(ts, y_init, y=None, *, solver=None, rtol: float = 1e-6, atol: float = 1e-6,
-                   max_steps: int = 1000, sensitivity: str = "forward", log_space: bool = True,
-                   backend: str = "fused_rk"):
+def lotka_volterra(
+    ts,
+    y_init,
+    y=None,
+    *,
+    solver=None,
+    rtol: float = 1e-6,
+    atol: float = 1e-6,
+    max_steps: int = 1000,
+    sensitivity: str = "forward",
+    log_space: bool = True,
+    backend: str = "fused_rk",
+):
     r"""The posteriordb ``lotka_volterra`` program for the Hudson's Bay lynx–hare data (numpyro).
 
     .. math::
@@ -102,11 +138,32 @@ def lotka_volterra(ts, y_init, y=None, *, solver=None, rtol: float = 1e-6, atol:
     sigma = numpyro.sample("sigma", dist.LogNormal(jnp.asarray(-1.0, dtype), 1.0).expand([2]))
     times = jnp.concatenate([jnp.zeros((1,), dtype), ts])
     if log_space:
-        logz, ok = solve_ode(lotka_volterra_log_drift, jnp.log(z_init), times, theta, backend=backend, solver=solver,
-                             rtol=0.0, atol=rtol, max_steps=max_steps, sensitivity=sensitivity)
+        logz, ok = solve_ode(
+            lotka_volterra_log_drift,
+            jnp.log(z_init),
+            times,
+            theta,
+            backend=backend,
+            solver=solver,
+            rtol=0.0,
+            atol=rtol,
+            max_steps=max_steps,
+            sensitivity=sensitivity,
+        )
     else:
-        z, ok = solve_ode(lotka_volterra_drift, z_init, times, theta, backend=backend, solver=solver, rtol=rtol,
-                          atol=atol, max_steps=max_steps, sensitivity=sensitivity, positive=True)
+        z, ok = solve_ode(
+            lotka_volterra_drift,
+            z_init,
+            times,
+            theta,
+            backend=backend,
+            solver=solver,
+            rtol=rtol,
+            atol=atol,
+            max_steps=max_steps,
+            sensitivity=sensitivity,
+            positive=True,
+        )
         logz = jnp.log(z)
     numpyro.factor("ode_ok", jnp.where(ok, 0.0, -jnp.inf))
     numpyro.deterministic("z", jnp.exp(logz[1:]))

@@ -66,8 +66,15 @@ class ODEModel(eqx.Module):
         """``(xs (T, d), ok)`` at ``times`` (adaptive Tsit5, forward-mode sensitivities)."""
         times = jnp.asarray(check_times(times))
         params, static = eqx.partition(self.drift, eqx.is_inexact_array)
-        return solve_ode(lambda x, t, p: eqx.combine(p, static)(x, t), self.x0, times, params, rtol=self.rtol,
-                         atol=self.atol, max_steps=self.max_steps)
+        return solve_ode(
+            lambda x, t, p: eqx.combine(p, static)(x, t),
+            self.x0,
+            times,
+            params,
+            rtol=self.rtol,
+            atol=self.atol,
+            max_steps=self.max_steps,
+        )
 
     def log_likelihood(self, observation, times, y) -> Array:
         times, y = check_data(times, y, observation.obs_dim_for(self.state_dim))
@@ -98,12 +105,34 @@ class SDEModel(eqx.Module):
     def sde(self) -> SDE:
         return SDE(self.drift, jnp.exp(self.log_diffusion), self.state_dim)
 
-    def filter(self, observation, times, y, m0, P0, method="ekf", num_substeps=None, propagation="moments",
-               max_step=None, solver=None):
+    def filter(
+        self,
+        observation,
+        times,
+        y,
+        m0,
+        P0,
+        method="ekf",
+        num_substeps=None,
+        propagation="moments",
+        max_step=None,
+        solver=None,
+    ):
         """The CD Gaussian filter of this SDE (step options as :func:`probdyn.inference.gaussian_filters.filter`;
         by default its step plan)."""
-        return gf.filter(self.sde, observation, times, y, m0, P0, method=method, num_substeps=num_substeps,
-                         propagation=propagation, max_step=max_step, solver=solver)
+        return gf.filter(
+            self.sde,
+            observation,
+            times,
+            y,
+            m0,
+            P0,
+            method=method,
+            num_substeps=num_substeps,
+            propagation=propagation,
+            max_step=max_step,
+            solver=solver,
+        )
 
     def log_likelihood(self, observation, times, y, m0, P0, **kw) -> Array:
         return self.filter(observation, times, y, m0, P0, **kw).log_likelihood
@@ -137,8 +166,9 @@ class DiscreteModel(eqx.Module):
     dt_train: float = eqx.field(static=True)
     num_substeps: int = eqx.field(static=True)
 
-    def __init__(self, fn: Callable, noise_sd, state_dim: int, kind: str = "euler", dt_train: float = 1.0,
-                 num_substeps: int = 1):
+    def __init__(
+        self, fn: Callable, noise_sd, state_dim: int, kind: str = "euler", dt_train: float = 1.0, num_substeps: int = 1
+    ):
         if kind not in DISCRETE_KINDS:
             raise ValueError(f"kind must be one of {DISCRETE_KINDS}, got {kind!r}")
         d = int(state_dim)

@@ -31,8 +31,7 @@ from probdyn.models.sysid.models import SDEModel
 from probdyn.models.sysid.systems import get_system
 from probdyn.sde import SDE
 
-__all__ = ["observation_for", "parameterised_sde", "sde_posterior", "SDEFit", "fit_sde",
-           "SDEForecast", "forecast_sde"]
+__all__ = ["observation_for", "parameterised_sde", "sde_posterior", "SDEFit", "fit_sde", "SDEForecast", "forecast_sde"]
 
 ENGINES = ("map", "svi", "nuts")
 
@@ -47,8 +46,9 @@ def observation_for(system, y) -> obs_lib.ObservationModel:
     H = np.asarray(system.H, float)
     y = np.asarray(y, float)
     if y.ndim != 2 or H.shape[0] != y.shape[1]:
-        raise ValueError(f"the {system.name} system observes {H.shape[0]} coordinate(s) but the data have shape "
-                         f"{y.shape} (T, p)")
+        raise ValueError(
+            f"the {system.name} system observes {H.shape[0]} coordinate(s) but the data have shape {y.shape} (T, p)"
+        )
     if system.name == "lotka_volterra":
         if np.any(y[np.isfinite(y)] <= 0):
             raise ValueError("the lotka_volterra system models positive populations; the data have values <= 0")
@@ -69,10 +69,24 @@ def parameterised_sde(model: SDEModel) -> Callable[[dict], SDE]:
     return build
 
 
-def sde_posterior(system, build: Callable[[dict], SDE], observation, times, y, m0, P0, start: dict,
-                  key: PRNGKeyArray, engine: str = "nuts", num_warmup: int = 500, num_samples: int = 500,
-                  num_chains: int = 4, num_steps: int = 1500, learning_rate: float = 0.02,
-                  progress_bar: bool = False):
+def sde_posterior(
+    system,
+    build: Callable[[dict], SDE],
+    observation,
+    times,
+    y,
+    m0,
+    P0,
+    start: dict,
+    key: PRNGKeyArray,
+    engine: str = "nuts",
+    num_warmup: int = 500,
+    num_samples: int = 500,
+    num_chains: int = 4,
+    num_steps: int = 1500,
+    learning_rate: float = 0.02,
+    progress_bar: bool = False,
+):
     """Posterior over the positive drift parameters and diffusions of ``system`` as an arviz
     ``InferenceData``: priors ``LogNormal(log nominal, 1)`` (the system's parameters and mean
     diffusion), likelihood the continuous–discrete EKF
@@ -94,17 +108,36 @@ def sde_posterior(system, build: Callable[[dict], SDE], observation, times, y, m
     loc.update({f"diffusion_{i}": float(np.log(np.mean(system.diffusion))) for i in range(system.state_dim)})
 
     def model(times, obs=None):
-        pars = {k: numpyro.sample(k, dist.LogNormal(jnp.asarray(m, jnp.result_type(float)), 1.0))
-                for k, m in loc.items()}
+        pars = {
+            k: numpyro.sample(k, dist.LogNormal(jnp.asarray(m, jnp.result_type(float)), 1.0)) for k, m in loc.items()
+        }
         numpyro.sample("y", SDEFilterDistribution(build(pars), observation, times, m0, P0, method="ekf"), obs=obs)
 
     init = init_to_value(values={k: jnp.asarray(v) for k, v in start.items()})
     if engine == "nuts":
-        return mcmc.sample(model, key, times, y, num_warmup=num_warmup, num_samples=num_samples,
-                           num_chains=num_chains, init_strategy=init, progress_bar=progress_bar)
-    return variational.svi(model, key, times, y, guide="normal", guide_kwargs={"init_loc_fn": init},
-                           optimizer=learning_rate, num_steps=num_steps, progress_bar=progress_bar,
-                           num_posterior_samples=200).idata
+        return mcmc.sample(
+            model,
+            key,
+            times,
+            y,
+            num_warmup=num_warmup,
+            num_samples=num_samples,
+            num_chains=num_chains,
+            init_strategy=init,
+            progress_bar=progress_bar,
+        )
+    return variational.svi(
+        model,
+        key,
+        times,
+        y,
+        guide="normal",
+        guide_kwargs={"init_loc_fn": init},
+        optimizer=learning_rate,
+        num_steps=num_steps,
+        progress_bar=progress_bar,
+        num_posterior_samples=200,
+    ).idata
 
 
 class SDEFit(NamedTuple):
@@ -124,9 +157,19 @@ class SDEFit(NamedTuple):
     wall_time_s: float
 
 
-def fit_sde(system, times, y, key: PRNGKeyArray, engine: str = "map", num_steps: int = 1500,
-            learning_rate: float = 0.02, num_warmup: int = 500, num_samples: int = 500, num_chains: int = 4,
-            progress_bar: bool = False) -> SDEFit:
+def fit_sde(
+    system,
+    times,
+    y,
+    key: PRNGKeyArray,
+    engine: str = "map",
+    num_steps: int = 1500,
+    learning_rate: float = 0.02,
+    num_warmup: int = 500,
+    num_samples: int = 500,
+    num_chains: int = 4,
+    progress_bar: bool = False,
+) -> SDEFit:
     """Fit the drift family of a built-in ``system`` (name or System) to ``times`` (T,), ``y``
     (T, p) by its continuous–discrete EKF likelihood: maximum likelihood by Adam
     (``num_steps``, ``learning_rate``) from the system's nominal parameters, then, for
@@ -139,18 +182,22 @@ def fit_sde(system, times, y, key: PRNGKeyArray, engine: str = "map", num_steps:
     ob = observation_for(system, y)
     t = np.asarray(times, float)
     tt, yy = jnp.asarray(t - t[0]), jnp.asarray(y)  # shifted: an offset (e.g. Unix seconds) keeps its spacings
-    model = SDEModel(MechanisticDrift(system.drift, dict(system.params)), float(np.mean(system.diffusion)),
-                     system.state_dim)
+    model = SDEModel(
+        MechanisticDrift(system.drift, dict(system.params)), float(np.mean(system.diffusion)), system.state_dim
+    )
     t0 = time.perf_counter()
     k_map, k_post = jax.random.split(key)
     try:
-        info = fit_map(model, ob, tt, yy, k_map, num_steps=num_steps, learning_rate=learning_rate,
-                       progress_bar=progress_bar)
+        info = fit_map(
+            model, ob, tt, yy, k_map, num_steps=num_steps, learning_rate=learning_rate, progress_bar=progress_bar
+        )
     except FloatingPointError as e:
         spacing = float(np.median(np.diff(t)))
-        raise ValueError(f"the {system.name} fit failed ({e}); its starting rates {dict(system.params)} are per unit "
-                         f"of time and suit spacings near {system.dt_train}, the data's median spacing is "
-                         f"{spacing:.3g}: give times in a unit where the spacing is of that order") from None
+        raise ValueError(
+            f"the {system.name} fit failed ({e}); its starting rates {dict(system.params)} are per unit "
+            f"of time and suit spacings near {system.dt_train}, the data's median spacing is "
+            f"{spacing:.3g}: give times in a unit where the spacing is of that order"
+        ) from None
     fitted = {k: float(jnp.exp(v)) for k, v in info.model.drift.log_params.items()}
     for i, v in enumerate(np.exp(np.asarray(info.model.log_diffusion))):
         fitted[f"diffusion_{i}"] = float(v)
@@ -161,8 +208,24 @@ def fit_sde(system, times, y, key: PRNGKeyArray, engine: str = "map", num_steps:
 
         idata = az.from_dict({"posterior": {k: np.array([[v]]) for k, v in fitted.items()}})
     else:
-        idata = sde_posterior(system, build, ob, tt, yy, m0, P0, fitted, k_post, engine, num_warmup, num_samples,
-                              num_chains, num_steps, learning_rate, progress_bar)
+        idata = sde_posterior(
+            system,
+            build,
+            ob,
+            tt,
+            yy,
+            m0,
+            P0,
+            fitted,
+            k_post,
+            engine,
+            num_warmup,
+            num_samples,
+            num_chains,
+            num_steps,
+            learning_rate,
+            progress_bar,
+        )
     return SDEFit(idata, info, fitted, build, ob, m0, P0, engine, time.perf_counter() - t0)
 
 
@@ -208,5 +271,6 @@ def forecast_sde(fit: SDEFit, times, y, horizon: float | None = None, num_draws:
     ms, vs = jax.vmap(smooth)({k: jnp.asarray(v[sel]) for k, v in draws.items()})
     ms, vs = np.asarray(ms), np.asarray(vs)
     sd = np.sqrt(vs.mean(0) + ms.var(0))  # the mixture over posterior draws
-    return SDEForecast(np.asarray(t_ext, float) + t[0], ms.mean(0), sd, isinstance(fit.observation, obs_lib.LogNormal),
-                       float(t[-1]))
+    return SDEForecast(
+        np.asarray(t_ext, float) + t[0], ms.mean(0), sd, isinstance(fit.observation, obs_lib.LogNormal), float(t[-1])
+    )
