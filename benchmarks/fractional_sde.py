@@ -80,7 +80,7 @@ def _step_time(K, n_steps, d=4, batch=16, reps=10, num_obs=10):
     v, _ = f(model, key)
     jax.block_until_ready(v)
     best = np.inf
-    for r in range(3):  # best of 3 blocks: robust to other jobs on a shared machine
+    for _ in range(3):  # best of 3 blocks: robust to other jobs on a shared machine
         t0 = time.perf_counter()
         for i in range(reps):
             v, g = f(model, jax.random.PRNGKey(i))

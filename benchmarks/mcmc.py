@@ -134,7 +134,8 @@ def main(argv=None):
         f"samples={args.samples}, x64={args.x64}\n"
     )
     print(
-        "| N | method | min bulk ESS | wall (warmup+sampling) s | compile+init s | ESS/s | ratio vs tinygp-qs | max R-hat | divergences |"
+        "| N | method | min bulk ESS | wall (warmup+sampling) s | compile+init s | ESS/s | ratio vs tinygp-qs "
+        "| max R-hat | divergences |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for n in args.n:

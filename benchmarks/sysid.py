@@ -116,7 +116,7 @@ def _lv_z_space(*a):
 
 
 def load():
-    return "load average %.2f %.2f %.2f" % os.getloadavg()
+    return "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
 
 
 def accuracy(idata):

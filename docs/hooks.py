@@ -8,5 +8,6 @@ SOURCES = {"index.md": ROOT / "README.md", "tutorials.md": ROOT / "tutorials" / 
 
 
 def on_page_read_source(page, config):
+    """mkdocs hook: pages whose source lives outside docs/ (README, tutorials) are read from there."""
     src = SOURCES.get(page.file.src_uri)
     return src.read_text() if src is not None and src.exists() else None

@@ -8,7 +8,7 @@ inference engines that fit them, all built on one linear-Gaussian state-space en
 from probdyn import kernels
 from probdyn.gp import MarkovGP
 from probdyn.inference import kalman
-from probdyn.ssm import LinearGaussianSSM, LTISDE, TransitionBasis, discretise
+from probdyn.ssm import LTISDE, LinearGaussianSSM, TransitionBasis, discretise
 
 __version__ = "0.1.0"
 

@@ -20,6 +20,7 @@ uses it for ArviZ's pointwise ``log_likelihood`` group.
 from __future__ import annotations
 
 import math
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -108,7 +109,7 @@ class MarkovGPDistribution(KalmanDistribution):
         super().__init__(batch_shape=tuple(batch), event_shape=(n,), validate_args=validate_args)
 
     @classmethod
-    def from_gp(cls, gp, parallel: bool | None = None) -> "MarkovGPDistribution":
+    def from_gp(cls, gp, parallel: bool | None = None) -> MarkovGPDistribution:
         """The distribution of ``gp``'s observations (a :class:`probdyn.MarkovGP`)."""
         return cls(gp.kernel, gp.times, gp.noise, gp.mean, parallel=parallel)
 
@@ -140,7 +141,7 @@ class MarkovGPDistribution(KalmanDistribution):
         return jnp.broadcast_to(value, shape + value.shape[-1:]), shape
 
     # -- distribution API -----------------------------------------------------------
-    def _log_prob(self, value: Float[Array, "... N"]) -> Float[Array, "..."]:
+    def _log_prob(self, value: Float[Array, "... N"]) -> Float[Array, ...]:
         value, shape = self._value_shape(value)
 
         def one(k, nz, lc, y):
@@ -301,7 +302,7 @@ class LinearGaussianSSMDistribution(KalmanDistribution):
         shape = tuple(jnp.broadcast_shapes(self.batch_shape, value.shape[:-2]))
         return jnp.broadcast_to(value, shape + ev), shape
 
-    def _log_prob(self, value: Float[Array, "... T m"]) -> Float[Array, "..."]:
+    def _log_prob(self, value: Float[Array, "... T m"]) -> Float[Array, ...]:
         value, shape = self._value_shape(value)
         b, s = self._split(shape)
 

@@ -7,7 +7,7 @@ times are obtained by merging them into the grid as missing observations.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -45,7 +45,7 @@ class MarkovGP(eqx.Module):
 
     kernel: Kernel
     times: Float[Array, " N"]
-    noise: Float[Array, "..."]
+    noise: Float[Array, ...]
     mean: Float[Array, ""] | Callable
 
     def __init__(self, kernel: Kernel, times, noise=0.0, mean=0.0):

@@ -14,7 +14,8 @@ What ``probdyn fit --model markov-gp`` runs, as library functions:
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
@@ -167,7 +168,8 @@ def fit_gp(
     ``target_accept_prob`` 0.9: with these defaults R-hat < 1.01 and no divergences on the
     bundled series and on simulated ones over time and value scales 1e-3 .. 1e3).
     Times are shifted to start at 0 (so an offset such as Unix seconds loses no precision in
-    float32); the priors scale with their span. ``ValueError`` for an unknown kernel or engine, or a constant / empty series."""
+    float32); the priors scale with their span. ``ValueError`` for an unknown kernel or
+    engine, or a constant / empty series."""
     from probdyn.inference import mcmc, variational
 
     if engine not in ENGINES:

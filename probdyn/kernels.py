@@ -68,7 +68,7 @@ class Kernel(eqx.Module):
     """Base class of stationary Markov kernels (see the module docstring)."""
 
     # --- to implement -------------------------------------------------------------
-    def __call__(self, tau: Float[Array, "..."]) -> Float[Array, "..."]:
+    def __call__(self, tau: Float[Array, ...]) -> Float[Array, ...]:
         """Analytic covariance ``k(tau)`` for lags ``tau`` (any shape)."""
         raise NotImplementedError
 
@@ -112,7 +112,7 @@ class Kernel(eqx.Module):
         return None
 
     def to_ssm(
-        self, times: Float[Array, " N"], noise: Float[Array, "..."] = 0.0, transition_basis: bool = False
+        self, times: Float[Array, " N"], noise: Float[Array, ...] = 0.0, transition_basis: bool = False
     ) -> LinearGaussianSSM:
         """The exact state-space model of ``y_n = f(times[n]) + N(0, noise_n)``, ``f ~ GP(0, k)``.
 
@@ -138,12 +138,12 @@ class Kernel(eqx.Module):
         t2 = t1 if t2 is None else jnp.asarray(t2)
         return self(jnp.abs(t1[:, None] - t2[None, :]))
 
-    def __add__(self, other: "Kernel") -> "Kernel":
+    def __add__(self, other: Kernel) -> Kernel:
         if not isinstance(other, Kernel):
             return NotImplemented
         return Sum(self, other)
 
-    def __mul__(self, other) -> "Kernel":
+    def __mul__(self, other) -> Kernel:
         if isinstance(other, Kernel):
             return Product(self, other)
         return Scaled(self, _param(other, "scale"))

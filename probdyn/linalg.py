@@ -418,7 +418,7 @@ def solve_upper_t(L: Float[Array, "n n"], b: Float[Array, "n ..."]) -> Float[Arr
     return jnp.stack(rows, axis=0)
 
 
-def block_diag(*mats: Float[Array, "..."]) -> Float[Array, "..."]:
+def block_diag(*mats: Float[Array, ...]) -> Float[Array, ...]:
     """Block-diagonal matrix from square blocks (batched over leading axes)."""
     batch = jnp.broadcast_shapes(*[m.shape[:-2] for m in mats])
     n = sum(m.shape[-1] for m in mats)
@@ -432,7 +432,7 @@ def block_diag(*mats: Float[Array, "..."]) -> Float[Array, "..."]:
     return out
 
 
-def kron(a: Float[Array, "... m n"], b: Float[Array, "... p q"]) -> Float[Array, "..."]:
+def kron(a: Float[Array, "... m n"], b: Float[Array, "... p q"]) -> Float[Array, ...]:
     """Kronecker product over the last two axes (batched)."""
     m, n = a.shape[-2:]
     p, q = b.shape[-2:]

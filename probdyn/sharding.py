@@ -18,7 +18,8 @@ whose batch shape is the number of series (``MarkovGPDistribution`` broadcasts).
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

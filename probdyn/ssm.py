@@ -28,7 +28,6 @@ from jaxtyping import Array, Float
 from probdyn._checks import is_concrete
 from probdyn.linalg import symmetrize
 
-
 _THETA, _TAYLOR, _MAX_DOUBLE = 0.25, 10, 16
 
 
@@ -232,9 +231,10 @@ class LinearGaussianSSM(eqx.Module):
     state covariances (largest entry of ``initial_cov`` and of any ``transition_cov``;
     for ``emission_cov``, of any ``emission_cov`` and ``H initial_cov H^T``), ``eps`` of
     the array's dtype: singular covariances (zero process noise, exact observations) and
-    rounding-level indefiniteness (e.g. ``Pinf - A Pinf A^T`` of a short step) pass. Traced arrays (inside ``jit``, ``vmap``, ``grad``)
-    are not checked here; see :func:`probdyn.inference.kalman.filter` for what the engine
-    returns then. Models changed with ``eqx.tree_at`` are not re-checked.
+    rounding-level indefiniteness (e.g. ``Pinf - A Pinf A^T`` of a short step) pass. Traced
+    arrays (inside ``jit``, ``vmap``, ``grad``) are not checked here; see
+    :func:`probdyn.inference.kalman.filter` for what the engine returns then. Models changed
+    with ``eqx.tree_at`` are not re-checked.
     """
 
     initial_mean: Float[Array, " d"]
@@ -278,7 +278,7 @@ class LinearGaussianSSM(eqx.Module):
     def obs_dim(self) -> int:
         return self.emission_matrix.shape[-2]
 
-    def broadcast(self, num_timesteps: int) -> "LinearGaussianSSM":
+    def broadcast(self, num_timesteps: int) -> LinearGaussianSSM:
         """Expand time-invariant arrays to their time-varying shapes (checks lengths)."""
 
         def expand(x, n, name):
@@ -362,7 +362,7 @@ def _check_cov(name: str, C: np.ndarray, scale: float):
         )
 
 
-def _check_values(ssm: "LinearGaussianSSM"):
+def _check_values(ssm: LinearGaussianSSM):
     """Finiteness, symmetry and semi-definiteness of the concrete arrays of ``ssm`` (once per
     construction; traced arrays are skipped)."""
     names = ["initial_mean", "initial_cov", "transition_matrix", "transition_cov", "emission_matrix", "emission_cov"]

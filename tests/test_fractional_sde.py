@@ -18,7 +18,6 @@ import pytest  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from probdyn.inference import kalman  # noqa: E402
-from probdyn.inference.optimize import fit  # noqa: E402
 from probdyn.models import fractional as fs  # noqa: E402
 from probdyn.sde import fractional as fr  # noqa: E402
 

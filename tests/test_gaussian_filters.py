@@ -16,9 +16,9 @@ from scipy.special import gammaln
 
 jax.config.update("jax_enable_x64", True)
 
-from probdyn.inference.gaussian_filters import observations as obs  # noqa: E402
-from probdyn.inference.gaussian_filters import DiscreteFilterDistribution, SDEFilterDistribution  # noqa: E402
 from probdyn.inference import gaussian_filters as gf  # noqa: E402
+from probdyn.inference.gaussian_filters import DiscreteFilterDistribution, SDEFilterDistribution  # noqa: E402
+from probdyn.inference.gaussian_filters import observations as obs  # noqa: E402
 from probdyn.sde import SDE, euler_maruyama  # noqa: E402
 
 RNG = np.random.default_rng(0)

@@ -561,7 +561,7 @@ def _run_both(mdl, y, fn):
     return out
 
 
-@pytest.mark.parametrize("case", FUSED_CASES, ids=lambda c: "d{}_m{}_tvA{}_tvH{}".format(c[1], c[2], c[4], c[5]))
+@pytest.mark.parametrize("case", FUSED_CASES, ids=lambda c: f"d{c[1]}_m{c[2]}_tvA{c[4]}_tvH{c[5]}")
 def test_fused_and_matrix_forms_against_dense(case):
     seed, d, m, T, tvt, tve = case
     mdl = random_model(seed, d, m, T, tvt, tve)

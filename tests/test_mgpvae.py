@@ -305,7 +305,7 @@ def test_datasets_against_independent_references():
     from scipy import ndimage
     from scipy.integrate import solve_ivp
 
-    from probdyn.datasets import pendulum_sensors, rotating_digits
+    from probdyn.datasets import rotating_digits
 
     d = rotating_digits(40, 8, missing_rate=0.5, corrupt_rate=0.2, seed=3)
     n = d.mask.size

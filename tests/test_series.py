@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import statsmodels.api as sm
 
-from probdyn.datasets import lynx_hare, load_series, read_csv_series
+from probdyn.datasets import load_series, lynx_hare, read_csv_series
 
 
 def test_embedded_series():

@@ -51,10 +51,19 @@ SCRIPT = textwrap.dedent(
     def nll(log_ell, d):
         return -ll(jnp.exp(log_ell), d[0], d[1])
     total = sum_over_batch(nll)
-    res = fit(lambda p, k, b: total(p, data), jnp.zeros(Bf), jax.random.PRNGKey(0), 150, optax.adam(0.05), progress_bar=False)
+    res = fit(
+        lambda p, k, b: total(p, data), jnp.zeros(Bf), jax.random.PRNGKey(0), 150, optax.adam(0.05), progress_bar=False
+    )
     singles, check = [], [0, 5, 7]
     for i in check:
-        r = fit(lambda p, k, b: nll(p, (jnp.asarray(t[i]), jnp.asarray(y[i]))), jnp.zeros(()), jax.random.PRNGKey(0), 150, optax.adam(0.05), progress_bar=False)
+        r = fit(
+            lambda p, k, b: nll(p, (jnp.asarray(t[i]), jnp.asarray(y[i]))),  # noqa: B023 - called in this iteration
+            jnp.zeros(()),
+            jax.random.PRNGKey(0),
+            150,
+            optax.adam(0.05),
+            progress_bar=False,
+        )
         singles.append(float(r.params))
     out["fit_vs_single"] = float(np.max(np.abs(np.asarray(res.params)[check] - np.asarray(singles))))
     import json; print("RESULT" + json.dumps(out))
@@ -136,7 +145,7 @@ def test_multi_process_batch_map_equals_single_process():
         for i in range(2)
     ]
     outs = [p.communicate(timeout=300) for p in procs]
-    for p, (so, se) in zip(procs, outs):
+    for p, (_so, se) in zip(procs, outs):
         assert p.returncode == 0, se[-3000:]
     vals = [json.loads([ln for ln in so.splitlines() if ln.startswith("RESULT")][-1][6:])["values"] for so, _ in outs]
 

@@ -19,8 +19,8 @@ import scipy.stats
 
 jax.config.update("jax_enable_x64", True)
 
-from probdyn.inference.gaussian_filters import observations as obs  # noqa: E402
 from probdyn.datasets import lynx_hare  # noqa: E402
+from probdyn.inference.gaussian_filters import observations as obs  # noqa: E402
 from probdyn.models import sysid  # noqa: E402
 from probdyn.sde import solve_ode  # noqa: E402
 

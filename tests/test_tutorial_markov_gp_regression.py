@@ -1,8 +1,8 @@
 """Runs tutorials/markov_gp_regression.py in smoke mode and checks its metrics and figure."""
 
 import math
-import pytest
 
+import pytest
 from tutorial_runner import run_tutorial
 
 

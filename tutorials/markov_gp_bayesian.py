@@ -12,7 +12,8 @@
 # The weekly Mauna Loa CO2 record (shipped offline with `statsmodels`) has a trend, a yearly
 # cycle and gaps (NaN weeks). After removing a linear trend we model the residual as
 #
-# $$ y(t) = f(t) + \varepsilon,\quad f \sim \mathrm{GP}(0,\ k_{\mathrm{M32}}(\ell, s_1^2) + k_{\mathrm{SHO}}(\omega, Q, s_2^2)),
+# $$ y(t) = f(t) + \varepsilon,\quad
+# f \sim \mathrm{GP}(0,\ k_{\mathrm{M32}}(\ell, s_1^2) + k_{\mathrm{SHO}}(\omega, Q, s_2^2)),
 # \quad \varepsilon \sim N(0, \sigma^2), $$
 #
 # a Markov GP whose likelihood is evaluated in O(N) by the Kalman filter
@@ -41,10 +42,10 @@ import statsmodels.api as sm  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 
+import arviz as az  # noqa: E402
+
 from probdyn import MarkovGP, kernels, plotting  # noqa: E402
 from probdyn.inference import mcmc, variational  # noqa: E402
-
-import arviz as az  # noqa: E402
 
 SMOKE = os.environ.get("PROBDYN_SMOKE", "0") == "1"
 OUT = os.environ.get("PROBDYN_OUT", os.path.join("probdyn-out", "tutorials", "markov_gp_bayesian"))

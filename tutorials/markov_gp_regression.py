@@ -107,7 +107,7 @@ opt = optax.adam(0.05)
 state = opt.init(init)
 params, trace = init, []
 t0 = time.perf_counter()
-for i in range(STEPS):
+for _ in range(STEPS):
     loss, g = loss_and_grad(params)
     updates, state = opt.update(g, state)
     params = optax.apply_updates(params, updates)

@@ -33,8 +33,8 @@ import numpy as np
 jax.config.update("jax_enable_x64", True)
 
 from probdyn import MarkovGP, kernels, plotting  # noqa: E402
-from probdyn.models import sde_posteriors as sg  # noqa: E402
 from probdyn.inference.gaussian_filters import particle_smoother_scalar  # noqa: E402
+from probdyn.models import sde_posteriors as sg  # noqa: E402
 from probdyn.sde.base import SDE  # noqa: E402
 
 SMOKE = os.environ.get("PROBDYN_SMOKE", "0") == "1"

@@ -36,14 +36,14 @@ import numpy as np
 
 jax.config.update("jax_enable_x64", True)
 
+import arviz as az  # noqa: E402
+
 from probdyn import plotting  # noqa: E402
-from probdyn.inference.gaussian_filters import observations as obs  # noqa: E402
 from probdyn.datasets import lynx_hare  # noqa: E402
 from probdyn.inference import gaussian_filters as gf  # noqa: E402
 from probdyn.inference import mcmc  # noqa: E402
+from probdyn.inference.gaussian_filters import observations as obs  # noqa: E402
 from probdyn.models import sysid  # noqa: E402
-
-import arviz as az  # noqa: E402
 
 SMOKE = os.environ.get("PROBDYN_SMOKE", "0") == "1"
 OUT = os.environ.get("PROBDYN_OUT", os.path.join("probdyn-out", "tutorials", "sysid_continuous_vs_discrete"))
@@ -95,10 +95,14 @@ print(res.to_markdown())
 tab = res.table
 test = tab[tab.spacing == "test"]
 horizons = sorted(test.horizon_time.unique())
-nl = lambda name, sp="test": [
-    float(tab[(tab.model == name) & (tab.spacing == sp) & (tab.horizon_time == h)].nlpd.iloc[0])  # noqa: E731
-    for h in horizons
-]
+
+
+def nl(name, sp="test"):
+    return [
+        float(tab[(tab.model == name) & (tab.spacing == sp) & (tab.horizon_time == h)].nlpd.iloc[0]) for h in horizons
+    ]
+
+
 metrics["horizons"] = [float(h) for h in horizons]
 metrics["nlpd_continuous"] = nl("continuous (SDE)")
 metrics["nlpd_discrete"] = nl("discrete naive Euler")

@@ -56,13 +56,14 @@ one module although it runs past 600 lines.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import partial
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from probdyn.linalg import tree_sum, ldl_from_cholesky, ldl_lists, mgs_lower, neg_half_log, safe_inv
+from probdyn.linalg import ldl_from_cholesky, ldl_lists, mgs_lower, neg_half_log, safe_inv, tree_sum
 
 __all__ = [
     "Layout",

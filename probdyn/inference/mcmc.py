@@ -25,18 +25,18 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
+import arviz as az
 import jax
 import jax.numpy as jnp
 import numpy as np
+import xarray as xr
 from jaxtyping import PRNGKeyArray
 from numpyro import handlers
 from numpyro.distributions import ExpandedDistribution
-from numpyro.infer.util import initialize_model, init_to_uniform
-
-import arviz as az
-import xarray as xr
+from numpyro.infer.util import init_to_uniform, initialize_model
 
 from probdyn._checks import as_key, check_int, is_concrete
 
@@ -117,7 +117,7 @@ class _Clock:
         """Inside a scan body, after step ``i`` produced ``after`` (so the stamp follows it)."""
         for step, kind in ((last_warmup, 0), (last, 1)):
             if step >= 0:
-                jax.lax.cond(i == step, lambda: jax.debug.callback(self._record, chain, kind, after), lambda: None)
+                jax.lax.cond(i == step, lambda k=kind: jax.debug.callback(self._record, chain, k, after), lambda: None)
 
     def split(self, start: float, num_chains: int) -> tuple[float, float]:
         """(warmup, sampling) seconds summed over chains run one after another from ``start``."""

@@ -31,7 +31,8 @@ never branch on the model.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -111,11 +112,11 @@ class GaussianSites(NamedTuple):
     nat2: Float[Array, "n p p"]
 
     @classmethod
-    def zeros(cls, n: int, p: int, dtype=float) -> "GaussianSites":
+    def zeros(cls, n: int, p: int, dtype=float) -> GaussianSites:
         return cls(jnp.zeros((n, p), dtype), jnp.zeros((n, p, p), dtype))
 
     @classmethod
-    def from_moments(cls, y: Float[Array, "n p"], R: Float[Array, "n p p"]) -> "GaussianSites":
+    def from_moments(cls, y: Float[Array, "n p"], R: Float[Array, "n p p"]) -> GaussianSites:
         """Sites ``N(y_i | z, R_i)`` (as functions of ``z``)."""
         P = jnp.linalg.inv(R)
         return cls(jnp.einsum("nij,nj->ni", P, y), -0.5 * P)
@@ -124,7 +125,7 @@ class GaussianSites(NamedTuple):
     def precision(self) -> Float[Array, "n p p"]:
         return -2.0 * symmetrize(self.nat2)
 
-    def __add__(self, other: "GaussianSites") -> "GaussianSites":  # type: ignore[override]
+    def __add__(self, other: GaussianSites) -> GaussianSites:  # type: ignore[override]
         return GaussianSites(self.nat1 + other.nat1, self.nat2 + other.nat2)
 
     def pseudo_observations(self, floor: float = 0.0):

@@ -10,7 +10,8 @@ groups as :func:`probdyn.inference.mcmc.sample` minus ``sample_stats``).
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp

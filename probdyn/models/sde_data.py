@@ -1,4 +1,5 @@
-"""Deprecated path: moved to :mod:`probdyn.models.sde_posteriors.observed`; this module re-exports it for one release."""
+"""Deprecated path: moved to :mod:`probdyn.models.sde_posteriors.observed`; this module
+re-exports it for one release."""
 
 import warnings
 

@@ -23,7 +23,7 @@ ODEs (the drift alone, ``L = 0``) are solved by :func:`probdyn.sde.solve_ode` (:
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import equinox as eqx
 import jax
@@ -86,7 +86,7 @@ class SDE(eqx.Module):
             return out.shape[-1]
         return self.diffusion.shape[1]
 
-    def check(self, dtype=jnp.float32) -> "SDE":
+    def check(self, dtype=jnp.float32) -> SDE:
         """Raise a clear ``ValueError`` if drift/diffusion return the wrong shapes."""
         check_drift(self.drift, self.state_dim, dtype)
         if callable(self.diffusion):

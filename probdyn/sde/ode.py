@@ -44,7 +44,8 @@ is given. Sensitivities are not part of the error control.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -158,7 +159,7 @@ def _lincomb(coefs, ks, h):
     for cj, kj in zip(coefs, ks):
         if cj == 0.0:
             continue
-        term = jax.tree.map(lambda k: cj * k, kj)
+        term = jax.tree.map(lambda k, c=cj: c * k, kj)
         out = term if out is None else jax.tree.map(jnp.add, out, term)
     if out is None:
         return jax.tree.map(jnp.zeros_like, ks[0])

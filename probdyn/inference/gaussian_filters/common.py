@@ -158,7 +158,8 @@ def check_inputs(observation, y, m0, P0, d):
     symmetric PSD ``P0`` (d, d); returns ``(m0, P0, y, dtype)`` in one floating dtype."""
     if not isinstance(observation, ObservationModel):
         raise TypeError(
-            f"observation must be a probdyn.inference.gaussian_filters observation model, got {type(observation).__name__}"
+            "observation must be a probdyn.inference.gaussian_filters observation model, "
+            f"got {type(observation).__name__}"
         )
     p = observation.obs_dim_for(d)
     m0, P0, y = jnp.asarray(m0), jnp.asarray(P0), jnp.asarray(y)

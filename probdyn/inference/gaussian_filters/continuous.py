@@ -81,9 +81,9 @@ from probdyn.inference.gaussian_filters.common import (
     check_options,
     check_sde_inputs,
     check_step_options,
-    filter_scan,
     diffusion_at,
     drift_at,
+    filter_scan,
     sigma_point_rule,
 )
 from probdyn.inference.gaussian_filters.observations import ObservationModel

@@ -4,7 +4,7 @@ model, in square-root form."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import equinox as eqx
 import jax

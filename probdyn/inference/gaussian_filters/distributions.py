@@ -89,7 +89,8 @@ class SDEFilterDistribution(KalmanDistribution):
             raise TypeError(f"sde must be a probdyn.sde.SDE, got {type(sde).__name__}")
         if not isinstance(observation, ObservationModel):
             raise TypeError(
-                f"observation must be a probdyn.inference.gaussian_filters observation model, got {type(observation).__name__}"
+                "observation must be a probdyn.inference.gaussian_filters observation model, "
+                f"got {type(observation).__name__}"
             )
         check_options(method, propagation, num_substeps)
         self.times = jnp.asarray(check_times(times))
@@ -183,7 +184,8 @@ class DiscreteFilterDistribution(KalmanDistribution):
             raise TypeError("transition must be callable as g(x (d,), k) -> (d,)")
         if not isinstance(observation, ObservationModel):
             raise TypeError(
-                f"observation must be a probdyn.inference.gaussian_filters observation model, got {type(observation).__name__}"
+                "observation must be a probdyn.inference.gaussian_filters observation model, "
+                f"got {type(observation).__name__}"
             )
         check_options(method, None, None)
         self.m0, self.P0, self.Q = jnp.asarray(m0), jnp.asarray(P0), jnp.asarray(Q)

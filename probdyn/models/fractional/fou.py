@@ -33,7 +33,6 @@ from probdyn.sde.fractional import (
 )
 from probdyn.ssm import LinearGaussianSSM, check_times
 
-
 __all__ = [
     "fou_ltisde",
     "fou_log_likelihood",

@@ -33,7 +33,8 @@ The exact likelihood of the linear case (fractional OU) is :mod:`probdyn.models.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -49,7 +50,6 @@ from probdyn.sde.fractional import (
     ma_fbm_weights,
 )
 from probdyn.ssm import LinearGaussianSSM, check_times
-
 
 __all__ = [
     "FractionalSDE",
@@ -339,7 +339,7 @@ class FractionalSDE(eqx.Module):
         """Number of per-sequence ``q(z_0)`` (``None``: one shared ``q(z_0)``)."""
         return None if self.q0_mean.ndim == 1 else self.q0_mean.shape[0]
 
-    def for_path(self, p) -> "FractionalSDE":
+    def for_path(self, p) -> FractionalSDE:
         """The model with sequence ``p``'s ``q(z_0)`` (needs ``num_paths``; ``p`` may be traced)."""
         if self.num_paths is None:
             raise ValueError("for_path needs a model built with num_paths")

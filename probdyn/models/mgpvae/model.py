@@ -39,7 +39,8 @@ importance-weighted log-likelihood and the imputations use *joint* posterior pat
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -49,10 +50,9 @@ import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from probdyn import kernels as _kernels
-from probdyn.inference import kalman
-from probdyn.inference import optimize
-from probdyn.models.mgpvae.nets import CNNDecoder, CNNEncoder, MLPDecoder, MLPEncoder
 from probdyn.gp import MarkovGP
+from probdyn.inference import kalman, optimize
+from probdyn.models.mgpvae.nets import CNNDecoder, CNNEncoder, MLPDecoder, MLPEncoder
 
 __all__ = [
     "MarkovGPVAE",
@@ -167,11 +167,11 @@ class _SiteVAE(eqx.Module):
     def dtype(self):
         return self.log_obs_var.dtype
 
-    def astype(self, dtype) -> "_SiteVAE":
+    def astype(self, dtype) -> _SiteVAE:
         """Copy with every floating-point parameter cast to ``dtype`` (float32 / float64)."""
         return jax.tree.map(lambda x: x.astype(dtype) if eqx.is_inexact_array(x) else x, self)
 
-    def to(self, cls: type) -> "_SiteVAE":
+    def to(self, cls: type) -> _SiteVAE:
         """The same encoder, decoder and hyperparameters under another prior class."""
         return cls(
             self.encoder,

@@ -9,7 +9,7 @@ signatures can be used instead.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import equinox as eqx
 import jax

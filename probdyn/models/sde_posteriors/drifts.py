@@ -16,7 +16,7 @@ Shared by :mod:`probdyn.models.sde_posteriors.sparse_gp` (CVI natural gradients)
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import equinox as eqx
 import jax.numpy as jnp

@@ -63,7 +63,8 @@ def variational_em(
     """Variational EM (see module doc); returns ``(fitted model, state, FitTrace)``.
 
     Args:
-        model: a model with ``_fit_aux``/``_elbo_aux`` (e.g. :class:`probdyn.models.sde_posteriors.sparse_gp.SparseGPSDE`,
+        model: a model with ``_fit_aux``/``_elbo_aux`` (e.g.
+            :class:`probdyn.models.sde_posteriors.sparse_gp.SparseGPSDE`,
             :class:`probdyn.models.sde_posteriors.vgpa.VGPA`).
         state: the variational state to start the first E-step from (``None``: the model's prior state).
         num_steps: M-steps. e_iters: posterior iterations per E-step at most (stopped when

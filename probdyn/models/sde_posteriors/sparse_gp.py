@@ -107,14 +107,14 @@ from probdyn.inference.natgrad import (
     natural_gradient_ascent,
 )
 from probdyn.linalg import small_cholesky, small_inv, small_logdet, small_solve, small_solve_lower, symmetrize
+from probdyn.models.sde_posteriors.bridges import InducingBridges
+from probdyn.models.sde_posteriors.drifts import statistical_linearisation
+from probdyn.models.sde_posteriors.em import FitTrace, variational_em
 from probdyn.models.sde_posteriors.observed import (
     ObservedSDEModel,
     check_observed_sde,
     expected_log_likelihood,
 )
-from probdyn.models.sde_posteriors.drifts import statistical_linearisation
-from probdyn.models.sde_posteriors.em import FitTrace, variational_em
-from probdyn.models.sde_posteriors.bridges import InducingBridges
 from probdyn.sde.base import SDE
 from probdyn.ssm import discretise_affine
 
@@ -380,7 +380,7 @@ class SparseGPSDE(ObservedSDEModel, InducingBridges):
         m, C = q.mean[:-1], q.cov[:-1]
 
         def one(Dk, dgk, dQk, Vk, mk, Ck):
-            Lv = small_cholesky((Vk))
+            Lv = small_cholesky(Vk)
             delta = Dk @ mk + dgk
             z = small_solve_lower(Lv, delta[:, None])[:, 0]
             ZD = small_solve_lower(Lv, Dk)
@@ -555,7 +555,7 @@ class SparseGPSDE(ObservedSDEModel, InducingBridges):
         log_space: bool = True,
         progress_bar: bool = True,
         **fit_kwargs,
-    ) -> tuple["SparseGPSDE", VariationalState, FitTrace]:
+    ) -> tuple[SparseGPSDE, VariationalState, FitTrace]:
         """Variational EM by gradient steps on the ELBO.
 
         Each of the ``num_steps`` steps is one optimiser step on ``-ELBO / n`` w.r.t. the
@@ -643,7 +643,7 @@ class SparseGPSDE(ObservedSDEModel, InducingBridges):
         k0, k1, k2 = jax.random.split(key, 3)
         e0 = jax.random.normal(k0, (num_samples, d), self.dtype)
         eps = jax.random.normal(k1, (num_samples, M - 1, d), self.dtype)
-        L0 = small_cholesky((q.initial_cov))
+        L0 = small_cholesky(q.initial_cov)
 
         def one(e0_, eps_):
             return kalman.simulate_chain(q.initial_mean + L0 @ e0_, (q.F, q.g), q.chol_Q, eps_)
@@ -656,7 +656,7 @@ class SparseGPSDE(ObservedSDEModel, InducingBridges):
         N = self.grid.shape[0]
         jk = self.node_cell[:-1]
         Pd, cd, Vd = jax.vmap(self._disc)(A[jk], b[jk], jnp.diff(self.grid))
-        Ld = jax.vmap(lambda v: small_cholesky((v)))(Vd)
+        Ld = jax.vmap(lambda v: small_cholesky(v))(Vd)
         is_ind = self.node_kind == 0
         zpos = jnp.clip(jnp.searchsorted(self.ind_idx, jnp.arange(N)), 0, M - 1)
         epsf = jax.random.normal(k2, (num_samples, N - 1, d), self.dtype)

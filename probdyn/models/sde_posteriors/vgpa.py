@@ -99,7 +99,8 @@ nodes and G = ``gh_order``, sequential in N.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
@@ -108,11 +109,10 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from probdyn.inference import kalman
 from probdyn.inference.natgrad import NatGradTrace, gaussian_expectation, natural_gradient_ascent
-from probdyn.linalg import symmetrize
-from probdyn.linalg import small_cholesky, small_inv, small_logdet, small_solve
-from probdyn.models.sde_posteriors.observed import ObservedSDEModel, check_observed_sde, expected_log_likelihood
+from probdyn.linalg import small_cholesky, small_inv, small_logdet, small_solve, symmetrize
 from probdyn.models.sde_posteriors.drifts import statistical_linearisation
 from probdyn.models.sde_posteriors.em import FitTrace, variational_em
+from probdyn.models.sde_posteriors.observed import ObservedSDEModel, check_observed_sde, expected_log_likelihood
 from probdyn.sde.base import SDE
 
 __all__ = ["VGPA", "VGPAState", "Moments"]
@@ -350,7 +350,7 @@ class VGPA(ObservedSDEModel):
         e_iters: int = 50,
         omega: float = 0.5,
         **kwargs,
-    ) -> tuple["VGPA", VGPAState, FitTrace]:
+    ) -> tuple[VGPA, VGPAState, FitTrace]:
         """Variational EM for the drift (and optionally diffusion / noise) parameters with the
         smoothing iterations as E-step: :func:`probdyn.models.sde_posteriors.em.variational_em` (same
         options, e.g. ``learn_diffusion``, ``optimizer``). Returns ``(fitted model, state, FitTrace)``."""

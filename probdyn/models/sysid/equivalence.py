@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from probdyn.inference.gaussian_filters import observations as obs_lib
 from probdyn.inference import gaussian_filters as gf
 from probdyn.inference import kalman
+from probdyn.inference.gaussian_filters import observations as obs_lib
 from probdyn.sde import SDE
 
 __all__ = ["ou_ar1_check"]

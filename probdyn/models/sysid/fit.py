@@ -36,6 +36,9 @@ def initial_prior(observation, y0, d: int, scale: float = 1.0) -> tuple[Array, A
 
 
 class FitInfo(NamedTuple):
+    """Result of :func:`fit_map`: the fitted ``model``, the ``losses`` per step, ``time_s``
+    and the final filter ``log_likelihood``."""
+
     model: Any
     losses: np.ndarray
     time_s: float

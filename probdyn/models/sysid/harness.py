@@ -92,8 +92,8 @@ class CompareResult(NamedTuple):
     def to_markdown(self, floatfmt: str = ".3f", long: bool = False) -> str:
         """What a person reads at a glance, as GitHub markdown: NLPD and RMSE as model x
         spacing by lead time (a diverged forecast shows ``diverged``), one row per model for
-        the per-model quantities, and the extras. ``long=True``: the long table instead (one row per model, spacing and lead
-        time, as in ``comparison.csv``)."""
+        the per-model quantities, and the extras. ``long=True``: the long table instead (one row
+        per model, spacing and lead time, as in ``comparison.csv``)."""
         from probdyn.tables import markdown_table
 
         if long:

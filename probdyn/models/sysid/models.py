@@ -4,7 +4,7 @@ docstring), each with a simulator and a filter log-likelihood, plus :func:`check
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import equinox as eqx
 import jax

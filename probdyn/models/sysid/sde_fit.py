@@ -16,7 +16,8 @@ What ``probdyn fit --model sde`` runs, as library functions:
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax

@@ -22,7 +22,8 @@ log-normal count data are linear-Gaussian in ``log y``.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
