@@ -515,10 +515,8 @@ def test_checkpointed_chunked_scan_matches_plain(monkeypatch):
     y = _with_nans(simulate(mdl, 60, 11), 11)
 
     def run(A):
-        arr = kalman._arrays(to_ssm({**mdl, "A": A}), 60, jnp.float64)
-        assert not kalman._use_fused(arr)
-        ms, Ss, ll = kalman._filter_sequential(arr, jnp.asarray(y))
-        return ll + 0.1 * jnp.sum(ms) + 0.1 * jnp.sum(Ss)
+        f = kalman.filter(to_ssm({**mdl, "A": A}), jnp.asarray(y), form="matrix")
+        return f.log_likelihood + 0.1 * jnp.sum(f.mean) + 0.1 * jnp.sum(f.chol)
 
     A = jnp.asarray(mdl["A"]) + 0.01 * rng.normal(size=mdl["A"].shape)
     ref_v, ref_g = jax.jit(jax.value_and_grad(run))(A)
@@ -540,24 +538,14 @@ FUSED_CASES = [  # (seed, d, m, T, tv_trans, tv_emis): all have d + m <= FUSED_M
 ]
 
 
-def _run_both(mdl, y, fn):
-    """``fn(arr, y)`` with the fused step and with the matrix form (fresh traces)."""
-    ssm = to_ssm(mdl)
+def _run_both(mdl, y):
+    """Filtered and smoothed moments and both log-likelihoods with ``form="fused"`` and
+    ``form="matrix"``."""
+    ssm, y = to_ssm(mdl), jnp.asarray(y)
     out = {}
-    for name, limit in (("fused", kalman.fused.FUSED_MAX_DIM), ("matrix", 0)):
-
-        def f(ssm, y, limit=limit):
-            old = kalman.fused.FUSED_MAX_DIM
-            kalman.fused.FUSED_MAX_DIM = limit
-            try:
-                s, yy, dt = kalman._prepare(ssm, y)
-                arr = kalman._arrays(s, yy.shape[0], dt, kalman._static_emission(ssm))
-                assert kalman._use_fused(arr) == (name == "fused")
-                return fn(arr, yy)
-            finally:
-                kalman.fused.FUSED_MAX_DIM = old
-
-        out[name] = jax.jit(f)(ssm, jnp.asarray(y))
+    for form in ("fused", "matrix"):
+        f, s = kalman.filter(ssm, y, form=form), kalman.smoother(ssm, y, form=form)
+        out[form] = (f.mean, f.cov, f.log_likelihood, s.mean, s.cov, kalman.log_likelihood(ssm, y, form=form))
     return out
 
 
@@ -580,21 +568,7 @@ def test_fused_first_state_update_against_dense(d, h, tvt):
 
 def _check_fused_and_matrix(mdl, y):
     ref = dense_reference(mdl, y)
-
-    def smooth(arr, yy):
-        ms, Ss, ll = kalman._filter_sequential(arr, yy)
-        G, g, D = kalman.backward_kernels(arr, ms, Ss)
-        sm, sS = kalman._smooth_sequential(G, g, D, ms[-1], Ss[-1])
-        return (
-            ms,
-            Ss @ jnp.swapaxes(Ss, 1, 2),
-            ll,
-            sm,
-            sS @ jnp.swapaxes(sS, 1, 2),
-            kalman._filter_sequential(arr, yy, keep=False)[2],
-        )
-
-    for name, (fm, fP, ll, sm, sP, ll2) in _run_both(mdl, y, smooth).items():
+    for name, (fm, fP, ll, sm, sP, ll2) in _run_both(mdl, y).items():
         tol = dict(rtol=1e-9, atol=1e-10, err_msg=name)
         np.testing.assert_allclose(fm, ref["f_mean"], **tol)
         np.testing.assert_allclose(fP, ref["f_cov"], **tol)
@@ -714,3 +688,24 @@ def test_simulate_chain_matches_dense_joint_gaussian():
         z0[:50], eps[:50]
     )
     np.testing.assert_allclose(np.asarray(X2), X[:50], rtol=1e-13, atol=1e-13)
+
+
+def test_schedule_forms():
+    """Every form gives the dense reference's log-likelihood and smoothed means; the options
+    are checked: an unknown form, a form that contradicts ``parallel``, and ``"fused"`` on a
+    model too large for the fused step are ValueErrors naming the problem."""
+    mdl = random_model(97, 2, 1, 12, True, False)
+    y = _with_nans(simulate(mdl, 12, 97), 97)
+    ref = dense_reference(mdl, y)
+    ssm = to_ssm(mdl)
+    for form in kalman.FORMS:
+        np.testing.assert_allclose(kalman.log_likelihood(ssm, jnp.asarray(y), form=form), ref["ll"], rtol=1e-11)
+        np.testing.assert_allclose(kalman.smoother(ssm, jnp.asarray(y), form=form).mean, ref["s_mean"], rtol=1e-9)
+    assert kalman.schedule("auto", True) == "parallel" and kalman.schedule("auto", False) == "sequential"
+    with pytest.raises(ValueError, match="form must be one of"):
+        kalman.filter(ssm, jnp.asarray(y), form="sequential")
+    with pytest.raises(ValueError, match="contradicts parallel=True"):
+        kalman.filter(ssm, jnp.asarray(y), parallel=True, form="matrix")
+    big = random_model(98, 3, 2, 8, False, False)  # d + p = 5 > FUSED_MAX_DIM
+    with pytest.raises(ValueError, match="form='fused' needs"):
+        kalman.filter(to_ssm(big), jnp.asarray(simulate(big, 8, 98)), form="fused")

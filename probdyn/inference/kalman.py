@@ -63,6 +63,8 @@ __all__ = [
     "backward_kernels",
     "rts_smooth",
     "use_parallel",
+    "schedule",
+    "FORMS",
     "simulate_chain",
 ]
 
@@ -190,6 +192,32 @@ def use_parallel(parallel: bool | None) -> bool:
     if parallel is None:
         return jax.default_backend() in ("gpu", "cuda", "rocm", "tpu")
     return bool(parallel)
+
+
+FORMS = ("auto", "fused", "matrix", "parallel")
+
+
+def schedule(form: str = "auto", parallel: bool | None = None) -> str:
+    """The schedule of the Kalman entry points, resolved from their ``form`` and ``parallel``.
+
+    * ``"parallel"``: square-root associative scans (parallel in time; O(log T) depth);
+    * ``"fused"``: the sequential scan with the fused small-state step (:mod:`fused`), which
+      needs ``d + p <= FUSED_MAX_DIM`` and a full-rank ``transition_cov`` factor
+      (``ValueError`` otherwise);
+    * ``"matrix"``: the sequential scan with the generic square-root step (any size);
+    * ``"auto"`` (default): ``parallel`` decides (``None``: parallel on GPU/TPU), and a
+      sequential run uses the fused step where it applies, else the matrix step.
+
+    ``parallel=True``/``False`` is the shorthand of the default form; with an explicit
+    ``form`` it must agree (``ValueError``). Returns ``"parallel"``, ``"fused"``,
+    ``"matrix"`` or ``"sequential"`` (sequential, fused where it applies)."""
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+    if form == "auto":
+        return "parallel" if use_parallel(parallel) else "sequential"
+    if parallel is not None and bool(parallel) != (form == "parallel"):
+        raise ValueError(f"form={form!r} contradicts parallel={parallel}; give one of them")
+    return form
 
 
 def _prepare(ssm: LinearGaussianSSM, y):
@@ -339,9 +367,16 @@ def _scan(body, carry, xs):
     return carry, outs
 
 
-def _use_fused(arr: _Arrays) -> bool:
+def _use_fused(arr: _Arrays, form: str = "sequential") -> bool:
+    """Whether a sequential run of schedule ``form`` uses the fused step (see :func:`schedule`)."""
     d, p = arr.m0.shape[0], arr.H.shape[-2]
-    return d + p <= fused.FUSED_MAX_DIM and arr.SQ.shape[-1] == d
+    fits = d + p <= fused.FUSED_MAX_DIM and arr.SQ.shape[-1] == d
+    if form == "fused" and not fits:
+        raise ValueError(
+            f"form='fused' needs state + observation dimension <= {fused.FUSED_MAX_DIM} and a full-rank "
+            f"transition_cov factor, got d={d}, p={p}, factor columns {arr.SQ.shape[-1]}; use form='matrix'"
+        )
+    return fits and form != "matrix"
 
 
 def _ldl(C, n):
@@ -373,8 +408,8 @@ def _fused_inputs(arr: _Arrays, y):
     return lay, fused.first_state(lay, arr.m0, arr.S0, x0), X
 
 
-def _filter_sequential(arr: _Arrays, y, keep: bool = True):
-    if _use_fused(arr):
+def _filter_sequential(arr: _Arrays, y, keep: bool = True, form: str = "sequential"):
+    if _use_fused(arr, form):
         lay, s0, X = _fused_inputs(arr, y)
         if not keep:
             return None, None, fused.filter_last(lay, s0, X, fused.finite_guard(y))[-1]
@@ -518,10 +553,10 @@ def _filter_parallel(arr: _Arrays, y):
     return jax.lax.cond(exact, lambda: _filter_sequential(arr, y), lambda: (ms, Ss, ll))
 
 
-def _run_filter(ssm, y, parallel, H_static=None):
+def _run_filter(ssm, y, form: str, H_static=None):
     ssm, y, dtype = _prepare(ssm, y)
     arr = _arrays(ssm, y.shape[0], dtype, H_static)
-    ms, Ss, ll = (_filter_parallel if use_parallel(parallel) else _filter_sequential)(arr, y)
+    ms, Ss, ll = _filter_parallel(arr, y) if form == "parallel" else _filter_sequential(arr, y, form=form)
     return arr, y, FilterResult(ms, Ss @ jnp.swapaxes(Ss, -1, -2), ll, Ss)
 
 
@@ -535,11 +570,13 @@ def _validated(ssm, y):
 
 
 @eqx.filter_jit
-def _filter_jit(ssm, y, par: bool, Hs=None) -> FilterResult:
-    return _run_filter(ssm, y, par, Hs)[2]
+def _filter_jit(ssm, y, form: str, Hs=None) -> FilterResult:
+    return _run_filter(ssm, y, form, Hs)[2]
 
 
-def filter(ssm: LinearGaussianSSM, y: Float[Array, "T p"], parallel: bool | None = None) -> FilterResult:
+def filter(
+    ssm: LinearGaussianSSM, y: Float[Array, "T p"], parallel: bool | None = None, form: str = "auto"
+) -> FilterResult:
     """Kalman filter. ``y`` is (T, p) (or (T,) when p = 1), NaN = missing.
 
     Returns filtered means (T, d), covariances (T, d, d), their Cholesky factors and the
@@ -559,38 +596,44 @@ def filter(ssm: LinearGaussianSSM, y: Float[Array, "T p"], parallel: bool | None
     with respect to a point mass at the prediction: it contributes ``0`` to the
     log-likelihood if it equals the prediction exactly, and ``-inf`` (an impossible
     observation) otherwise, never ``+inf``.
+
+    Schedule: ``form`` (``"auto"``, ``"fused"``, ``"matrix"``, ``"parallel"``) and its
+    shorthand ``parallel``, see :func:`schedule`; every form gives the same numbers to
+    rounding.
     """
-    return _filter_jit(ssm, _validated(ssm, y), use_parallel(parallel), _static_emission(ssm))
+    return _filter_jit(ssm, _validated(ssm, y), schedule(form, parallel), _static_emission(ssm))
 
 
 @eqx.filter_jit
-def _log_likelihood_jit(ssm, y, par: bool, Hs=None):
-    if par:
-        return _run_filter(ssm, y, True)[2].log_likelihood
+def _log_likelihood_jit(ssm, y, form: str, Hs=None):
+    if form == "parallel":
+        return _run_filter(ssm, y, form)[2].log_likelihood
     ssm, y, dtype = _prepare(ssm, y)
-    return _filter_sequential(_arrays(ssm, y.shape[0], dtype, Hs), y, keep=False)[2]
+    return _filter_sequential(_arrays(ssm, y.shape[0], dtype, Hs), y, keep=False, form=form)[2]
 
 
-def log_likelihood(ssm: LinearGaussianSSM, y: Float[Array, "T p"], parallel: bool | None = None) -> Float[Array, ""]:
+def log_likelihood(
+    ssm: LinearGaussianSSM, y: Float[Array, "T p"], parallel: bool | None = None, form: str = "auto"
+) -> Float[Array, ""]:
     """Log marginal likelihood ``log p(y_{0:T-1})`` (NaN = missing). Bad input, traced
-    (NaN) inputs and zero predictive variances as in :func:`filter`."""
-    return _log_likelihood_jit(ssm, _validated(ssm, y), use_parallel(parallel), _static_emission(ssm))
+    (NaN) inputs, zero predictive variances and the schedule (``form``) as in :func:`filter`."""
+    return _log_likelihood_jit(ssm, _validated(ssm, y), schedule(form, parallel), _static_emission(ssm))
 
 
 @eqx.filter_jit
-def _pointwise_jit(ssm, y, par: bool, Hs=None):
-    arr, y, f = _run_filter(ssm, y, par, Hs)
+def _pointwise_jit(ssm, y, form: str, Hs=None):
+    arr, y, f = _run_filter(ssm, y, form, Hs)
     return _predictive_logliks(arr, y, f.mean, f.chol)
 
 
 def pointwise_log_likelihood(
-    ssm: LinearGaussianSSM, y: Float[Array, "T p"], parallel: bool | None = None
+    ssm: LinearGaussianSSM, y: Float[Array, "T p"], parallel: bool | None = None, form: str = "auto"
 ) -> Float[Array, " T"]:
     """One-step predictive log densities ``log p(y_t | y_{0:t-1})``, shape (T,).
 
-    Sums to :func:`log_likelihood`; fully missing rows contribute 0.
+    Sums to :func:`log_likelihood`; fully missing rows contribute 0. ``form`` as in :func:`filter`.
     """
-    return _pointwise_jit(ssm, _validated(ssm, y), use_parallel(parallel), _static_emission(ssm))
+    return _pointwise_jit(ssm, _validated(ssm, y), schedule(form, parallel), _static_emission(ssm))
 
 
 # ----------------------------------------------------------------------------------
@@ -626,8 +669,8 @@ def backward_kernels(arr: _Arrays, ms, Ss):
     return G, g, P22
 
 
-def _smooth_sequential(G, g, D, mT, ST, guard=None):
-    if mT.shape[0] <= fused.FUSED_MAX_DIM:
+def _smooth_sequential(G, g, D, mT, ST, guard=None, form: str = "sequential"):
+    if mT.shape[0] <= fused.FUSED_MAX_DIM and form != "matrix":
         return fused.smooth_scan(G, g, D, mT, ST, guard)
 
     def step(carry, k):
@@ -710,20 +753,23 @@ def _smooth_parallel(G, g, D, mT, ST):
     return gg, DD
 
 
-def smoother(ssm: LinearGaussianSSM, y: Float[Array, "T p"], parallel: bool | None = None) -> SmootherResult:
-    """Rauch–Tung–Striebel smoother (square-root form in both schedules)."""
-    return _smoother_jit(ssm, _validated(ssm, y), use_parallel(parallel), _static_emission(ssm))
+def smoother(
+    ssm: LinearGaussianSSM, y: Float[Array, "T p"], parallel: bool | None = None, form: str = "auto"
+) -> SmootherResult:
+    """Rauch–Tung–Striebel smoother (square-root form in every schedule; ``form`` as in
+    :func:`filter`)."""
+    return _smoother_jit(ssm, _validated(ssm, y), schedule(form, parallel), _static_emission(ssm))
 
 
 @eqx.filter_jit
-def _smoother_jit(ssm, y, par: bool, Hs=None) -> SmootherResult:
-    arr, y, f = _run_filter(ssm, y, par, Hs)
+def _smoother_jit(ssm, y, form: str, Hs=None) -> SmootherResult:
+    arr, y, f = _run_filter(ssm, y, form, Hs)
     if y.shape[0] == 1:
         return SmootherResult(f.mean, f.cov, f.log_likelihood, f)
-    if par:
+    if form == "parallel":
         return SmootherResult(*_smooth_adjoint(arr, y, f.mean, f.chol), f.log_likelihood, f)
     G, g, D = backward_kernels(arr, f.mean, f.chol)
-    ms, Ss = _smooth_sequential(G, g, D, f.mean[-1], f.chol[-1], fused.finite_guard(y))
+    ms, Ss = _smooth_sequential(G, g, D, f.mean[-1], f.chol[-1], fused.finite_guard(y), form)
     return SmootherResult(ms, Ss @ jnp.swapaxes(Ss, -1, -2), f.log_likelihood, f)
 
 
@@ -760,17 +806,18 @@ def sample(
     y: Float[Array, "T p"],
     num_samples: int = 1,
     parallel: bool | None = None,
+    form: str = "auto",
 ) -> Float[Array, "num_samples T d"]:
     """Joint posterior paths ``x_{0:T-1} ~ p(x | y)`` by forward-filter backward-sampling,
     shape (num_samples, T, d). ``num_samples`` is a positive integer (static: one
-    compilation per value); else ``ValueError``."""
+    compilation per value); else ``ValueError``. ``form`` as in :func:`filter`."""
     k = check_positive_int(num_samples)
-    return _sample_jit(key, ssm, _validated(ssm, y), k, use_parallel(parallel), _static_emission(ssm))
+    return _sample_jit(key, ssm, _validated(ssm, y), k, schedule(form, parallel), _static_emission(ssm))
 
 
 @eqx.filter_jit
-def _sample_jit(key, ssm, y, num_samples: int, par: bool, Hs=None):
-    arr, y, f = _run_filter(ssm, y, par, Hs)
+def _sample_jit(key, ssm, y, num_samples: int, form: str, Hs=None):
+    arr, y, f = _run_filter(ssm, y, form, Hs)
     T, d = f.mean.shape
     eps = jax.random.normal(key, (num_samples, T, d), f.mean.dtype)
     xT = f.mean[-1] + eps[:, -1] @ f.chol[-1].T
@@ -778,7 +825,7 @@ def _sample_jit(key, ssm, y, num_samples: int, par: bool, Hs=None):
         return xT[:, None]
     G, g, D = backward_kernels(arr, f.mean, f.chol)
     h = g[None] + jnp.einsum("tij,stj->sti", D, eps[:, :-1])  # (S, T-1, d)
-    if par:
+    if form == "parallel":
 
         def one(hs, xl):
             E = jnp.concatenate([G, jnp.zeros((1, d, d), G.dtype)])
@@ -793,7 +840,7 @@ def _sample_jit(key, ssm, y, num_samples: int, par: bool, Hs=None):
 
         return jax.vmap(one)(h, xT)
 
-    if d <= fused.FUSED_MAX_DIM:
+    if d <= fused.FUSED_MAX_DIM and form != "matrix":
         return fused.sample_scan(G, h, xT, fused.finite_guard(y))
 
     # all samples in one scan: x_t = x_{t+1} G_t^T + h_t with x of shape (S, d)
