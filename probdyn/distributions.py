@@ -20,6 +20,7 @@ uses it for ArviZ's pointwise ``log_likelihood`` group.
 from __future__ import annotations
 
 import math
+from typing import override
 
 import equinox as eqx
 import jax
@@ -114,6 +115,7 @@ class MarkovGPDistribution(KalmanDistribution):
         return cls(gp.kernel, gp.times, gp.noise, gp.mean, parallel=parallel)
 
     @property
+    @override
     def support(self):
         return RealOrNaN(1)
 
@@ -174,12 +176,14 @@ class MarkovGPDistribution(KalmanDistribution):
         return _flat_map(one, shape, self._batched(shape), (), key=key)
 
     @property
+    @override
     def mean(self) -> Float[Array, "... N"]:
         if self.mean_fn is not None:
             return jnp.broadcast_to(self._mean_vec(self.loc), self.batch_shape + self.event_shape)
         return jnp.broadcast_to(self.loc, self.batch_shape + self.event_shape)
 
     @property
+    @override
     def variance(self) -> Float[Array, "... N"]:
         shape = self.batch_shape
         k, nz, _ = self._batched(shape)
@@ -270,11 +274,13 @@ class LinearGaussianSSMDistribution(KalmanDistribution):
         super().__init__(batch_shape=batch_shape, event_shape=(T, ssm.obs_dim), validate_args=validate_args)
 
     @property
+    @override
     def support(self):
         return RealOrNaN(2)
 
     @property
     def num_timesteps(self) -> int:
+        """Number of time steps T of the event."""
         return self.event_shape[0]
 
     def _split(self, shape):

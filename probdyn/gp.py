@@ -61,6 +61,7 @@ class MarkovGP(eqx.Module):
         self.mean = mean if callable(mean) else jnp.asarray(mean)
 
     def mean_at(self, t: Float[Array, " n"]) -> Float[Array, " n"]:
+        """The prior mean at times ``t`` (n,), shape (n,)."""
         if callable(self.mean):
             return jnp.broadcast_to(jnp.asarray(self.mean(t)), jnp.shape(t))
         return jnp.broadcast_to(self.mean, jnp.shape(t))

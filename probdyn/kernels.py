@@ -23,6 +23,7 @@ although it runs past 600 lines.
 from __future__ import annotations
 
 import math
+from typing import override
 
 import equinox as eqx
 import jax
@@ -77,6 +78,7 @@ class Kernel(eqx.Module):
         raise NotImplementedError
 
     def stationary_cov(self) -> Float[Array, "d d"]:
+        """The stationary state covariance ``Pinf``, shape (d, d)."""
         raise NotImplementedError
 
     def observation(self) -> np.ndarray:
@@ -87,6 +89,7 @@ class Kernel(eqx.Module):
     # --- generic ------------------------------------------------------------------
     @property
     def state_dim(self) -> int:
+        """The state dimension d of the kernel's state-space form."""
         return self.observation().shape[-1]
 
     def sde(self) -> LTISDE:
@@ -96,9 +99,11 @@ class Kernel(eqx.Module):
         return LTISDE(F, jnp.eye(F.shape[0], dtype=F.dtype), Qc, self.observation(), P)
 
     def transition(self, dt: Float[Array, ""]) -> Float[Array, "d d"]:
+        """The transition matrix ``A = expm(F dt)`` over a step ``dt``, shape (d, d)."""
         return jax.scipy.linalg.expm(self.feedback() * dt)
 
     def process_cov(self, dt: Float[Array, ""]) -> Float[Array, "d d"]:
+        """The process-noise covariance ``Q = Pinf - A Pinf A^T`` over a step ``dt``, shape (d, d)."""
         A, P = self.transition(dt), self.stationary_cov()
         return symmetrize(P - A @ P @ A.T)
 
@@ -304,6 +309,7 @@ class Matern12(_Matern):
 
     order = 0
 
+    @override
     def __call__(self, tau):
         return self.variance * jnp.exp(-jnp.abs(tau) / self.lengthscale)
 
@@ -313,6 +319,7 @@ class Matern32(_Matern):
 
     order = 1
 
+    @override
     def __call__(self, tau):
         r = math.sqrt(3.0) * jnp.abs(tau) / self.lengthscale
         return self.variance * (1 + r) * jnp.exp(-r)
@@ -323,6 +330,7 @@ class Matern52(_Matern):
 
     order = 2
 
+    @override
     def __call__(self, tau):
         r = math.sqrt(5.0) * jnp.abs(tau) / self.lengthscale
         return self.variance * (1 + r + r**2 / 3) * jnp.exp(-r)
@@ -368,6 +376,7 @@ class SHO(Kernel):
         self.quality = _param(quality, "quality")
         self.variance = _param(variance, "variance")
 
+    @override
     def __call__(self, tau):
         tau = jnp.abs(tau)
         w, Q = self.omega, self.quality
@@ -383,16 +392,20 @@ class SHO(Kernel):
         k = jnp.where(eta > 1e-6, jnp.where(under, k_under, k_over), k_crit)
         return self.variance * f * k
 
+    @override
     def feedback(self):
         w, Q = self.omega, self.quality
         return w * jnp.array([[0.0, 1.0], [-1.0, -1.0 / Q]], dtype=jnp.result_type(w, Q))
 
+    @override
     def stationary_cov(self):
         return self.variance * jnp.eye(2, dtype=self.variance.dtype)
 
+    @override
     def observation(self):
         return np.array([[1.0, 0.0]], dtype=self.variance.dtype)
 
+    @override
     def transition(self, dt):
         return _expm2(self.feedback() * dt)
 
@@ -417,21 +430,26 @@ class Celerite(Kernel):
         self.c = _param(c, "c", allow_zero=True)
         self.d = _param(d, "d", positive=False)
 
+    @override
     def __call__(self, tau):
         tau = jnp.abs(tau)
         return jnp.exp(-self.c * tau) * (self.a * jnp.cos(self.d * tau) + self.b * jnp.sin(self.d * tau))
 
+    @override
     def feedback(self):
         return jnp.array([[-self.c, -self.d], [self.d, -self.c]])
 
+    @override
     def stationary_cov(self):
         dd = jnp.where(self.d == 0, 1.0, self.d)
         p22 = self.a * (1.0 + jnp.where(self.d == 0, 0.0, 2 * self.c**2 / dd**2))
         return jnp.array([[self.a, -self.b], [-self.b, p22]])
 
+    @override
     def observation(self):
         return np.array([[1.0, 0.0]], dtype=jnp.result_type(self.a))
 
+    @override
     def transition(self, dt):
         co, si = jnp.cos(self.d * dt), jnp.sin(self.d * dt)
         return jnp.exp(-self.c * dt) * jnp.array([[co, -si], [si, co]])
@@ -447,24 +465,30 @@ class Cosine(Kernel):
         self.period = _param(period, "period")
         self.variance = _param(variance, "variance")
 
+    @override
     def __call__(self, tau):
         return self.variance * jnp.cos(2 * jnp.pi * tau / self.period)
 
+    @override
     def feedback(self):
         f = 2 * jnp.pi / self.period
         return jnp.array([[0.0, -f], [f, 0.0]])
 
+    @override
     def stationary_cov(self):
         return self.variance * jnp.eye(2, dtype=self.variance.dtype)
 
+    @override
     def observation(self):
         return np.array([[1.0, 0.0]], dtype=self.variance.dtype)
 
+    @override
     def transition(self, dt):
         f = 2 * jnp.pi / self.period
         co, si = jnp.cos(f * dt), jnp.sin(f * dt)
         return jnp.array([[co, -si], [si, co]])
 
+    @override
     def process_cov(self, dt):
         return jnp.zeros((2, 2), self.variance.dtype)
 
@@ -506,6 +530,7 @@ class Periodic(Kernel):
         c = jnp.exp(_log_ive_coeffs(z, self.order))
         return self.variance * c * jnp.where(jnp.arange(self.order + 1) == 0, 1.0, 2.0)
 
+    @override
     def __call__(self, tau):
         w = 2 * jnp.pi / self.period
         q = self._coeffs()
@@ -513,11 +538,13 @@ class Periodic(Kernel):
         return jnp.sum(q * jnp.cos(j * w * jnp.asarray(tau)[..., None]), axis=-1)
 
     def exact(self, tau):
+        """The exact periodic covariance at lags ``tau`` (the state-space form truncates its series)."""
         return self.variance * jnp.exp(-2 * jnp.sin(jnp.pi * tau / self.period) ** 2 / self.lengthscale**2)
 
     def _blocks(self, fn):
         return block_diag(*[fn(j) for j in range(self.order + 1)])
 
+    @override
     def feedback(self):
         w = 2 * jnp.pi / self.period
 
@@ -528,16 +555,19 @@ class Periodic(Kernel):
 
         return self._blocks(blk)
 
+    @override
     def stationary_cov(self):
         q = self._coeffs()
         return jnp.diag(jnp.concatenate([q[:1], jnp.repeat(q[1:], 2)]))
 
+    @override
     def observation(self):
         h = np.zeros((1, 2 * self.order + 1))
         h[0, 0] = 1.0
         h[0, 1::2] = 1.0
         return h.astype(self.variance.dtype)
 
+    @override
     def transition(self, dt):
         w = 2 * jnp.pi / self.period
 
@@ -549,6 +579,7 @@ class Periodic(Kernel):
 
         return self._blocks(blk)
 
+    @override
     def process_cov(self, dt):
         d = 2 * self.order + 1
         return jnp.zeros((d, d), self.variance.dtype)
@@ -562,21 +593,27 @@ class Constant(Kernel):
     def __init__(self, variance=1.0):
         self.variance = _param(variance, "variance")
 
+    @override
     def __call__(self, tau):
         return self.variance * jnp.ones_like(jnp.asarray(tau, dtype=self.variance.dtype))
 
+    @override
     def feedback(self):
         return jnp.zeros((1, 1), self.variance.dtype)
 
+    @override
     def stationary_cov(self):
         return self.variance.reshape(1, 1)
 
+    @override
     def observation(self):
         return np.ones((1, 1), self.variance.dtype)
 
+    @override
     def transition(self, dt):
         return jnp.ones((1, 1), self.variance.dtype)
 
+    @override
     def process_cov(self, dt):
         return jnp.zeros((1, 1), self.variance.dtype)
 
@@ -588,21 +625,27 @@ class Sum(Kernel):
     k1: Kernel
     k2: Kernel
 
+    @override
     def __call__(self, tau):
         return self.k1(tau) + self.k2(tau)
 
+    @override
     def feedback(self):
         return block_diag(self.k1.feedback(), self.k2.feedback())
 
+    @override
     def stationary_cov(self):
         return block_diag(self.k1.stationary_cov(), self.k2.stationary_cov())
 
+    @override
     def observation(self):
         return np.concatenate([self.k1.observation(), self.k2.observation()], axis=1)
 
+    @override
     def transition(self, dt):
         return block_diag(self.k1.transition(dt), self.k2.transition(dt))
 
+    @override
     def process_cov(self, dt):
         return block_diag(self.k1.process_cov(dt), self.k2.process_cov(dt))
 
@@ -613,20 +656,25 @@ class Product(Kernel):
     k1: Kernel
     k2: Kernel
 
+    @override
     def __call__(self, tau):
         return self.k1(tau) * self.k2(tau)
 
+    @override
     def feedback(self):
         F1, F2 = self.k1.feedback(), self.k2.feedback()
         I1, I2 = jnp.eye(F1.shape[0], dtype=F1.dtype), jnp.eye(F2.shape[0], dtype=F2.dtype)
         return kron(F1, I2) + kron(I1, F2)
 
+    @override
     def stationary_cov(self):
         return kron(self.k1.stationary_cov(), self.k2.stationary_cov())
 
+    @override
     def observation(self):
         return np.kron(self.k1.observation(), self.k2.observation())
 
+    @override
     def transition(self, dt):
         return kron(self.k1.transition(dt), self.k2.transition(dt))
 
@@ -647,21 +695,27 @@ class Scaled(Kernel):
     kernel: Kernel
     scale: Float[Array, ""]
 
+    @override
     def __call__(self, tau):
         return self.scale * self.kernel(tau)
 
+    @override
     def feedback(self):
         return self.kernel.feedback()
 
+    @override
     def stationary_cov(self):
         return self.scale * self.kernel.stationary_cov()
 
+    @override
     def observation(self):
         return self.kernel.observation()
 
+    @override
     def transition(self, dt):
         return self.kernel.transition(dt)
 
+    @override
     def process_cov(self, dt):
         return self.scale * self.kernel.process_cov(dt)
 

@@ -129,6 +129,7 @@ class LTISDE(eqx.Module):
 
     @property
     def state_dim(self) -> int:
+        """The state dimension d."""
         return self.F.shape[-1]
 
     def transition(self, dt: Float[Array, ""]) -> Float[Array, "d d"]:
@@ -190,10 +191,12 @@ class TransitionBasis(eqx.Module):
 
     @property
     def state_dim(self) -> int:
+        """The state dimension d."""
         return len(self.basis_a[0])
 
     @property
     def num_steps(self) -> int:
+        """The number of transitions (time steps - 1)."""
         return jnp.shape(self.a[0])[0]
 
     def dense(self) -> tuple[Float[Array, "n d d"], Float[Array, "n d d"]]:
@@ -272,10 +275,12 @@ class LinearGaussianSSM(eqx.Module):
 
     @property
     def state_dim(self) -> int:
+        """The state dimension d."""
         return self.initial_mean.shape[-1]
 
     @property
     def obs_dim(self) -> int:
+        """The observation dimension p."""
         return self.emission_matrix.shape[-2]
 
     def broadcast(self, num_timesteps: int) -> LinearGaussianSSM:

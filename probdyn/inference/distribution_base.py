@@ -4,6 +4,8 @@ the jit-compiled public methods and the support of values with missing (NaN) ent
 
 from __future__ import annotations
 
+from typing import override
+
 import jax.numpy as jnp
 from numpyro.distributions import Distribution, constraints
 
@@ -18,13 +20,16 @@ class RealOrNaN(constraints.Constraint):
     def __init__(self, event_dim: int):
         self.event_dim = event_dim
 
+    @override
     def __call__(self, x):
         ok = ~jnp.isinf(x)
         return jnp.all(ok, axis=tuple(range(-self.event_dim, 0))) if self.event_dim else ok
 
+    @override
     def feasible_like(self, prototype):
         return jnp.zeros_like(prototype)
 
+    @override
     def tree_flatten(self):
         return (), ((), {"event_dim": self.event_dim})
 
@@ -34,6 +39,7 @@ class KalmanDistribution(Distribution):
     ``sample`` call the subclass's ``_log_prob``, ``_pointwise_log_prob`` and ``_sample``
     through one ``eqx.filter_jit`` (compiled once per distribution structure)."""
 
+    @override
     def log_prob(self, value):
         return jit_method("_log_prob", self, jnp.asarray(value))
 
@@ -41,5 +47,6 @@ class KalmanDistribution(Distribution):
         """``log p(y_t | y_{<t})`` for every t, shape ``batch + (T,)`` (sums to ``log_prob``)."""
         return jit_method("_pointwise_log_prob", self, jnp.asarray(value))
 
+    @override
     def sample(self, key, sample_shape=()):
         return jit_method("_sample", self, key, tuple(sample_shape))

@@ -144,24 +144,29 @@ class Layout(NamedTuple):
 
     @property
     def strict(self):
+        """Index pairs ``(i, j)``, ``j < i``, of the strictly lower state factor entries."""
         return [(i, j) for i in range(self.d) for j in range(i)]
 
     @property
     def strict_p(self):
+        """Index pairs ``(i, j)``, ``j < i``, of the strictly lower observation factor entries."""
         return [(i, j) for i in range(self.p) for j in range(i)]
 
     @property
     def state_size(self) -> int:
+        """Length of a packed filter state (mean, factor, log-likelihood)."""
         return 2 * self.d + len(self.strict) + 1
 
     @property
     def transition_size(self) -> int:
+        """Length of a step's packed transition inputs."""
         if self.basis is not None:
             return len(self.basis[0]) + len(self.basis[1])
         return self.d * self.d + len(self.strict) + self.d
 
     @property
     def input_size(self) -> int:
+        """Length of a step's packed inputs (transition, observation, emission, noise)."""
         nH = 0 if self.H is not None else self.p * self.d
         return self.transition_size + self.p + nH + len(self.strict_p) + self.p
 
@@ -423,6 +428,7 @@ class Staged(NamedTuple):
     inner: Callable
 
     def __call__(self, s, x):
+        """The inner step on the state ``s`` and the prepared inputs of ``x``."""
         return self.inner(s, self.prepare(x))
 
 

@@ -113,6 +113,7 @@ class GaussianSites(NamedTuple):
 
     @classmethod
     def zeros(cls, n: int, p: int, dtype=float) -> GaussianSites:
+        """``n`` sites of dimension ``p`` with zero natural parameters (flat sites)."""
         return cls(jnp.zeros((n, p), dtype), jnp.zeros((n, p, p), dtype))
 
     @classmethod
@@ -123,6 +124,7 @@ class GaussianSites(NamedTuple):
 
     @property
     def precision(self) -> Float[Array, "n p p"]:
+        """The sites' precision matrices ``-2 nat2``, shape (n, p, p)."""
         return -2.0 * symmetrize(self.nat2)
 
     def __add__(self, other: GaussianSites) -> GaussianSites:  # type: ignore[override]

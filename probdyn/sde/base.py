@@ -71,15 +71,18 @@ class SDE(eqx.Module):
         self.state_dim = int(state_dim)
 
     def drift_fn(self, x: Float[Array, " d"], t) -> Float[Array, " d"]:
+        """The drift ``f(x, t)``, shape (d,)."""
         return self.drift(x, t)
 
     def diffusion_fn(self, x: Float[Array, " d"], t) -> Float[Array, "d m"]:
+        """The diffusion ``L(x, t)``, shape (d, m) (a diagonal from a (d,) vector)."""
         if callable(self.diffusion):
             return self.diffusion(x, t)
         return self.diffusion
 
     @property
     def noise_dim(self) -> int:
+        """The dimension m of the driving Brownian motion."""
         if callable(self.diffusion):
             x = jax.ShapeDtypeStruct((self.state_dim,), jnp.float32)
             out = jax.eval_shape(lambda z: self.diffusion(z, 0.0), x)

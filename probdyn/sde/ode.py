@@ -81,6 +81,7 @@ class SolverFailureCounter:
         self.reset()
 
     def reset(self) -> None:
+        """Set the failure count back to 0."""
         self.failures = 0
 
     def _record(self, ok) -> None:

@@ -12,6 +12,7 @@ Both share :class:`probdyn.inference.distribution_base.KalmanDistribution` (jit-
 from __future__ import annotations
 
 import math
+from typing import override
 
 import jax
 import jax.numpy as jnp
@@ -109,6 +110,7 @@ class SDEFilterDistribution(KalmanDistribution):
         super().__init__(batch_shape=(), event_shape=(self.times.shape[0], p), validate_args=validate_args)
 
     @property
+    @override
     def support(self):
         return RealOrNaN(2)
 
@@ -201,6 +203,7 @@ class DiscreteFilterDistribution(KalmanDistribution):
         super().__init__(batch_shape=(), event_shape=event, validate_args=validate_args)
 
     @property
+    @override
     def support(self):
         return RealOrNaN(2)
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import override
 
 import equinox as eqx
 import jax
@@ -75,6 +76,7 @@ class ObservationModel(eqx.Module):
         raise NotImplementedError
 
     def log_prob(self, y: Float[Array, " p"], x: Float[Array, " d"]) -> Float[Array, ""]:
+        """``log p(y | x)`` for ``y`` (p,) and ``x`` (d,); NaN entries of ``y`` are missing."""
         raise NotImplementedError
 
     def update(self, m, S, y, method: str = "ekf"):
@@ -82,6 +84,7 @@ class ObservationModel(eqx.Module):
         raise NotImplementedError
 
     def sample(self, key: PRNGKeyArray, x: Float[Array, " d"]) -> Float[Array, " p"]:
+        """A draw ``y ~ p(y | x)``, shape (p,)."""
         raise NotImplementedError(f"{type(self).__name__} cannot draw samples")
 
     def check_data(self, y) -> None:
@@ -124,21 +127,25 @@ class LinearGaussian(ObservationModel):
                 raise ValueError("R must be a finite, symmetric positive-definite covariance")
         self.H, self.R = H, R
 
+    @override
     def obs_dim_for(self, state_dim: int) -> int:
         return _check_H_state(self.H, state_dim)
 
     def _SR(self, dtype):
         return psd_cholesky(self.R.astype(dtype))
 
+    @override
     def log_prob(self, y, x):
         x = jnp.asarray(x)
         dtype = jnp.result_type(x, y, self.H)
         zero = jnp.zeros((x.shape[0], x.shape[0]), dtype)
         return kalman.update(x.astype(dtype), zero, self.H.astype(dtype), self._SR(dtype), jnp.asarray(y, dtype))[2]
 
+    @override
     def update(self, m, S, y, method: str = "ekf"):
         return kalman.update(m, S, self.H.astype(m.dtype), self._SR(m.dtype), y.astype(m.dtype))
 
+    @override
     def sample(self, key, x):
         x = jnp.asarray(x)
         eps = jax.random.normal(key, (self.H.shape[0],), x.dtype)
@@ -169,6 +176,7 @@ class LogNormal(ObservationModel):
             raise ValueError("sigma must be positive")
         self.sigma = sigma
 
+    @override
     def obs_dim_for(self, state_dim: int) -> int:
         if self.H is not None:
             return _check_H_state(self.H, state_dim)
@@ -190,6 +198,7 @@ class LogNormal(ObservationModel):
         ly = jnp.where(obs & ~(y > 0), -jnp.inf, ly)  # impossible value
         return jnp.where(obs, ly, jnp.nan), jnp.sum(jnp.where(obs, ly, 0.0))
 
+    @override
     def log_prob(self, y, x):
         x = jnp.asarray(x)
         dtype = jnp.result_type(x, y, float)
@@ -198,17 +207,20 @@ class LogNormal(ObservationModel):
         zero = jnp.zeros((x.shape[0], x.shape[0]), dtype)
         return kalman.update(x.astype(dtype), zero, H, SR, ly)[2] - jac
 
+    @override
     def update(self, m, S, y, method: str = "ekf"):
         H, SR = self._parts(m.shape[0], m.dtype)
         ly, jac = self._logy(y.astype(m.dtype))
         mn, Sn, ll = kalman.update(m, S, H, SR, ly)
         return mn, Sn, ll - jac
 
+    @override
     def sample(self, key, x):
         x = jnp.asarray(x)
         H, SR = self._parts(x.shape[0], x.dtype)
         return jnp.exp(H @ x + SR @ jax.random.normal(key, (H.shape[0],), x.dtype))
 
+    @override
     def check_data(self, y):
         super().check_data(y)
         if is_concrete(y):
@@ -298,6 +310,7 @@ class Poisson(_LaplaceModel):
             raise ValueError(f"num_iter must be >= 1, got {num_iter}")
         self.H, self.link, self.num_iter = _matrix_H(H), link, int(num_iter)
 
+    @override
     def obs_dim_for(self, state_dim: int) -> int:
         return state_dim if self.H is None else _check_H_state(self.H, state_dim)
 
@@ -305,9 +318,11 @@ class Poisson(_LaplaceModel):
         return x if self.H is None else self.H.astype(x.dtype) @ x
 
     def rate(self, x: Float[Array, " d"]) -> Float[Array, " p"]:
+        """The Poisson rates ``link(H x)``, shape (p,)."""
         eta = self._eta(x)
         return jnp.exp(eta) if self.link == "exp" else jax.nn.softplus(eta)
 
+    @override
     def log_prob(self, y, x):
         x = jnp.asarray(x)
         y = jnp.asarray(y, jnp.result_type(x, float))
@@ -319,10 +334,12 @@ class Poisson(_LaplaceModel):
         terms = y0 * loglam - lam - jax.scipy.special.gammaln(y0 + 1.0)
         return jnp.sum(jnp.where(obs, terms, 0.0))
 
+    @override
     def sample(self, key, x):
         x = jnp.asarray(x)
         return jax.random.poisson(key, self.rate(x)).astype(x.dtype)
 
+    @override
     def check_data(self, y):
         super().check_data(y)
         if is_concrete(y):
@@ -378,6 +395,7 @@ class LogDensity(_LaplaceModel):
     def _fill(self, y):
         return jnp.full_like(y, self.fill_value)
 
+    @override
     def obs_dim_for(self, state_dim: int) -> int:
         if self.state_dim is not None and self.state_dim != state_dim:
             raise ValueError(f"LogDensity was declared for state_dim={self.state_dim}, got {state_dim}")
@@ -392,6 +410,7 @@ class LogDensity(_LaplaceModel):
             raise ValueError(f"log_prob(y, x) must return a scalar or shape ({self.obs_dim},), got {out.shape}")
         return self.obs_dim
 
+    @override
     def log_prob(self, y, x):
         x = jnp.asarray(x)
         y = jnp.asarray(y, jnp.result_type(x, float))
@@ -402,6 +421,7 @@ class LogDensity(_LaplaceModel):
         none = jnp.all(~obs)
         return jnp.where(none, 0.0, self.fn(jnp.where(none, self.fill_value, y), x))
 
+    @override
     def sample(self, key, x):
         if self.sample_fn is None:
             raise NotImplementedError("LogDensity.sample needs sample_fn=(key, x) -> y")

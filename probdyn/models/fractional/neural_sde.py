@@ -78,6 +78,7 @@ class GaussianLikelihood(eqx.Module):
     learn_noise: bool = eqx.field(static=True, default=True)
 
     def __call__(self, xs, ys):
+        """``log p(ys | xs)`` summed over time: Gaussian observations of ``C x``."""
         f = xs if self.C is None else xs @ self.C.T
         log_std = self.log_std if self.learn_noise else jax.lax.stop_gradient(self.log_std)
         miss = jnp.isnan(ys)
@@ -121,6 +122,7 @@ class MLPControl(eqx.Module):
         self.mlp = eqx.tree_at(lambda m: m.layers[-1], mlp, last)
 
     def __call__(self, t, x, y, ctx):
+        """The control ``u(t, x, y, ctx)`` (d,) from an MLP of the state, the MA-fBM factors, time and context."""
         c = _select_context(ctx, t)
         parts = [x, y.ravel(), jnp.reshape(t, (1,)).astype(x.dtype)]
         if c is not None:
@@ -193,6 +195,7 @@ class AffineControl(eqx.Module):
         )
 
     def __call__(self, t, x, y, ctx):
+        """The control ``u(t, x, y, ctx)`` (d,), affine in the state and the MA-fBM factors."""
         a = self.a[ctx] if self.batched else self.a
         C = self.C[ctx] if self.batched and not self.shared_gain else self.C
         kn = jax.lax.stop_gradient(self.knots)
@@ -355,10 +358,12 @@ class FractionalSDE(eqx.Module):
     # -- prior quantities ------------------------------------------------------------
     @property
     def num_components(self) -> int:
+        """Number K of OU components of the Markov-approximate fBM."""
         return self.gammas.shape[0]
 
     @property
     def hurst(self) -> Float[Array, ""]:
+        """The Hurst index H (0.5 without fractional components)."""
         if self.num_components == 0:
             return jnp.asarray(0.5, self.log_sigma.dtype)
         h = jax.nn.sigmoid(self.hurst_logit)
@@ -370,6 +375,7 @@ class FractionalSDE(eqx.Module):
         return ma_fbm_weights(self.hurst, g, self.horizon, self.kind).astype(self.log_sigma.dtype)
 
     def sigma(self, x, t) -> Float[Array, " d"]:
+        """The diffusion scale at ``(x, t)``, shape (d,)."""
         return self.constant_sigma() if self.sigma_fn is None else self.sigma_fn(x, t)
 
     def constant_sigma(self) -> Float[Array, " d"]:

@@ -35,9 +35,11 @@ class BernoulliDecoder(eqx.Module):
         self.size = int(size)
 
     def logits(self, xs: Float[Array, "T d"]) -> Float[Array, "T S S"]:
+        """Pixel logits of the frames decoded from latents ``xs`` (T, d), shape (T, S, S)."""
         return jax.vmap(self.mlp)(xs).reshape(xs.shape[0], self.size, self.size)
 
     def __call__(self, xs, frames):
+        """``log p(frames | xs)`` summed over frames and pixels (Bernoulli)."""
         lg = self.logits(xs)
         return jnp.sum(frames * jax.nn.log_sigmoid(lg) + (1 - frames) * jax.nn.log_sigmoid(-lg))
 

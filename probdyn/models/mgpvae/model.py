@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, override
 
 import equinox as eqx
 import jax
@@ -275,6 +275,7 @@ class MarkovGPVAE(_SiteVAE):
     def _ssm(self, kernel, times, site_var):
         return MarkovGP(kernel, times, noise=site_var).to_ssm(transition_basis=True)
 
+    @override
     def posterior_marginals(self, times, site_mean, site_var, mask):
         def one(kernel, m, v):
             ssm = self._ssm(kernel, times, v)
@@ -285,6 +286,7 @@ class MarkovGPVAE(_SiteVAE):
         mu, var, log_z = eqx.filter_vmap(one)(self.kernel, site_mean.T, site_var.T)
         return mu.T, var.T, log_z
 
+    @override
     def posterior_paths(self, key, times, site_mean, site_var, mask, num_samples: int):
         def one(kernel, m, v, k):
             ssm = self._ssm(kernel, times, v)
@@ -372,6 +374,7 @@ class GPVAE(_SiteVAE):
     differentiation only.
     """
 
+    @override
     def posterior_marginals(self, times, site_mean, site_var, mask):
         def one(kernel, m, v):
             K = kernel.covariance(times, times)
@@ -381,6 +384,7 @@ class GPVAE(_SiteVAE):
         mu, var, log_z = eqx.filter_vmap(one)(self.kernel, site_mean.T, site_var.T)
         return mu.T, var.T, log_z
 
+    @override
     def posterior_paths(self, key, times, site_mean, site_var, mask, num_samples: int):
         T = times.shape[0]
 
@@ -408,6 +412,7 @@ class IIDVAE(_SiteVAE):
     observed frame, the prior at a missing one (so imputation decodes prior samples).
     """
 
+    @override
     def posterior_marginals(self, times, site_mean, site_var, mask):
         obs = mask[:, None]
         var = jnp.where(obs, site_var / (1 + site_var), 1.0)
@@ -415,6 +420,7 @@ class IIDVAE(_SiteVAE):
         log_z = jnp.sum(jnp.where(obs, _gauss_logpdf(site_mean, 0.0, 1 + site_var), 0.0), axis=0)
         return mu, var, log_z
 
+    @override
     def posterior_paths(self, key, times, site_mean, site_var, mask, num_samples: int):
         mu, var, log_z = self.posterior_marginals(times, site_mean, site_var, mask)
         eps = jax.random.normal(key, (num_samples,) + mu.shape, mu.dtype)

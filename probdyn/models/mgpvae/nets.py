@@ -38,6 +38,7 @@ class MLPEncoder(eqx.Module):
         self.mlp = eqx.nn.MLP(math.prod(self.obs_shape), 2 * latent_dim, width, depth, activation=jax.nn.elu, key=key)
 
     def __call__(self, y):
+        """Gaussian site parameters (mean, variance) of one frame ``y``."""
         return site_params(self.mlp(jnp.reshape(y, (-1,))))
 
 
@@ -62,6 +63,7 @@ class CNNEncoder(eqx.Module):
         self.head = eqx.nn.Linear(2 * channels * h * w, 2 * latent_dim, key=k3)
 
     def __call__(self, y):
+        """Gaussian site parameters (mean, variance) of one frame ``y``."""
         x = jax.nn.elu(self.conv1(y[None]))
         x = jax.nn.elu(self.conv2(x))
         return site_params(self.head(jnp.reshape(x, (-1,))))
@@ -78,6 +80,7 @@ class MLPDecoder(eqx.Module):
         self.mlp = eqx.nn.MLP(latent_dim, math.prod(self.obs_shape), width, depth, activation=jax.nn.elu, key=key)
 
     def __call__(self, z):
+        """The decoder's output for one latent ``z``, shaped like a frame."""
         return jnp.reshape(self.mlp(z), self.obs_shape)
 
 
@@ -104,6 +107,7 @@ class CNNDecoder(eqx.Module):
         self.deconv2 = eqx.nn.ConvTranspose2d(channels, 1, 4, stride=2, padding=1, key=k3)
 
     def __call__(self, z):
+        """The decoder's output for one latent ``z``, shaped like a frame."""
         x = jax.nn.elu(jnp.reshape(self.head(z), self.grid))
         x = jax.nn.elu(self.deconv1(x))
         x = self.deconv2(x)[0]

@@ -48,6 +48,7 @@ class OUDrift(eqx.Module):
     decay: Float[Array, ""]
 
     def __call__(self, x, t):
+        """``f(x, t) = -decay x``."""
         return -self.decay * x
 
 
@@ -58,6 +59,7 @@ class DoubleWellDrift(eqx.Module):
     scale: float = eqx.field(static=True, default=4.0)
 
     def __call__(self, x, t):
+        """``f(x, t) = scale x (c - x^2)``."""
         return self.scale * x * (self.c - x**2)
 
 
@@ -65,6 +67,7 @@ class BenesDrift(eqx.Module):
     """Beneš ``f(x) = tanh(x)``."""
 
     def __call__(self, x, t):
+        """``f(x, t) = tanh(x)``."""
         return jnp.tanh(x)
 
 
@@ -72,6 +75,7 @@ class SineDrift(eqx.Module):
     """``f(x) = sin(x)``."""
 
     def __call__(self, x, t):
+        """``f(x, t) = sin(x)``."""
         return jnp.sin(x)
 
 
@@ -79,6 +83,7 @@ class SqrtDrift(eqx.Module):
     """``f(x) = sqrt(|x|)``."""
 
     def __call__(self, x, t):
+        """``f(x, t) = sqrt(|x|)``."""
         return jnp.sqrt(jnp.abs(x))
 
 
@@ -90,6 +95,7 @@ class VanDerPolDrift(eqx.Module):
     b: Float[Array, ""]
 
     def __call__(self, x, t):
+        """``f(x, t) = (a (x0 - x0^3 / 3 - x1), b x0)`` (FitzHugh–Nagumo form)."""
         return jnp.stack([self.a * (x[0] - x[0] ** 3 / 3.0 - x[1]), self.b * x[0]])
 
 
@@ -99,6 +105,7 @@ class PolynomialDrift(eqx.Module):
     coef: Float[Array, " K"]
 
     def __call__(self, x, t):
+        """``f(x, t) = sum_k coef[k] x^k``."""
         return jnp.polyval(self.coef[::-1], x)
 
 
@@ -109,6 +116,7 @@ class LinearDrift(eqx.Module):
     b: Float[Array, " d"]
 
     def __call__(self, x, t):
+        """``f(x, t) = A x + b``."""
         return self.A @ x + self.b
 
 

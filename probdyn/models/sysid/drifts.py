@@ -43,9 +43,11 @@ class MechanisticDrift(eqx.Module):
 
     @property
     def params(self) -> dict:
+        """The positive parameters by name (``exp`` of the learnt logs)."""
         return {k: jnp.exp(v) for k, v in self.log_params.items()}
 
     def __call__(self, x, t):
+        """``f(x, t) = fn(x, t, params)``, shape (d,)."""
         return self.fn(x, t, self.params)
 
 
@@ -72,6 +74,7 @@ class NeuralDrift(eqx.Module):
         self.mlp, self.time_input = mlp, bool(time_input)
 
     def __call__(self, x, t):
+        """The MLP drift at ``(x, t)`` (time an input when ``time_input``), shape (d,)."""
         inp = jnp.concatenate([x, jnp.reshape(t, (1,)).astype(x.dtype)]) if self.time_input else x
         return self.mlp(inp).astype(x.dtype)
 
@@ -87,6 +90,7 @@ class SumDrift(eqx.Module):
         self.parts = tuple(parts)
 
     def __call__(self, x, t):
+        """The sum of the parts' drifts at ``(x, t)``."""
         return sum(p(x, t) for p in self.parts)
 
 
@@ -99,6 +103,7 @@ class AR1Map(eqx.Module):
         self.a = jnp.asarray(a0)
 
     def __call__(self, x):
+        """``g(x) = a x``."""
         return self.a * x
 
 
@@ -111,4 +116,5 @@ class ResidualMLP(eqx.Module):
         self.net = NeuralDrift(d, key, width=32, depth=2)
 
     def __call__(self, x):
+        """``g(x) = x + MLP(x)``."""
         return x + self.net(x, 0.0)

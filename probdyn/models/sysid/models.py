@@ -77,6 +77,7 @@ class ODEModel(eqx.Module):
         )
 
     def log_likelihood(self, observation, times, y) -> Array:
+        """``sum_t log p(y_t | x(t_t))`` of ``y`` (T, p) at ``times`` (T,); ``-inf`` when the solve fails."""
         times, y = check_data(times, y, observation.obs_dim_for(self.state_dim))
         xs, ok = self.solve(times)
         ll = jnp.sum(jax.vmap(observation.log_prob)(y.astype(xs.dtype), xs))
@@ -103,6 +104,7 @@ class SDEModel(eqx.Module):
 
     @property
     def sde(self) -> SDE:
+        """The model as a :class:`probdyn.sde.SDE` (drift and diffusion)."""
         return SDE(self.drift, jnp.exp(self.log_diffusion), self.state_dim)
 
     def filter(
@@ -135,6 +137,7 @@ class SDEModel(eqx.Module):
         )
 
     def log_likelihood(self, observation, times, y, m0, P0, **kw) -> Array:
+        """The continuous–discrete filter's log-likelihood of ``y`` (T, p) at ``times``."""
         return self.filter(observation, times, y, m0, P0, **kw).log_likelihood
 
     def simulate(self, x0, times, key, method: str = "euler_maruyama", num_substeps: int = 10, **kw):
@@ -199,6 +202,7 @@ class DiscreteModel(eqx.Module):
         return jax.lax.scan(sub, x, None, length=self.num_substeps)[0]
 
     def noise_var(self, dt):
+        """Process-noise variances (d,) of a step ``dt`` (scaled with ``dt`` for ``time_aware``)."""
         v = jnp.exp(2 * self.log_noise)
         return v * dt if self.kind == "time_aware" else v
 
@@ -216,6 +220,7 @@ class DiscreteModel(eqx.Module):
         return gf.discrete_filter(sub, Q, observation, y, m0, P0, method=method, num_substeps=self.num_substeps)
 
     def log_likelihood(self, observation, times, y, m0, P0, **kw) -> Array:
+        """The discrete-time filter's log-likelihood of ``y`` (T, p) at ``times``."""
         return self.filter(observation, times, y, m0, P0, **kw).log_likelihood
 
     def simulate(self, x0, times, key):
