@@ -6,6 +6,7 @@
 * :func:`check_observations`: concrete observations without infinities (NaN marks a
   missing entry);
 * :func:`as_key`: a raw ``uint32[2]`` PRNG key from a raw or typed JAX key;
+* :func:`fix_lazy_numpyro`: repairs numpyro after arviz-base imported it lazily;
 * :func:`jit_method`: ``getattr(obj, name)(*args)`` through one ``eqx.filter_jit``, compiled
   once per structure of ``obj`` and the arguments.
 """
@@ -17,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["is_concrete", "concrete", "check_int", "check_observations", "as_key", "jit_method"]
+__all__ = ["is_concrete", "concrete", "check_int", "check_observations", "as_key", "fix_lazy_numpyro", "jit_method"]
 
 
 def is_concrete(x) -> bool:
@@ -59,6 +60,22 @@ def as_key(key) -> jax.Array:
     if key.shape != (2,) or key.dtype != jnp.uint32:
         raise TypeError(f"key must be a jax PRNG key (jax.random.PRNGKey/key), got {key.dtype}{key.shape}")
     return key
+
+
+def fix_lazy_numpyro() -> None:
+    """Give ``numpyro.distributions`` its ``distribution`` attribute when it lacks it.
+
+    arviz-base imports numpyro through ``lazy_loader``. When the first real import is of a
+    numpyro submodule (``from numpyro.distributions import ...``), the package runs while that
+    submodule is being imported and ``numpyro.distributions.distribution`` is never set as an
+    attribute; ``numpyro.factor`` reads it and fails with ``AttributeError``. Called by the
+    modules that import numpyro, after their imports."""
+    import importlib
+    import sys
+
+    d = sys.modules.get("numpyro.distributions")
+    if d is not None and "distribution" not in vars(d):
+        d.distribution = importlib.import_module("numpyro.distributions.distribution")
 
 
 @eqx.filter_jit

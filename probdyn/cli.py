@@ -10,11 +10,9 @@ Sub-commands::
 Wrong input exits with status 2 and a one-line explanation (``--debug`` shows the
 traceback); nothing already on disk is overwritten without ``--force``.
 
-The command parses arguments, reads and writes files and prints; the modelling is in
-:mod:`probdyn.gp_fit`, :mod:`probdyn.models.sysid` and :mod:`probdyn.plotting`. Those
-with heavy dependencies (numpyro, arviz, matplotlib, pandas) are imported inside the
-sub-commands that use them: imported here, they make ``probdyn --help`` take 2.2 s
-instead of 0.75 s (warm, 2-core VM).
+The command reads, writes (:class:`probdyn.outputs.Outputs`) and prints; the modelling is in
+the library. Modules with heavy dependencies (numpyro, arviz, matplotlib, pandas) are
+imported inside the sub-commands: at the top they make ``probdyn --help`` 2.2 s, not 0.75 s.
 """
 
 from __future__ import annotations
@@ -22,8 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,10 +30,15 @@ import numpy as np
 from probdyn import gp_fit
 from probdyn.cli_parser import build_parser
 from probdyn.datasets.series import SERIES_UNITS, load_series, read_csv_series
+from probdyn.outputs import Outputs
 from probdyn.tables import markdown_table
+from probdyn.tutorials import list_tutorials, run_tutorial
 
 __all__ = ["main", "CLIError"]
 
+REPORT_INTRO = """Continuous-time (SDE, continuous-discrete filter) and discrete-time models fitted by the same
+engine (maximum likelihood of their Gaussian-filter likelihoods); forecasts scored against
+held-out data at the training spacing and at a different test spacing."""
 FIT_FILES = ["posterior.nc", "summary.csv", "summary.md", "forecast.png", "fit.json"]
 
 
@@ -64,91 +65,31 @@ def _series(a, min_points: int = 5):
         return load_series(a.dataset or "nile")
 
 
-class _Outputs:
-    """The files a command writes into one folder. Each is written under a temporary name in
-    that folder (``staged(name)``: ``.partial-NAME``) and all are renamed to their final names
-    together when the command succeeds; on an error or Ctrl-C the temporary files are removed,
-    so no final name ever holds a half-written file and earlier results are kept."""
-
-    def __init__(self, folder: Path, names: list[str]):
-        self.folder, self.names = folder, list(names)
-        self.earlier = [n for n in names if (folder / n).exists()]
-
-    def staged(self, name: str) -> Path:
-        return self.folder / f".partial-{name}"
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        staged = [n for n in self.names if self.staged(n).exists()]
-        if exc_type is None:
-            for n in staged:
-                os.replace(self.staged(n), self.folder / n)
-            return False
-        for n in staged:
-            self.staged(n).unlink()
-        if exc_type is KeyboardInterrupt:
-            kept = f"; the earlier {', '.join(self.earlier)} kept as they were" if self.earlier else ""
-            print(
-                f"probdyn: interrupted before writing its results: no file written in {self.folder}{kept}",
-                file=sys.stderr,
-            )
-        return False
-
-
-def _prepare_out(out: str, files: list[str], force: bool) -> _Outputs:
-    p = Path(out)
-    if p.exists() and not p.is_dir():
-        raise CLIError(f"--out {out} exists and is not a directory")
-    clash = [f for f in files if (p / f).exists()]
-    if clash and not force:
-        raise CLIError(f"{p / clash[0]} already exists; use --force to overwrite or choose another --out")
-    p.mkdir(parents=True, exist_ok=True)
-    return _Outputs(p, files)
+def _prepare_out(out: str, files: list[str], force: bool) -> Outputs:
+    with _user_errors():
+        return Outputs(out, files, force)
 
 
 # ----------------------------------------------------------------------------------
 # Tutorials
 # ----------------------------------------------------------------------------------
-def _tutorial_dir() -> Path:
-    env = os.environ.get("PROBDYN_TUTORIALS")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "tutorials"
-
-
-def _tutorials() -> dict[str, str]:
-    """Tutorial name -> title (its first markdown heading)."""
-    d = _tutorial_dir()
-    if not d.is_dir():
-        raise CLIError(f"tutorial folder not found at {d} (set PROBDYN_TUTORIALS or install from a clone)")
-    out = {}
-    for f in sorted(d.glob("*.py")):
-        heads = (re.match(r"#\s*#\s+(.*)", line) for line in f.read_text().splitlines())
-        out[f.stem] = next((m.group(1).strip() for m in heads if m), "")
-    return out
-
-
 def _cmd_tutorials(a) -> int:
-    for name, title in _tutorials().items():
-        print(f"{name:<36} {title}")
+    with _user_errors():
+        for name, title in list_tutorials().items():
+            print(f"{name:<36} {title}")
     return 0
 
 
 def _cmd_run(a) -> int:
-    tuts = _tutorials()
     name = a.name[:-3] if a.name.endswith(".py") else a.name
-    if name not in tuts:
-        raise CLIError(f"unknown tutorial {a.name!r}; `probdyn tutorials` lists: {', '.join(tuts)}")
     out = _prepare_out(os.path.join(a.out, name), ["metrics.json"], a.force).folder
-    env = {**os.environ, "PROBDYN_OUT": str(out), "PROBDYN_METRICS": str(out / "metrics.json"), "MPLBACKEND": "Agg"}
-    if a.smoke:
-        env["PROBDYN_SMOKE"] = "1"
-    env["PYTHONPATH"] = str(_tutorial_dir().parent) + os.pathsep + env.get("PYTHONPATH", "")
     print(f"running tutorial {name}{' (smoke)' if a.smoke else ''} -> {out}", flush=True)
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, str(_tutorial_dir() / f"{name}.py")], env=env, cwd=str(out))
-    if r.returncode != 0:
-        raise CLIError(f"tutorial {name} failed with exit status {r.returncode} (see its output above)")
+    with _user_errors():
+        try:
+            run_tutorial(name, out, a.smoke)
+        except RuntimeError as e:
+            raise CLIError(str(e)) from None
     figs = sorted(p.name for p in out.glob("*.png"))
     print(f"done in {time.perf_counter() - t0:.0f} s: {len(figs)} figures and metrics.json in {out}")
     return 0
@@ -157,7 +98,7 @@ def _cmd_run(a) -> int:
 # ----------------------------------------------------------------------------------
 # fit
 # ----------------------------------------------------------------------------------
-def _write_fit_outputs(out: _Outputs, idata, extra: dict, point_estimate: bool = False) -> None:
+def _write_fit_outputs(out: Outputs, idata, extra: dict, point_estimate: bool = False) -> None:
     import warnings
 
     with warnings.catch_warnings():  # arviz's notes on a single draw (a point estimate)
@@ -174,6 +115,19 @@ def _write_fit_outputs(out: _Outputs, idata, extra: dict, point_estimate: bool =
     out.staged("fit.json").write_text(json.dumps(extra, indent=2))
 
 
+def _engine_kwargs(a) -> dict:
+    """The fitting options shared by both model kinds, from the arguments."""
+    return dict(
+        engine=a.engine,
+        num_steps=a.steps,
+        learning_rate=a.lr,
+        num_warmup=a.warmup,
+        num_samples=a.samples,
+        num_chains=a.chains,
+        progress_bar=not a.no_progress,
+    )
+
+
 def _fit_markov_gp(a, t, y, names, axis_labels: tuple) -> None:
     from probdyn import plotting
 
@@ -184,19 +138,7 @@ def _fit_markov_gp(a, t, y, names, axis_labels: tuple) -> None:
     with _prepare_out(a.out, FIT_FILES, a.force) as out:
         print(f"fitting a Markov GP ({a.kernel}) to {names[0]} ({len(t)} points) with engine={a.engine}", flush=True)
         with _user_errors():
-            fit = gp_fit.fit_gp(
-                t,
-                y[:, 0],
-                jax.random.PRNGKey(a.seed),
-                kernel=a.kernel,
-                engine=a.engine,
-                num_steps=a.steps,
-                learning_rate=a.lr,
-                num_warmup=a.warmup,
-                num_samples=a.samples,
-                num_chains=a.chains,
-                progress_bar=not a.no_progress,
-            )
+            fit = gp_fit.fit_gp(t, y[:, 0], jax.random.PRNGKey(a.seed), kernel=a.kernel, **_engine_kwargs(a))
         grid = np.linspace(t[0], t[-1] + (a.horizon if a.horizon is not None else 0.1 * fit.span), 400)
         mean, sd = gp_fit.predict_gp(fit, t, y[:, 0], grid)
         plotting.gp_forecast(
@@ -245,19 +187,7 @@ def _fit_sde(a, t, y, names, axis_labels: tuple) -> None:
             flush=True,
         )
         with _user_errors():
-            fit = sysid.fit_sde(
-                system,
-                t,
-                y,
-                jax.random.PRNGKey(a.seed),
-                engine=a.engine,
-                num_steps=a.steps,
-                learning_rate=a.lr,
-                num_warmup=a.warmup,
-                num_samples=a.samples,
-                num_chains=a.chains,
-                progress_bar=not a.no_progress,
-            )
+            fit = sysid.fit_sde(system, t, y, jax.random.PRNGKey(a.seed), **_engine_kwargs(a))
         fc = sysid.forecast_sde(fit, t, y, a.horizon)
         plotting.sde_forecast(
             out.staged("forecast.png"), t, y, fc, axis_labels[1], f"{a.drift} SDE (smoothed / forecast)", axis_labels[0]
@@ -332,19 +262,8 @@ def _cmd_compare(a) -> int:
         plotting.compare_scores(out.staged(figs[0]), res.table)
         if len(figs) > 1:
             plotting.compare_forecasts(out.staged(figs[1]), res.forecasts, coords)
-        lines = [
-            f"# probdyn compare: {title}",
-            "",
-            "Continuous-time (SDE, continuous-discrete filter) and discrete-time models fitted by the same",
-            "engine (maximum likelihood of their Gaussian-filter likelihoods); forecasts scored against",
-            "held-out data at the training spacing and at a different test spacing.",
-            "",
-            table,
-            "",
-            "One row per model, spacing and lead time: `comparison.csv`.",
-            "",
-        ]
-        lines += [f"![{f[:-4]}]({f})" for f in figs] + ["", f"Run time: {elapsed:.0f} s."]
+        head = [f"# probdyn compare: {title}", "", REPORT_INTRO, "", table, "", "Long table: `comparison.csv`.", ""]
+        lines = head + [f"![{f[:-4]}]({f})" for f in figs] + ["", f"Run time: {elapsed:.0f} s."]
         out.staged("report.md").write_text("\n".join(lines) + "\n")
     print(f"\nwrote report.md, comparison.csv and {len(figs)} figures in {out.folder}")
     return 0

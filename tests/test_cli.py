@@ -411,6 +411,9 @@ def test_sigint_during_nuts(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # a process started in the background (CI, nohup, &) ignores SIGINT and its children
+        # inherit that: restore the default so that Python turns it into KeyboardInterrupt
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     first = p.stdout.readline()  # "fitting a Markov GP ..." : the run has started
     assert "fitting" in first, first

@@ -372,3 +372,29 @@ def test_warmup_and_sampling_times_are_measured():
     warm, samp = idata.attrs["warmup_time_s"], idata.attrs["sampling_time_s"]
     assert float(np.abs(idata["posterior"]["mu"]).max()) < 3 and idata.attrs["num_divergences"] == 0
     assert warm > 0.02 and 0 < samp < warm / 2, (warm, samp)
+
+
+def test_numpyro_factor_after_arviz_first(tmp_path):
+    """arviz imported before probdyn makes numpyro a lazy module; numpyro.factor (used by the
+    posteriordb Lotka-Volterra program) must still work (fix_lazy_numpyro)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import arviz\n"
+        "from probdyn.datasets import lynx_hare\n"
+        "from probdyn.models import sysid\n"
+        "from probdyn.inference import mcmc\n"
+        "d = lynx_hare()\n"
+        "print(mcmc.model_sites(sysid.lotka_volterra, (d.ts, d.y_init, d.y), {})[0])\n"
+    )
+    root = str(__import__("pathlib").Path(__file__).resolve().parents[1])
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "PYTHONPATH": root},
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "theta" in r.stdout

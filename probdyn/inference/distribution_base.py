@@ -9,7 +9,9 @@ from typing import override
 import jax.numpy as jnp
 from numpyro.distributions import Distribution, constraints
 
-from probdyn._checks import jit_method
+from probdyn._checks import fix_lazy_numpyro, jit_method
+
+fix_lazy_numpyro()
 
 __all__ = ["KalmanDistribution", "RealOrNaN"]
 

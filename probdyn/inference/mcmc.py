@@ -38,7 +38,9 @@ from numpyro import handlers
 from numpyro.distributions import ExpandedDistribution
 from numpyro.infer.util import init_to_uniform, initialize_model
 
-from probdyn._checks import as_key, check_int, is_concrete
+from probdyn._checks import as_key, check_int, fix_lazy_numpyro, is_concrete
+
+fix_lazy_numpyro()
 
 __all__ = ["sample", "diagnostics", "to_inference_data", "model_sites", "ConvergenceWarning", "BACKENDS", "SAMPLERS"]
 

@@ -22,8 +22,10 @@ from numpyro import handlers
 from numpyro.infer import SVI, Predictive, Trace_ELBO, autoguide
 from numpyro.optim import _NumPyroOptim, optax_to_numpyro
 
-from probdyn._checks import as_key, check_int
+from probdyn._checks import as_key, check_int, fix_lazy_numpyro
 from probdyn.inference.mcmc import to_inference_data
+
+fix_lazy_numpyro()
 
 __all__ = ["SVIResult", "svi", "posterior_idata", "make_guide", "AUTOGUIDES"]
 

@@ -309,6 +309,10 @@ def fou_numpyro_model(
     import numpyro
     import numpyro.distributions as dist
 
+    from probdyn._checks import fix_lazy_numpyro
+
+    fix_lazy_numpyro()
+
     times = jnp.asarray(times)
     y = jnp.atleast_2d(jnp.asarray(y))
     H = numpyro.sample("H", dist.Uniform(0.05, 0.95))

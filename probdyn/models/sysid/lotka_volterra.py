@@ -12,7 +12,10 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
+from probdyn._checks import fix_lazy_numpyro
 from probdyn.sde.ode import solve_ode
+
+fix_lazy_numpyro()
 
 __all__ = ["lotka_volterra", "lotka_volterra_drift", "lotka_volterra_log_drift", "REFERENCE_POSTERIOR_LV"]
 
