@@ -1,5 +1,7 @@
-"""Test-suite plumbing only (no fixtures): XLA compile settings, the heaviest files first, and
-releasing compiled programs before a worker runs out of memory maps.
+"""Test-suite plumbing: XLA compile settings, the heaviest files first, and releasing compiled
+programs before a worker runs out of memory maps. The folders under ``tests/`` mirror the
+package; shared helpers (the repository root, the subprocess environment, the tutorial runner)
+are in ``tests/helpers.py``.
 
 With ``pytest -n 2 --dist loadfile`` files are handed to workers in collection order, so
 the long tutorial smoke tests and CLI end-to-end runs (30-90 s each, mostly XLA

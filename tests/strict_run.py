@@ -8,8 +8,6 @@ import runpy
 import sys
 import warnings
 
-PATH = __file__
-
 if __name__ == "__main__":
     warnings.filterwarnings("error", category=DeprecationWarning, module="probdyn")
     if sys.argv[1] == "-m":

@@ -9,13 +9,12 @@ import sys
 
 import numpy as np
 import pytest
-from strict_run import PATH as STRICT_RUN
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT, STRICT_RUN, subprocess_env
 
 
 def cli(*args, cwd):
-    env = {**os.environ, "PYTHONPATH": ROOT, "MPLBACKEND": "Agg"}
+    env = subprocess_env()
     return subprocess.run(
         [sys.executable, STRICT_RUN, "-m", "probdyn", *args],
         cwd=str(cwd),
@@ -403,7 +402,7 @@ def test_sigint_during_nuts(tmp_path):
 
     rows = [(i, np.sin(i / 3)) for i in range(40)]
     write_csv(tmp_path / "d.csv", rows)
-    env = {**os.environ, "PYTHONPATH": ROOT, "MPLBACKEND": "Agg"}
+    env = subprocess_env()
     p = subprocess.Popen(
         [sys.executable, "-m", "probdyn", "fit", "--csv", "d.csv", "--engine", "nuts", "--out", "out", "--no-progress"],
         cwd=str(tmp_path),

@@ -1,15 +1,14 @@
 """Every Python code block of the README and the docs pages runs on its own (a fresh
 interpreter per block, as a reader would paste it), with the sizes it shows."""
 
-import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT, subprocess_env
+
 PAGES = [ROOT / "README.md"] + sorted((ROOT / "docs").glob("**/*.md"))
 FENCE = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
@@ -27,7 +26,7 @@ def test_blocks_found():
 @pytest.mark.slow
 @pytest.mark.parametrize("code", list(blocks()))
 def test_code_block_runs(code, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
+    env = subprocess_env()
     r = subprocess.run(
         [sys.executable, "-c", code], cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=900
     )

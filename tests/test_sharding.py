@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT
 
 SCRIPT = textwrap.dedent(
     """
@@ -75,7 +75,7 @@ SCRIPT = textwrap.dedent(
 def test_sharded_batch_equals_single_device():
     env = {
         **os.environ,
-        "PYTHONPATH": ROOT,
+        "PYTHONPATH": str(ROOT),
         "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
         "JAX_PLATFORMS": "cpu",
     }
@@ -132,7 +132,7 @@ def test_multi_process_batch_map_equals_single_process():
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = str(s.getsockname()[1])
-    env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)
     procs = [
         subprocess.Popen(

@@ -85,6 +85,7 @@ __all__ = [
     "sample_scan",
     "finite_guard",
     "FUSED_MAX_DIM",
+    "observes_first_state",
 ]
 
 FUSED_MAX_DIM = 4
@@ -338,7 +339,7 @@ def _step_lists(lay: Layout, s: list, x: list, predict: bool = True) -> list:
 
     obs = [yi == yi for yi in y]  # False where NaN
     of = [jnp.where(b, 1.0, 0.0).astype(yi.dtype) for b, yi in zip(obs, y)]
-    if _observes_first_state(lay):
+    if observes_first_state(lay):
         return _first_state_update(lay, m, L, D, ll, A, LQ, DQ, y[0], DR[0], obs[0], of[0], predict)
     if predict:
         mp, AL = _propagate(A, m, L)
@@ -438,7 +439,7 @@ def _filter_step(lay: Layout):
     return Staged(partial(dense_inputs, lay), partial(_step_lists, lay._replace(basis=None)))
 
 
-def _observes_first_state(lay: Layout) -> bool:
+def observes_first_state(lay: Layout) -> bool:
     """A scalar observation of the first state (``H = [h, 0, ..., 0]``, static): every
     Matérn, SHO and Periodic kernel alone."""
     return lay.p == 1 and lay.H is not None and lay.H[0][0] != 0 and all(v == 0 for v in lay.H[0][1:])

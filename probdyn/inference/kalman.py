@@ -66,6 +66,7 @@ __all__ = [
     "schedule",
     "FORMS",
     "simulate_chain",
+    "static_emission",
 ]
 
 _LOG2PI = math.log(2 * math.pi)
@@ -261,7 +262,7 @@ class _Arrays(NamedTuple):
     basis: TransitionBasis | None = None  # (A, Q) in coefficient form, read by the fused filter
 
 
-def _static_emission(ssm: LinearGaussianSSM):
+def static_emission(ssm: LinearGaussianSSM):
     """The emission matrix as nested tuples of floats when it is a concrete, time-invariant,
     small array (e.g. a kernel's ``H``), else ``None``."""
     H = ssm.emission_matrix
@@ -601,7 +602,7 @@ def filter(
     shorthand ``parallel``, see :func:`schedule`; every form gives the same numbers to
     rounding.
     """
-    return _filter_jit(ssm, _validated(ssm, y), schedule(form, parallel), _static_emission(ssm))
+    return _filter_jit(ssm, _validated(ssm, y), schedule(form, parallel), static_emission(ssm))
 
 
 @eqx.filter_jit
@@ -617,7 +618,7 @@ def log_likelihood(
 ) -> Float[Array, ""]:
     """Log marginal likelihood ``log p(y_{0:T-1})`` (NaN = missing). Bad input, traced
     (NaN) inputs, zero predictive variances and the schedule (``form``) as in :func:`filter`."""
-    return _log_likelihood_jit(ssm, _validated(ssm, y), schedule(form, parallel), _static_emission(ssm))
+    return _log_likelihood_jit(ssm, _validated(ssm, y), schedule(form, parallel), static_emission(ssm))
 
 
 @eqx.filter_jit
@@ -633,7 +634,7 @@ def pointwise_log_likelihood(
 
     Sums to :func:`log_likelihood`; fully missing rows contribute 0. ``form`` as in :func:`filter`.
     """
-    return _pointwise_jit(ssm, _validated(ssm, y), schedule(form, parallel), _static_emission(ssm))
+    return _pointwise_jit(ssm, _validated(ssm, y), schedule(form, parallel), static_emission(ssm))
 
 
 # ----------------------------------------------------------------------------------
@@ -758,7 +759,7 @@ def smoother(
 ) -> SmootherResult:
     """Rauch–Tung–Striebel smoother (square-root form in every schedule; ``form`` as in
     :func:`filter`)."""
-    return _smoother_jit(ssm, _validated(ssm, y), schedule(form, parallel), _static_emission(ssm))
+    return _smoother_jit(ssm, _validated(ssm, y), schedule(form, parallel), static_emission(ssm))
 
 
 @eqx.filter_jit
@@ -812,7 +813,7 @@ def sample(
     shape (num_samples, T, d). ``num_samples`` is a positive integer (static: one
     compilation per value); else ``ValueError``. ``form`` as in :func:`filter`."""
     k = check_positive_int(num_samples)
-    return _sample_jit(key, ssm, _validated(ssm, y), k, schedule(form, parallel), _static_emission(ssm))
+    return _sample_jit(key, ssm, _validated(ssm, y), k, schedule(form, parallel), static_emission(ssm))
 
 
 @eqx.filter_jit

@@ -99,6 +99,8 @@ __all__ = [
     "chunk_size",
     "default_max_step",
     "plan_costs",
+    "plan_cost",
+    "refined_grid",
     "solver_tableau",
     "DEFAULT_STEPS_PER_INTERVAL",
 ]
@@ -277,7 +279,7 @@ def _costs(method, propagation, tab: Tableau) -> tuple[float, float]:
     return segment, (_step_cost(tab) / _step_cost(RK4) if propagation == "moments" else 1.0)
 
 
-def _plan_cost(counts, chunk, costs):
+def plan_cost(counts, chunk, costs):
     """Cost of ``counts`` run in segments of ``chunk`` masked sub-steps."""
     segment, step = costs
     return float(np.sum(-(-counts // chunk))) * (chunk * step + segment)
@@ -288,7 +290,7 @@ def chunk_size(counts, costs=(SEGMENT_COST["ekf"], 1.0)) -> int:
     (``costs`` from :func:`plan_costs`)."""
     top = int(counts.max(initial=1))
     candidates = [c for c in CHUNKS if c < top] + [min(top, CHUNKS[-1])]
-    return min(candidates, key=lambda c: _plan_cost(counts, c, costs))
+    return min(candidates, key=lambda c: plan_cost(counts, c, costs))
 
 
 def default_max_step(times, costs=(SEGMENT_COST["ekf"], 1.0)) -> float:
@@ -301,7 +303,7 @@ def default_max_step(times, costs=(SEGMENT_COST["ekf"], 1.0)) -> float:
 
     def cost(h):
         counts = step_counts(t, h)
-        return _plan_cost(counts, chunk_size(counts, costs), costs)
+        return plan_cost(counts, chunk_size(counts, costs), costs)
 
     if cost(lo) <= budget:
         return lo
@@ -311,7 +313,7 @@ def default_max_step(times, costs=(SEGMENT_COST["ekf"], 1.0)) -> float:
     return float(hi)
 
 
-def _refined_grid(times, counts, chunk):
+def refined_grid(times, counts, chunk):
     """Concrete ``times`` (T,) with interval ``k`` split into ``counts[k]`` equal steps, grouped
     into segments of at most ``chunk`` steps -> (segment end points (N,), steps per segment
     (N,) with 1 for the first point, indices (T,) of the observation times among them (exact))."""
@@ -333,7 +335,7 @@ def _cached_plan(times_bytes: bytes, dtype: str, max_step, costs):
     t = np.frombuffer(times_bytes, dtype=dtype)
     counts = step_counts(t, default_max_step(t, costs) if max_step is None else max_step)
     chunk = chunk_size(counts, costs)
-    grid, steps, idx = _refined_grid(t, counts, chunk)
+    grid, steps, idx = refined_grid(t, counts, chunk)
     for a in (grid, steps, idx):
         a.flags.writeable = False
     return grid, steps, idx, chunk

@@ -213,7 +213,9 @@ class _SiteVAE(eqx.Module):
         out = self.decoder(z)
         return jax.nn.sigmoid(out) if self.likelihood == "bernoulli" else out
 
-    def _prep(self, times, frames, mask):
+    def prepare(self, times, frames, mask):
+        """``times`` (T,), ``frames`` (T, *obs_shape), ``mask`` (T,) as arrays of the model's dtype
+        (``mask`` bool), with the masked frames set to zero."""
         dt = self.dtype
         times = jnp.asarray(times, dt)
         mask = jnp.asarray(mask, bool)
@@ -236,7 +238,7 @@ class _SiteVAE(eqx.Module):
 
         Returns ``{"elbo", "recon", "kl"}`` (``elbo = recon - beta kl``).
         """
-        times, frames, mask = self._prep(times, frames, mask)
+        times, frames, mask = self.prepare(times, frames, mask)
         sm, sv = self.sites(frames, mask)
         mu, var, log_z = self.posterior_marginals(times, sm, sv, mask)
         e_site = jnp.sum(mask[:, None] * (-0.5 * (_LOG2PI + jnp.log(sv)) - 0.5 * ((sm - mu) ** 2 + var) / sv))
@@ -255,7 +257,7 @@ class _SiteVAE(eqx.Module):
 
         ``q(f) = p(f) sites(f) / Z`` gives the weight ``p(y|f) p(f) / q(f) = p(y|f) Z / sites(f)``.
         """
-        times, frames, mask = self._prep(times, frames, mask)
+        times, frames, mask = self.prepare(times, frames, mask)
         sm, sv = self.sites(frames, mask)
         f, log_z = self.posterior_paths(key, times, sm, sv, mask, num_samples)
         logw = self._recon(frames, f, mask) - self._site_loglik(f, sm, sv, mask) + jnp.sum(log_z)
@@ -263,7 +265,7 @@ class _SiteVAE(eqx.Module):
 
     def impute(self, key: PRNGKeyArray, times, frames, mask, num_samples: int = 32):
         """Posterior mean frames ``E_q[E[y_t | f_t]]`` (T, *obs_shape) from joint paths."""
-        times, frames, mask = self._prep(times, frames, mask)
+        times, frames, mask = self.prepare(times, frames, mask)
         sm, sv = self.sites(frames, mask)
         f, _ = self.posterior_paths(key, times, sm, sv, mask, num_samples)
         return jnp.mean(jax.vmap(jax.vmap(self.decode_mean))(f), axis=0)

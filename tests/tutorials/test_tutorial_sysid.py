@@ -2,7 +2,8 @@
 
 import numpy as np
 import pytest
-from tutorial_runner import run_tutorial
+
+from tests.helpers import run_tutorial
 
 
 @pytest.mark.slow

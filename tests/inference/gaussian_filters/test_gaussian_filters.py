@@ -513,8 +513,8 @@ def test_step_plan_counts_and_grid():
         for solver in (None, "rk4"):
             costs = cd.plan_costs(method, solver=solver)
             counts = cd.step_counts(times, cd.default_max_step(times, costs))
-            assert cd._plan_cost(counts, cd.chunk_size(counts, costs), costs) <= (times.size - 1) * (10 + costs[0])
-    grid, steps, idx = cd._refined_grid(times, cd.step_counts(times, 0.05), 4)
+            assert cd.plan_cost(counts, cd.chunk_size(counts, costs), costs) <= (times.size - 1) * (10 + costs[0])
+    grid, steps, idx = cd.refined_grid(times, cd.step_counts(times, 0.05), 4)
     np.testing.assert_array_equal(grid[idx], times)  # the observation times exactly
     assert np.all(np.diff(grid) > 0) and steps.max() <= 4 and steps.sum() - 1 == cd.step_counts(times, 0.05).sum()
     np.testing.assert_allclose(

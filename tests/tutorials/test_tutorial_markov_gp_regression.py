@@ -3,7 +3,8 @@
 import math
 
 import pytest
-from tutorial_runner import run_tutorial
+
+from tests.helpers import run_tutorial
 
 
 @pytest.mark.slow

@@ -38,7 +38,7 @@ def _elbo(model, key, times, frames, mask, num_samples):
 
 @eqx.filter_jit
 def _paths_and_impute(model, key, times, frames, mask, num_samples):
-    tt, yy, mm = model._prep(times, frames, mask)
+    tt, yy, mm = model.prepare(times, frames, mask)
     sm, sv = model.sites(yy, mm)
     f, _ = model.posterior_paths(key, tt, sm, sv, mm, num_samples)
     return sm, sv, f, model.impute(key, times, frames, mask, num_samples)

@@ -22,8 +22,8 @@ import xarray as xr  # noqa: E402
 from probdyn import MarkovGP, kernels  # noqa: E402
 from probdyn.distributions import MarkovGPDistribution  # noqa: E402
 from probdyn.inference import mcmc  # noqa: E402
+from tests.helpers import ROOT  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = dict(num_warmup=300, num_samples=400, num_chains=2, progress_bar=False, report=False)
 
 
@@ -260,7 +260,7 @@ def test_chains_sharded_over_devices():
         print("OK")
         """
     )
-    env = {**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, cwd="/tmp")
     assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
 
@@ -388,7 +388,7 @@ def test_numpyro_factor_after_arviz_first(tmp_path):
         "d = lynx_hare()\n"
         "print(mcmc.model_sites(sysid.lotka_volterra, (d.ts, d.y_init, d.y), {})[0])\n"
     )
-    root = str(__import__("pathlib").Path(__file__).resolve().parents[1])
+    root = str(ROOT)
     r = subprocess.run(
         [sys.executable, "-c", code],
         cwd=str(tmp_path),

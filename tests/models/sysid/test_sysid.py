@@ -23,9 +23,9 @@ from probdyn.datasets import lynx_hare  # noqa: E402
 from probdyn.inference.gaussian_filters import observations as obs  # noqa: E402
 from probdyn.models import sysid  # noqa: E402
 from probdyn.sde import solve_ode  # noqa: E402
+from tests.helpers import ROOT  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data", "hudson_lynx_hare.json")
+SHARED = ROOT.parent / "shared" / "data" / "hudson_lynx_hare.json"
 
 
 def test_lynx_hare_bundled_matches_shared_file():

@@ -1,7 +1,8 @@
 """Runs tutorials/sparse_gp_sde_double_well.py in smoke mode and checks its metrics and figures."""
 
 import pytest
-from tutorial_runner import run_tutorial
+
+from tests.helpers import run_tutorial
 
 
 @pytest.mark.slow

@@ -561,8 +561,8 @@ def test_fused_first_state_update_against_dense(d, h, tvt):
     """The fused step's short route for ``H = [h, 0, ..., 0]`` (static): pivot-only update."""
     mdl = random_model(100 + d, d, 1, 11, tvt, False)
     mdl["H"] = np.eye(1, d) * h
-    lay = kalman.fused.Layout(d, 1, kalman._static_emission(to_ssm(mdl)))
-    assert kalman.fused._observes_first_state(lay)
+    lay = kalman.fused.Layout(d, 1, kalman.static_emission(to_ssm(mdl)))
+    assert kalman.fused.observes_first_state(lay)
     _check_fused_and_matrix(mdl, _with_nans(simulate(mdl, 11, 100 + d), 100 + d, rows=True, entries=False))
 
 

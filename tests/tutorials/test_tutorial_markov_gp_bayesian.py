@@ -1,7 +1,8 @@
 """Runs tutorials/markov_gp_bayesian.py in smoke mode and checks its metrics and figures."""
 
 import pytest
-from tutorial_runner import run_tutorial
+
+from tests.helpers import run_tutorial
 
 
 @pytest.mark.slow
