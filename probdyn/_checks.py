@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 
@@ -75,7 +76,8 @@ def fix_lazy_numpyro() -> None:
 
     d = sys.modules.get("numpyro.distributions")
     if d is not None and "distribution" not in vars(d):
-        d.distribution = importlib.import_module("numpyro.distributions.distribution")
+        # a module attribute, set on purpose
+        d.distribution = importlib.import_module("numpyro.distributions.distribution")  # pyright: ignore[reportAttributeAccessIssue]
 
 
 @eqx.filter_jit

@@ -23,6 +23,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -106,7 +107,8 @@ def _write_fit_outputs(out: Outputs, idata, extra: dict, point_estimate: bool = 
         import arviz as az
 
         idata.to_netcdf(str(out.staged("posterior.nc")))
-        summ = az.summary(idata, kind="all" if idata.posterior.sizes.get("chain", 1) > 1 else "stats")
+        kind = "all" if idata.posterior.sizes.get("chain", 1) > 1 else "stats"
+        summ: Any = az.summary(idata, kind=kind)  # a DataFrame (arviz annotates a union)
     if point_estimate:
         summ = summ[["mean"]].rename(columns={"mean": "MAP"})
     summ.to_csv(out.staged("summary.csv"))
@@ -225,17 +227,18 @@ def _cmd_fit(a) -> int:
 # ----------------------------------------------------------------------------------
 def _compare_inputs(a, sysid) -> tuple[dict, str, list | None]:
     """``compare``'s keyword arguments, a title and the coordinate names (CSV columns)."""
-    name = a.system or ("lotka_volterra" if not a.csv else None)
-    if a.csv:
-        t, y, names = _series(a, min_points=30)
-        name = name or ("ornstein_uhlenbeck" if y.shape[1] == 1 else "van_der_pol")
-    with _user_errors():
-        system = sysid.get_system(name)
     if not a.csv:
+        name = a.system or "lotka_volterra"
+        with _user_errors():
+            sysid.get_system(name)
         if a.test_spacing is not None and a.test_spacing <= 0:
             raise CLIError("--test-spacing must be positive")
         extra = {} if a.test_spacing is None else {"dt_test": a.test_spacing}
         return dict(system=name, quick=a.quick, key=a.seed, **extra), f"simulated {name}", None
+    t, y, names = _series(a, min_points=30)
+    name = a.system or ("ornstein_uhlenbeck" if y.shape[1] == 1 else "van_der_pol")
+    with _user_errors():
+        system = sysid.get_system(name)
     if system.H.shape[0] != y.shape[1]:
         raise CLIError(
             f"--system {name} observes {system.H.shape[0]} coordinate(s) but the CSV gives "

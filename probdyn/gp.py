@@ -12,6 +12,7 @@ from collections.abc import Callable
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from probdyn._checks import check_observations, concrete
@@ -48,7 +49,7 @@ class MarkovGP(eqx.Module):
     noise: Float[Array, ...]
     mean: Float[Array, ""] | Callable
 
-    def __init__(self, kernel: Kernel, times, noise=0.0, mean=0.0):
+    def __init__(self, kernel: Kernel, times, noise: ArrayLike = 0.0, mean: ArrayLike | Callable = 0.0):
         if not isinstance(kernel, Kernel):
             raise TypeError(f"kernel must be a probdyn.kernels.Kernel, got {type(kernel).__name__}")
         self.kernel = kernel

@@ -13,8 +13,10 @@ What ``probdyn fit --model markov-gp`` runs, as library functions:
 
 from __future__ import annotations
 
+import operator
 import time
 from collections.abc import Callable
+from functools import reduce
 from typing import Any, NamedTuple
 
 import jax.numpy as jnp
@@ -101,15 +103,12 @@ def kernel_prior(spec: str, span: float, spacing: float | None = None) -> Callab
         return kernels.Constant(variance=1.0)
 
     def build() -> kernels.Kernel:
-        total = None
+        sums = []
         for i, term in enumerate(terms):
-            prod = None
-            for j, f in enumerate(term):
-                k = factor(f, f"{f}_{i}{j}" if len(terms) > 1 or len(term) > 1 else f)
-                prod = k if prod is None else prod * k
-            prod = prod * numpyro.sample(f"amplitude_{i}", dist.LogNormal(0.0, 1.0)) ** 2
-            total = prod if total is None else total + prod
-        return total
+            tags = [f"{f}_{i}{j}" if len(terms) > 1 or len(term) > 1 else f for j, f in enumerate(term)]
+            prod = reduce(operator.mul, [factor(f, tag) for f, tag in zip(term, tags, strict=True)])
+            sums.append(prod * numpyro.sample(f"amplitude_{i}", dist.LogNormal(0.0, 1.0)) ** 2)
+        return reduce(operator.add, sums)
 
     return build
 
@@ -232,7 +231,7 @@ def predict_gp(
     grid = jnp.asarray(np.asarray(grid, float) - t[0], tt.dtype)
 
     def one(i):
-        params = {k: v[i] for k, v in draws.items()}
+        params: dict[str, Any] = {k: v[i] for k, v in draws.items()}
         with handlers.seed(rng_seed=0), handlers.condition(data=params):
             kern = build()
         return MarkovGP(kern, tt, noise=float(params["noise_sd"]) ** 2).predict(z, grid)

@@ -23,12 +23,13 @@ although it runs past 600 lines.
 from __future__ import annotations
 
 import math
-from typing import override
+from typing import ClassVar, override
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 from jaxtyping import Array, Float
 
 from probdyn.linalg import block_diag, kron, symmetrize
@@ -117,7 +118,7 @@ class Kernel(eqx.Module):
         return None
 
     def to_ssm(
-        self, times: Float[Array, " N"], noise: Float[Array, ...] = 0.0, transition_basis: bool = False
+        self, times: Float[Array, " N"], noise: Float[ArrayLike, "*n"] = 0.0, transition_basis: bool = False
     ) -> LinearGaussianSSM:
         """The exact state-space model of ``y_n = f(times[n]) + N(0, noise_n)``, ``f ~ GP(0, k)``.
 
@@ -190,7 +191,7 @@ def _lower_gamma_regs(nmax: int, z, ez=None):
     t = [ez]
     for j in range(1, nmax + 1):
         t.append(t[-1] * (z * (1.0 / j)))
-    tails = [None] * (nmax + 1)
+    tails: list = [None] * (nmax + 1)
     tails[nmax] = t[nmax] * h
     for n in range(nmax - 1, 0, -1):
         tails[n] = tails[n + 1] + t[n]
@@ -213,7 +214,7 @@ class _Matern(Kernel):
     lengthscale: Float[Array, ""]
     variance: Float[Array, ""]
 
-    def __init__(self, lengthscale=1.0, variance=1.0):
+    def __init__(self, lengthscale: ArrayLike = 1.0, variance: ArrayLike = 1.0):
         self.lengthscale = _param(lengthscale, "lengthscale")
         self.variance = _param(variance, "variance")
 
@@ -307,7 +308,8 @@ def _solve_lyap_np(F, B):
 class Matern12(_Matern):
     r"""Matérn-1/2 (exponential / Ornstein–Uhlenbeck): ``k = s2 exp(-tau/l)``; state dim 1."""
 
-    order = 0
+    order: ClassVar[int] = 0
+    __init__ = _Matern.__init__  # eqx keeps the parent's __init__; this tells type checkers
 
     @override
     def __call__(self, tau):
@@ -317,7 +319,8 @@ class Matern12(_Matern):
 class Matern32(_Matern):
     r"""Matérn-3/2: ``k = s2 (1 + r) exp(-r)``, ``r = sqrt(3) tau / l``; state ``(f, f'/lam)``."""
 
-    order = 1
+    order: ClassVar[int] = 1
+    __init__ = _Matern.__init__  # eqx keeps the parent's __init__; this tells type checkers
 
     @override
     def __call__(self, tau):
@@ -328,7 +331,8 @@ class Matern32(_Matern):
 class Matern52(_Matern):
     r"""Matérn-5/2: ``k = s2 (1 + r + r^2/3) exp(-r)``, ``r = sqrt(5) tau / l``; state dim 3."""
 
-    order = 2
+    order: ClassVar[int] = 2
+    __init__ = _Matern.__init__  # eqx keeps the parent's __init__; this tells type checkers
 
     @override
     def __call__(self, tau):
@@ -371,7 +375,7 @@ class SHO(Kernel):
     quality: Float[Array, ""]
     variance: Float[Array, ""]
 
-    def __init__(self, omega=1.0, quality=1.0, variance=1.0):
+    def __init__(self, omega: ArrayLike = 1.0, quality: ArrayLike = 1.0, variance: ArrayLike = 1.0):
         self.omega = _param(omega, "omega")
         self.quality = _param(quality, "quality")
         self.variance = _param(variance, "variance")
@@ -424,7 +428,7 @@ class Celerite(Kernel):
     c: Float[Array, ""]
     d: Float[Array, ""]
 
-    def __init__(self, a, b, c, d):
+    def __init__(self, a: ArrayLike, b: ArrayLike, c: ArrayLike, d: ArrayLike):
         self.a = _param(a, "a")
         self.b = _param(b, "b", positive=False)
         self.c = _param(c, "c", allow_zero=True)
@@ -461,7 +465,7 @@ class Cosine(Kernel):
     period: Float[Array, ""]
     variance: Float[Array, ""]
 
-    def __init__(self, period=1.0, variance=1.0):
+    def __init__(self, period: ArrayLike = 1.0, variance: ArrayLike = 1.0):
         self.period = _param(period, "period")
         self.variance = _param(variance, "variance")
 
@@ -517,7 +521,9 @@ class Periodic(Kernel):
     variance: Float[Array, ""]
     order: int = eqx.field(static=True)
 
-    def __init__(self, period=1.0, lengthscale=1.0, variance=1.0, order: int = 6):
+    def __init__(
+        self, period: ArrayLike = 1.0, lengthscale: ArrayLike = 1.0, variance: ArrayLike = 1.0, order: int = 6
+    ):
         self.period = _param(period, "period")
         self.lengthscale = _param(lengthscale, "lengthscale")
         self.variance = _param(variance, "variance")
@@ -590,7 +596,7 @@ class Constant(Kernel):
 
     variance: Float[Array, ""]
 
-    def __init__(self, variance=1.0):
+    def __init__(self, variance: ArrayLike = 1.0):
         self.variance = _param(variance, "variance")
 
     @override

@@ -15,6 +15,8 @@ fully missing observations): square roots and divisions are guarded with the
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
@@ -153,7 +155,7 @@ def mgs_lower(rows: list[list]) -> tuple[list[list], list]:
     """
     n = len(rows)
     rows = [list(r) for r in rows]
-    L = [[None] * n for _ in range(n)]
+    L: list[list[Any]] = [[None] * n for _ in range(n)]
     ss = []
     for i in range(n):
         s = list_dot(rows[i], rows[i])
@@ -227,8 +229,8 @@ def cholesky_tangent(
     mT = lambda x: jnp.swapaxes(x, -1, -2)  # noqa: E731
     n = L.shape[-1]
     dg = jnp.diagonal(L, axis1=-2, axis2=-1)
-    rtol = 16 * jnp.finfo(L.dtype).eps if rtol is None else rtol
-    zero = dg * dg <= rtol * jnp.sum(L * L, axis=-1)
+    tol = 16 * jnp.finfo(L.dtype).eps if rtol is None else rtol
+    zero = dg * dg <= tol * jnp.sum(L * L, axis=-1)
     keep = (~zero).astype(L.dtype)[..., :, None]
     Lu = jnp.where(zero[..., :, None], jnp.eye(n, dtype=L.dtype), L)
     solve = lambda b: jax.scipy.linalg.solve_triangular(Lu, b * keep, lower=True)  # noqa: E731
@@ -241,7 +243,7 @@ def cholesky_tangent(
     # row depends on the rows above it; for such a factor no tangent of this form exists,
     # so it is NaN (a visible failure, never a wrong derivative).
     below = jnp.sum(jnp.tril(L, -1) ** 2, axis=-2)  # column norms below the diagonal
-    bad = jnp.any(zero & (below > rtol * jnp.max(jnp.sum(L * L, axis=-1), axis=-1, keepdims=True)), axis=-1)
+    bad = jnp.any(zero & (below > tol * jnp.max(jnp.sum(L * L, axis=-1), axis=-1, keepdims=True)), axis=-1)
     return dL * jnp.where(bad, jnp.nan, 1.0).astype(L.dtype)[..., None, None]  # NaN in reverse mode too
 
 
@@ -354,7 +356,7 @@ def ldl_lists(P: list[list]) -> tuple[list[list], list]:
     it and by the fused Kalman step, which factorises each step's process noise in-step)."""
     d = len(P)
     eps16 = 16 * jnp.finfo(jnp.result_type(P[0][0])).eps
-    L = [[None] * i for i in range(d)]
+    L: list[list[Any]] = [[None] * i for i in range(d)]
     D = []
     for j in range(d):
         s = _minus(P[j][j], tree_sum([L[j][k] * L[j][k] * D[k] for k in range(j)]))
@@ -408,7 +410,7 @@ def solve_upper_t(L: Float[Array, "n n"], b: Float[Array, "n ..."]) -> Float[Arr
     if n > UNROLL_MAX:
         L, b = _unit_zero_pivots(L, b, rows=False)
         return jax.scipy.linalg.solve_triangular(L, b, lower=True, trans=1)
-    rows = [None] * n
+    rows: list[Any] = [None] * n
     for i in reversed(range(n)):
         acc = b[i]
         for j in range(i + 1, n):

@@ -16,6 +16,7 @@ SDEs in probdyn).
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 
@@ -124,7 +125,7 @@ class LTISDE(eqx.Module):
     F: Float[Array, "d d"]
     L: Float[Array, "d s"]
     Qc: Float[Array, "s s"]
-    H: Float[Array, "m d"]
+    H: Float[Array | np.ndarray, "m d"]  # NumPy when constant (a kernel's H)
     Pinf: Float[Array, "d d"] | None = None
 
     @property
@@ -204,9 +205,10 @@ class TransitionBasis(eqx.Module):
         return _combine(self.a, self.basis_a), _combine(self.q, self.basis_q)
 
 
-def _combine(cs, basis):
+def _combine(cs, basis) -> Array:
     dtype = jnp.result_type(*cs)
-    return sum(c[:, None, None] * jnp.asarray(np.asarray(b), dtype) for c, b in zip(cs, basis))
+    terms = [c[:, None, None] * jnp.asarray(np.asarray(b), dtype) for c, b in zip(cs, basis, strict=True)]
+    return functools.reduce(operator.add, terms)
 
 
 class LinearGaussianSSM(eqx.Module):
@@ -244,7 +246,7 @@ class LinearGaussianSSM(eqx.Module):
     initial_cov: Float[Array, "d d"]
     transition_matrix: Float[Array, "... d d"]
     transition_cov: Float[Array, "... d d"]
-    emission_matrix: Float[Array, "... m d"]
+    emission_matrix: Float[Array | np.ndarray, "... m d"]  # NumPy when constant
     emission_cov: Float[Array, "... m m"]
     transition_basis: TransitionBasis | None = None
 

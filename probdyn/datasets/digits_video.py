@@ -8,7 +8,7 @@ and the pendulum is integrated with :func:`probdyn.sde.solve_ode` (diffrax backe
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -72,7 +72,7 @@ def rotating_digits(
         raise ValueError(f"size must be >= 8, got {size}")
     rng = np.random.default_rng(seed)
     N, T = int(num_sequences), int(num_frames)
-    d = load_digits()
+    d: Any = load_digits()  # a Bunch (sklearn annotates the return_X_y tuple too)
     keep = np.ones(len(d.target), bool) if digits is None else np.isin(d.target, digits)
     if not keep.any():
         raise ValueError(f"no digits among {digits}")
@@ -83,7 +83,7 @@ def rotating_digits(
     times, mask = _times_and_mask(rng, N, T, mean_dt, irregular, missing_rate)
     clean = np.empty((N, T, size, size))
     for i in range(N):
-        base = np.clip(ndimage.zoom(images[pick[i]], size / 8.0, order=1), 0.0, 1.0)
+        base = np.clip(np.asarray(ndimage.zoom(images[pick[i]], size / 8.0, order=1)), 0.0, 1.0)
         for t in range(T):
             ang = np.degrees(a0[i] + w[i] * times[i, t])
             clean[i, t] = np.clip(ndimage.rotate(base, ang, reshape=False, order=1, cval=0.0), 0.0, 1.0)

@@ -10,7 +10,7 @@ rendered by bilinear interpolation of the shifted image.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -80,7 +80,7 @@ def moving_digits(
     if float(duration) <= 0 or float(speed) < 0:
         raise ValueError("duration must be positive and speed non-negative")
     N, T, size = int(num_sequences), int(num_frames), int(size)
-    data = load_digits()
+    data: Any = load_digits()  # a Bunch (sklearn annotates the return_X_y tuple too)
     images, labels = data.images / 16.0, data.target
     if digits is not None:
         keep = np.isin(labels, np.asarray(list(digits)))

@@ -12,6 +12,7 @@ Errors are ``ValueError`` (``FileNotFoundError`` for a missing file) naming the 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -38,13 +39,13 @@ def load_series(name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     if name == "co2":
         import statsmodels.api as sm
 
-        df = sm.datasets.co2.load_pandas().data
+        df: Any = sm.datasets.co2.load_pandas().data  # statsmodels annotates .data as optional
         t = 1958.0 + np.arange(len(df)) * 7.0 / 365.25
         return t, df["co2"].to_numpy(float)[:, None], ["co2"]
     if name == "nile":
         import statsmodels.api as sm
 
-        df = sm.datasets.nile.load_pandas().data
+        df: Any = sm.datasets.nile.load_pandas().data
         return df["year"].to_numpy(float), df["volume"].to_numpy(float)[:, None], ["volume"]
     raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(SERIES)}")
 
@@ -78,10 +79,10 @@ def read_csv_series(
     for c in names:
         if c not in df.columns:
             raise ValueError(f"unknown column {c!r}; columns are {list(df.columns)}")
-    t = pd.to_numeric(df[tc], errors="coerce").to_numpy(float)
+    t = np.asarray(pd.to_numeric(df[tc], errors="coerce"), float)
     if not np.all(np.isfinite(t)):
         bad = int(np.argmax(~np.isfinite(t)))
-        raise ValueError(f"time column {tc!r} must be numeric and finite (row {bad + 2}: {df[tc].iloc[bad]!r})")
+        raise ValueError(f"time column {tc!r} must be numeric and finite (row {bad + 2}: {df[tc].to_numpy()[bad]!r})")
     if np.any(np.diff(t) <= 0):
         bad = int(np.argmax(np.diff(t) <= 0))
         raise ValueError(
@@ -89,12 +90,13 @@ def read_csv_series(
         )
     vals = []
     for c in names:
-        v = pd.to_numeric(df[c], errors="coerce")
-        bad = v.isna() & df[c].notna()
+        raw = df[c]
+        v = np.asarray(pd.to_numeric(raw, errors="coerce"), float)
+        bad = np.isnan(v) & raw.notna().to_numpy()
         if bad.any():
-            i = int(np.argmax(bad.to_numpy()))
-            raise ValueError(f"column {c!r} has a non-numeric value at row {i + 2}: {df[c].iloc[i]!r}")
-        vals.append(v.to_numpy(float))
+            i = int(np.argmax(bad))
+            raise ValueError(f"column {c!r} has a non-numeric value at row {i + 2}: {raw.to_numpy()[i]!r}")
+        vals.append(v)
     y = np.stack(vals, axis=1)
     if np.any(np.isinf(y)):
         raise ValueError("values must be finite (leave a cell empty for a missing value)")

@@ -42,7 +42,7 @@ class KalmanDistribution(Distribution):
     through one ``eqx.filter_jit`` (compiled once per distribution structure)."""
 
     @override
-    def log_prob(self, value):
+    def log_prob(self, value, intermediates=None):
         return jit_method("_log_prob", self, jnp.asarray(value))
 
     def pointwise_log_prob(self, value):

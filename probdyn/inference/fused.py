@@ -56,9 +56,10 @@ one module although it runs past 600 lines.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable
-from functools import partial
-from typing import NamedTuple
+from functools import partial, reduce
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -236,14 +237,13 @@ def _grouped_stack(items: list, axis: int, k: int) -> jax.Array:
     n = len(items)
     if n <= k:
         return jnp.stack(items, axis=axis)
-    acc = None
+    parts = []
     for a in range(0, n, k):
         part = jnp.stack(items[a : a + k], axis=axis)
         widths = [(0, 0)] * part.ndim
         widths[axis] = (a, n - a - part.shape[axis])
-        part = jnp.pad(part, widths)
-        acc = part if acc is None else acc + part
-    return acc
+        parts.append(jnp.pad(part, widths))
+    return reduce(operator.add, parts)
 
 
 # ----------------------------------------------------------------------------------
@@ -282,7 +282,7 @@ def mwgs_lower(rows: list[list], w: list) -> tuple[list[list], list, list]:
     """
     n = len(rows)
     rows = [list(r) for r in rows]
-    Lu = [[None] * n for _ in range(n)]
+    Lu: list[list[Any]] = [[None] * n for _ in range(n)]
     Dd, inv = [], []
     for i in range(n):
         wi = [_mul(v, c) for v, c in zip(rows[i], w)]

@@ -242,7 +242,7 @@ def _prepare(ssm: LinearGaussianSSM, y):
         # the initial mean, hence every mean and log-likelihood, NaN. 0 * max|C| is 0 for a
         # finite C, NaN otherwise (a max, not a sum: no overflow). Concrete arrays were
         # checked when the model was built.
-        z = sum(0 * jnp.max(jnp.abs(jnp.asarray(c)), initial=0) for c in covs)
+        z = jnp.asarray(sum(0 * jnp.max(jnp.abs(jnp.asarray(c)), initial=0) for c in covs))
         ssm = eqx.tree_at(lambda s: s.initial_mean, ssm, jnp.asarray(ssm.initial_mean, dtype) + z.astype(dtype))
     return ssm, y.astype(dtype), dtype
 
@@ -430,7 +430,7 @@ def _filter_sequential(arr: _Arrays, y, keep: bool = True, form: str = "sequenti
     (_, _, ll), outs = _scan(step, (m, S, ll), jnp.arange(1, y.shape[0]))
     if not keep:
         return None, None, ll
-    ms, Ss = outs
+    ms, Ss = outs  # pyright: ignore[reportGeneralTypeIssues]  (keep=True: the scan stacked them)
     ms = jnp.concatenate([m[None], ms], axis=0)
     Ss = jnp.concatenate([S[None], Ss], axis=0)
     return ms, Ss, ll
@@ -558,7 +558,8 @@ def _run_filter(ssm, y, form: str, H_static=None):
     ssm, y, dtype = _prepare(ssm, y)
     arr = _arrays(ssm, y.shape[0], dtype, H_static)
     ms, Ss, ll = _filter_parallel(arr, y) if form == "parallel" else _filter_sequential(arr, y, form=form)
-    return arr, y, FilterResult(ms, Ss @ jnp.swapaxes(Ss, -1, -2), ll, Ss)
+    # keep=True (the default): the states are arrays, never None
+    return arr, y, FilterResult(ms, Ss @ jnp.swapaxes(Ss, -1, -2), ll, Ss)  # pyright: ignore[reportArgumentType, reportOptionalOperand]
 
 
 # The public entry points validate their input eagerly (clear errors, no tracing) and then

@@ -32,6 +32,7 @@ import arviz as az
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import xarray as xr
 from jaxtyping import PRNGKeyArray
 from numpyro import handlers
@@ -309,7 +310,8 @@ def _run_blackjax(
             wa = blackjax.window_adaptation(
                 algo, logdensity, is_mass_matrix_diagonal=not dense, target_acceptance_rate=target, **skw
             )
-            (st, params), _ = wa.run(k, z, num_steps=num_warmup)
+            # blackjax annotates AdaptationAlgorithm.run without its keyword arguments
+            (st, params), _ = wa.run(k, z, num_steps=num_warmup)  # pyright: ignore[reportCallIssue]
             return st, params
 
         return jax.vmap(one)(wkeys, z0)
@@ -321,7 +323,7 @@ def _run_blackjax(
 
     def draw(prog):
         def run(state, params, skeys):
-            def step1(st, prm, k):
+            def step1(st, prm, k) -> Any:  # blackjax annotates the generic State / Info bases
                 kern = algo(logdensity, **prm)
                 return kern.step(k, st)
 
@@ -359,7 +361,7 @@ def _run_blackjax(
 def _site_log_lik(fn, value):
     base = fn.base_dist if isinstance(fn, ExpandedDistribution) else fn
     if hasattr(base, "pointwise_log_prob"):
-        lp = base.pointwise_log_prob(value)
+        lp = base.pointwise_log_prob(value)  # pyright: ignore[reportAttributeAccessIssue]  (hasattr above)
         if base is not fn:
             lp = jnp.broadcast_to(lp, fn.batch_shape + lp.shape[len(base.batch_shape) :])
         return lp
@@ -444,10 +446,12 @@ def _inference_data(model, samples, args, kwargs, sites, sample_stats, log_likel
     return az.from_dict(groups)
 
 
-def diagnostics(idata: xr.DataTree, var_names=None):
+def diagnostics(idata: xr.DataTree, var_names=None) -> pd.DataFrame:
     """arviz-stats' diagnostics table (``ess_bulk``, ``ess_tail``, ``r_hat``, ``mcse_mean``,
     ``mcse_sd``) per scalar parameter (a pandas DataFrame)."""
-    return az.summary(idata, var_names=var_names, kind="diagnostics", round_to="none")
+    table = az.summary(idata, var_names=var_names, kind="diagnostics", round_to="none")
+    assert isinstance(table, pd.DataFrame)  # a DataFrame for kind='diagnostics'
+    return table
 
 
 def _report(idata, num_chains: int, rhat_threshold: float, verbose: bool):
@@ -460,7 +464,7 @@ def _report(idata, num_chains: int, rhat_threshold: float, verbose: bool):
     msgs = []
     if num_chains > 1:
         rh = table["r_hat"]
-        bad = rh[rh > rhat_threshold]
+        bad = rh.loc[rh > rhat_threshold]
         if len(bad):
             msgs.append(f"R-hat > {rhat_threshold} for {list(bad.index)} (max {bad.max():.3f})")
     if ndiv:

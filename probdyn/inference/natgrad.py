@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import DTypeLike
 from jaxtyping import Array, Float
 
 from probdyn.inference.optimize import backoff_ascent
@@ -112,7 +113,7 @@ class GaussianSites(NamedTuple):
     nat2: Float[Array, "n p p"]
 
     @classmethod
-    def zeros(cls, n: int, p: int, dtype=float) -> GaussianSites:
+    def zeros(cls, n: int, p: int, dtype: DTypeLike = float) -> GaussianSites:
         """``n`` sites of dimension ``p`` with zero natural parameters (flat sites)."""
         return cls(jnp.zeros((n, p), dtype), jnp.zeros((n, p, p), dtype))
 
@@ -221,9 +222,11 @@ def natural_gradient_ascent(
     else:
         cur = float(objective(state)) if initial_value is None else float(initial_value)
 
-        def fused(s, r):
+        def step_and_value(s, r):
             c = step(s, r)
             return c, objective(c)
+
+        fused = step_and_value
 
     def accept(cur, new):
         return new >= cur - tol * abs(cur)

@@ -3,6 +3,7 @@
 :mod:`probdyn.models.sysid.lotka_volterra`; this module re-exports both for one release."""
 
 import warnings
+from typing import Any
 
 from probdyn.models.sysid.lotka_volterra import *  # noqa: F401,F403
 from probdyn.sde.ode import *  # noqa: F401,F403
@@ -39,7 +40,7 @@ def ode_solve(
         DeprecationWarning,
         stacklevel=2,
     )
-    kw = dict(
+    kw: dict[str, Any] = dict(
         solver=solver,
         rtol=rtol,
         atol=atol,

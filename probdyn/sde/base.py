@@ -29,6 +29,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from probdyn._checks import is_concrete
@@ -85,7 +86,8 @@ class SDE(eqx.Module):
         """The dimension m of the driving Brownian motion."""
         if callable(self.diffusion):
             x = jax.ShapeDtypeStruct((self.state_dim,), jnp.float32)
-            out = jax.eval_shape(lambda z: self.diffusion(z, 0.0), x)
+            # callable() narrows the union, but pyright keeps Array (a subclass could be callable)
+            out = jax.eval_shape(lambda z: self.diffusion(z, 0.0), x)  # pyright: ignore[reportCallIssue]
             return out.shape[-1]
         return self.diffusion.shape[1]
 
@@ -94,7 +96,7 @@ class SDE(eqx.Module):
         check_drift(self.drift, self.state_dim, dtype)
         if callable(self.diffusion):
             x = jax.ShapeDtypeStruct((self.state_dim,), dtype)
-            out = jax.eval_shape(lambda z: self.diffusion(z, jnp.zeros((), dtype)), x)
+            out = jax.eval_shape(lambda z: self.diffusion(z, jnp.zeros((), dtype)), x)  # pyright: ignore[reportCallIssue]
             if len(out.shape) != 2 or out.shape[0] != self.state_dim:
                 raise ValueError(f"diffusion(x, t) must return shape ({self.state_dim}, m), got {out.shape}")
         return self
@@ -121,8 +123,8 @@ def _check_x0(sde: SDE, x0):
 def euler_maruyama_interval(
     sde: SDE,
     x: Float[Array, "... d"],
-    t0: Float[Array, ""],
-    t1: Float[Array, ""],
+    t0: Float[ArrayLike, ""],
+    t1: Float[ArrayLike, ""],
     dW: Float[Array, "... n m"],
 ) -> Float[Array, "... d"]:
     """Itô Euler–Maruyama over ``[t0, t1]`` in ``n = dW.shape[-2]`` equal steps ``h = (t1 - t0) / n``:
@@ -136,6 +138,7 @@ def euler_maruyama_interval(
     if x.ndim == 2:
         return jax.vmap(lambda xi, dwi: euler_maruyama_interval(sde, xi, t0, t1, dwi))(x, dW)
     n = dW.shape[0]
+    t0, t1 = jnp.asarray(t0), jnp.asarray(t1)  # a Python float stays weakly typed
     h = (t1 - t0) / n
 
     def step(x, j):
@@ -229,4 +232,4 @@ def simulate_diffrax(
         stepsize_controller=controller,
         max_steps=max_steps,
     )
-    return sol.ys
+    return sol.ys  # pyright: ignore[reportReturnType]  (SaveAt(ts=...) always saves: never None)

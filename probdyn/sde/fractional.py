@@ -50,9 +50,11 @@ import functools
 from typing import Literal, NamedTuple
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import gammaln
+from jax.typing import ArrayLike
 
 from probdyn._checks import check_int
 
@@ -221,7 +223,7 @@ def _b_type2_bracket(a, x):
 # ------------------------------------------------------------------------ public API
 
 
-def gamma_grid(num_components: int, gamma_max: float = 20.0) -> jax.Array:
+def gamma_grid(num_components: int, gamma_max: ArrayLike = 20.0) -> jax.Array:
     r"""Geometric grid of OU speeds, symmetric in log-space on ``[1/gamma_max, gamma_max]``.
 
     :math:`\gamma_k = \gamma_{\max}^{-1 + 2(k-1)/(K-1)}`, ``k = 1..K`` (``K = 1`` gives ``[1]``).

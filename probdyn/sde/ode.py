@@ -45,7 +45,7 @@ is given. Sensitivities are not part of the error control.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, overload
 
 import jax
 import jax.numpy as jnp
@@ -53,6 +53,7 @@ import numpy as np
 from jax.custom_batching import custom_vmap
 from jax.custom_derivatives import SymbolicZero
 from jax.flatten_util import ravel_pytree
+from jax.typing import ArrayLike
 
 __all__ = [
     "solve_ode",
@@ -339,11 +340,12 @@ def _make_rk_solver(drift, tab, rtol, atol, max_steps, dt0):
                 dxs = dxs.at[1:].add(-(phi[1:] @ fs[0]) * dtimes[0])
         return (xs, ok, steps, rej), (dxs, _float0(ok), _float0(steps), _float0(rej))
 
-    solve.defjvp(solve_jvp, symbolic_zeros=True)
+    # the rule's float0 tangents of the integer outputs are not in jax's annotation of defjvp
+    solve.defjvp(solve_jvp, symbolic_zeros=True)  # pyright: ignore[reportArgumentType]
     return solve
 
 
-def _solve_diffrax(drift, theta, x0, times, solver, rtol, atol, max_steps, adjoint, dt0):
+def _solve_diffrax(drift, theta, x0, times, solver, rtol, atol, max_steps, adjoint, dt0) -> tuple[jax.Array, ...]:
     import diffrax
 
     sol = diffrax.diffeqsolve(
@@ -360,7 +362,9 @@ def _solve_diffrax(drift, theta, x0, times, solver, rtol, atol, max_steps, adjoi
         throw=False,
         adjoint=adjoint,
     )
-    return sol.ys, sol.result == diffrax.RESULTS.successful, sol.stats["num_steps"], sol.stats["num_rejected_steps"]
+    ok = sol.result == diffrax.RESULTS.successful
+    # SaveAt(ts=times) always saves: ys is never None
+    return sol.ys, ok, sol.stats["num_steps"], sol.stats["num_rejected_steps"]  # pyright: ignore[reportReturnType]
 
 
 def _solve_diffrax_forward(drift, theta, x0, times, solver, rtol, atol, max_steps, dt0):
@@ -408,10 +412,50 @@ def _solve_diffrax_forward(drift, theta, x0, times, solver, rtol, atol, max_step
     return f(jnp.concatenate([flat, x0.astype(flat.dtype) if n else x0]), times)
 
 
+@overload
 def solve_ode(
     drift: Callable,
-    x0: jax.Array,
-    times: jax.Array,
+    x0: ArrayLike,
+    times: ArrayLike,
+    theta: Any = None,
+    *,
+    backend: str = "fused_rk",
+    solver=None,
+    rtol: float = 1e-6,
+    atol: float = 1e-6,
+    max_steps: int = 1000,
+    dt0: float | None = None,
+    sensitivity: str = "forward",
+    positive: bool = False,
+    count_failures: bool = True,
+    return_stats: Literal[False] = False,
+) -> tuple[jax.Array, jax.Array]: ...
+
+
+@overload
+def solve_ode(
+    drift: Callable,
+    x0: ArrayLike,
+    times: ArrayLike,
+    theta: Any = None,
+    *,
+    backend: str = "fused_rk",
+    solver=None,
+    rtol: float = 1e-6,
+    atol: float = 1e-6,
+    max_steps: int = 1000,
+    dt0: float | None = None,
+    sensitivity: str = "forward",
+    positive: bool = False,
+    count_failures: bool = True,
+    return_stats: Literal[True],
+) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]: ...
+
+
+def solve_ode(
+    drift: Callable,
+    x0: ArrayLike,
+    times: ArrayLike,
     theta: Any = None,
     *,
     backend: str = "fused_rk",
@@ -424,7 +468,7 @@ def solve_ode(
     positive: bool = False,
     count_failures: bool = True,
     return_stats: bool = False,
-):
+) -> tuple[jax.Array, jax.Array] | tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
     """Solve ``dx/dt = drift(x, t[, theta])``, ``x(times[0]) = x0``; return ``(xs (T, d), ok ())``.
 
     Args:

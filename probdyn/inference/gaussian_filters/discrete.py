@@ -96,7 +96,7 @@ def _discrete_core(transition, Q, observation, y, m0, P0, method, num_substeps, 
         SQk = SQ[k] if SQ.ndim == 3 else SQ
         if num_substeps == 1:
             return _discrete_predict(transition, rule, m, S, SQk, k)
-        sub = lambda c, _: (_discrete_predict(transition, rule, *c, SQk, k), None)  # noqa: E731
+        sub = lambda c, _: (_discrete_predict(transition, rule, c[0], c[1], SQk, k), None)  # noqa: E731
         return jax.lax.scan(sub, (m, S), None, length=num_substeps)[0]
 
     def predict_k(m, S, k):  # the transition from step k - 1 to step k

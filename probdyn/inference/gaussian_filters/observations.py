@@ -41,6 +41,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from probdyn._checks import check_observations, is_concrete
@@ -57,9 +58,7 @@ def _float(x):
     return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.result_type(float))
 
 
-def _matrix_H(H, name="H"):
-    if H is None:
-        return None
+def _matrix_H(H, name="H") -> Array:
     H = _float(H)
     if H.ndim != 2:
         raise ValueError(f"{name} must be a (p, d) matrix, got shape {H.shape}")
@@ -109,7 +108,7 @@ class LinearGaussian(ObservationModel):
     H: Float[Array, "p d"]
     R: Float[Array, "p p"]
 
-    def __init__(self, H, R):
+    def __init__(self, H: ArrayLike, R: ArrayLike):
         H = _matrix_H(H)
         p = H.shape[0]
         R = _float(R)
@@ -165,8 +164,8 @@ class LogNormal(ObservationModel):
     H: Float[Array, "p d"] | None
     sigma: Float[Array, " p"]
 
-    def __init__(self, H=None, sigma=0.1):
-        self.H = _matrix_H(H)
+    def __init__(self, H: ArrayLike | None = None, sigma: ArrayLike = 0.1):
+        self.H = None if H is None else _matrix_H(H)
         sigma = _float(sigma)
         if sigma.ndim > 1:
             raise ValueError(f"sigma must be a scalar or (p,), got shape {sigma.shape}")
@@ -279,6 +278,8 @@ def laplace_update(loglik: Callable, m, S, num_iter: int = 10):
 class _LaplaceModel(ObservationModel):
     """Shared Laplace ``update`` for likelihoods without a closed-form Gaussian update."""
 
+    num_iter: eqx.AbstractVar[int]
+
     def _fill(self, y):
         return y
 
@@ -303,12 +304,12 @@ class Poisson(_LaplaceModel):
     link: str = eqx.field(static=True)
     num_iter: int = eqx.field(static=True)
 
-    def __init__(self, H=None, link: str = "exp", num_iter: int = 10):
+    def __init__(self, H: ArrayLike | None = None, link: str = "exp", num_iter: int = 10):
         if link not in ("exp", "softplus"):
             raise ValueError(f"link must be 'exp' or 'softplus', got {link!r}")
         if int(num_iter) < 1:
             raise ValueError(f"num_iter must be >= 1, got {num_iter}")
-        self.H, self.link, self.num_iter = _matrix_H(H), link, int(num_iter)
+        self.H, self.link, self.num_iter = None if H is None else _matrix_H(H), link, int(num_iter)
 
     @override
     def obs_dim_for(self, state_dim: int) -> int:

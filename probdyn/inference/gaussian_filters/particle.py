@@ -52,6 +52,7 @@ def particle_filter(
     if n < 1:
         raise ValueError(f"num_particles must be >= 1, got {num_particles}")
     discrete = isinstance(model, tuple)
+    SQ = None
     if discrete:
         transition, Q = model
         d = jnp.asarray(m0).shape[0]
@@ -67,7 +68,7 @@ def particle_filter(
         check_options("ekf", None, num_substeps)
         times, y, m0, P0, dtype = check_sde_inputs(model, observation, times, y, m0, P0)
         nsub = int(num_substeps)
-    return _pf_core(model, observation, times, y, m0, P0, key, n, nsub, SQ if discrete else None)
+    return _pf_core(model, observation, times, y, m0, P0, key, n, nsub, SQ)
 
 
 @eqx.filter_jit
@@ -84,9 +85,10 @@ def _pf_core(model, observation, times, y, m0, P0, key, n, nsub, SQ):
         return logw, jax.nn.logsumexp(logw) - logn
 
     def move(x, k, t0, t1, key):
-        if discrete:
+        if transition is not None:
+            g = transition
             eps = jax.random.normal(key, x.shape, dtype)
-            return jax.vmap(lambda xi: transition(xi, k).astype(dtype))(x) + eps @ SQ.T
+            return jax.vmap(lambda xi: g(xi, k).astype(dtype))(x) + eps @ SQ.T
         h = (t1 - t0) / nsub
         m = model.noise_dim
         dW = jax.vmap(lambda kk: jax.random.normal(kk, (n, m), dtype))(jax.random.split(key, nsub)) * jnp.sqrt(h)

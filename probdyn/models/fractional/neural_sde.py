@@ -44,6 +44,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from probdyn.sde.base import SDE, euler_maruyama, simulate_diffrax
 from probdyn.sde.fractional import (
+    Kind,
     gamma_grid,
     ma_fbm_initial_cov,
     ma_fbm_linear_sde,
@@ -118,7 +119,9 @@ class MLPControl(eqx.Module):
             dtype=dtype,
         )
         last = mlp.layers[-1]
-        last = eqx.tree_at(lambda l: (l.weight, l.bias), last, (jnp.zeros_like(last.weight), jnp.zeros_like(last.bias)))
+        # the MLP has biases (use_bias defaults to True): last.bias is never None
+        zeros = (jnp.zeros_like(last.weight), jnp.zeros_like(last.bias))  # pyright: ignore[reportArgumentType]
+        last = eqx.tree_at(lambda l: (l.weight, l.bias), last, zeros)
         self.mlp = eqx.tree_at(lambda m: m.layers[-1], mlp, last)
 
     def __call__(self, t, x, y, ctx):
@@ -259,7 +262,7 @@ class FractionalSDE(eqx.Module):
     q0_mean: Float[Array, " n0"]
     q0_chol: Float[Array, "n0 n0"]
     state_dim: int = eqx.field(static=True)
-    kind: str = eqx.field(static=True)
+    kind: Kind = eqx.field(static=True)
     horizon: float = eqx.field(static=True)
     learn_hurst: bool = eqx.field(static=True)
     learn_x0_prior: bool = eqx.field(static=True)
@@ -278,7 +281,7 @@ class FractionalSDE(eqx.Module):
         horizon: float = 1.0,
         sigma=1.0,
         sigma_fn=None,
-        kind: str = "type1",
+        kind: Kind = "type1",
         x0_mean=None,
         x0_std=1.0,
         learn_hurst: bool = True,

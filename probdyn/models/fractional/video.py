@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from probdyn.models.fractional.neural_sde import FractionalSDE, MLPControl, elbo, simulate_augmented
+from probdyn.sde.fractional import Kind
 from probdyn.ssm import check_times
 
 __all__ = ["BernoulliDecoder", "LatentVideoModel", "video_elbo", "fit_video", "predict_frames"]
@@ -62,7 +63,7 @@ class LatentVideoModel(eqx.Module):
         hurst: float = 0.5,
         gamma_max: float = 20.0,
         horizon: float = 1.0,
-        kind: str = "type1",
+        kind: Kind = "type1",
         width: int = 64,
         learn_hurst: bool = True,
         dtype=jnp.float32,

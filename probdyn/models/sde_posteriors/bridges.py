@@ -19,20 +19,44 @@ here are mixed into :class:`~probdyn.models.sde_posteriors.sparse_gp.SparseGPSDE
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import Array
 
 from probdyn.inference.natgrad import gaussian_expectation
 from probdyn.linalg import small_inv, small_solve, symmetrize
+
+if TYPE_CHECKING:
+    from probdyn.sde.base import SDE
 
 __all__ = ["InducingBridges"]
 
 
 class InducingBridges(eqx.Module):
     """Bridge algebra of the sparse variant (a mixin of :class:`~probdyn.models.sde_posteriors.sparse_gp.SparseGPSDE`;
-    no fields of its own)."""
+    no fields of its own: ``self`` is the ``SparseGPSDE``)."""
+
+    if TYPE_CHECKING:  # the host's fields and helpers used here, for type checkers only
+        state_dim: int
+        dtype: Any
+        sde: SDE
+        grid: Array
+        obs_idx: Array
+        node_cell: Array
+        node_kind: Array
+        right_inducing: Array
+        dense: bool
+        quad_order: int
+
+        def _zt(self) -> Array: ...
+        def _cell_len(self) -> Array: ...
+        def _disc(self, A, b, dt) -> tuple[Array, Array, Array]: ...
+        def _sigma(self) -> Array: ...
+        def _rule(self) -> Any: ...
 
     def _rep(self, A, b, s, h, kind):
         """``x(z_j + s) | u_j, u_{j+1} ~ N(B1 u_j + B2 u_{j+1} + beta, Vb)`` under the linear SDE

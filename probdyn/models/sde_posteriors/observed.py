@@ -29,6 +29,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike, DTypeLike
 from jaxtyping import Array, Float
 
 from probdyn._checks import concrete, jit_method
@@ -55,14 +56,14 @@ class ObservedSDE(NamedTuple):
     obs_noise: np.ndarray
     initial_mean: np.ndarray
     initial_cov: np.ndarray
-    dtype: object
+    dtype: DTypeLike
 
 
 def check_observed_sde(
     sde: SDE,
     obs_times,
     y,
-    obs_noise=1.0,
+    obs_noise: ArrayLike = 1.0,
     obs_matrix=None,
     log_likelihood=None,
     dt: float | None = None,
@@ -275,6 +276,10 @@ class ObservedSDEModel(eqx.Module):
         return predictive_log_density(
             y, mean, cov, self.obs_matrix, self.obs_var, self.log_likelihood_fn, self.gh_order
         )
+
+    def marginals(self, state, times) -> tuple[Float[Array, "T d"], Float[Array, "T d d"]]:
+        """Marginal means (T, d) and covariances (T, d, d) of ``q`` at ``times`` (T,) (subclasses)."""
+        raise NotImplementedError
 
     def predictive_log_density(self, state, times, y) -> Float[Array, " T"]:
         """``log int p(y_t | H x(t)) q(x(t)) dx`` per test point (T,) at ``times`` (T,) in the grid

@@ -437,7 +437,8 @@ class SparseGPSDE(ObservedSDEModel, InducingBridges):
     def _data_target(self, mean, cov) -> GaussianSites:
         H = self.obs_matrix
         n, p = self.y.shape
-        if self.log_likelihood_fn is None:
+        loglik = self.log_likelihood_fn
+        if loglik is None:
             v = jnp.broadcast_to(self.obs_var, (n, p))
             return GaussianSites(self.y / v, jax.vmap(jnp.diag)(-0.5 / v))
         mz = mean @ H.T
@@ -445,7 +446,7 @@ class SparseGPSDE(ObservedSDEModel, InducingBridges):
         rule = gauss_hermite(p, self.gh_order)
 
         def one(yi, mi, Ci):
-            exp = lambda a, B: gaussian_expectation(lambda z: self.log_likelihood_fn(yi, z), a, B, rule)  # noqa: E731
+            exp = lambda a, B: gaussian_expectation(lambda z: loglik(yi, z), a, B, rule)  # noqa: E731
             return cvi_site_target(exp, mi, Ci)
 
         n1, n2 = jax.vmap(one)(self.y, mz, Cz)
@@ -478,13 +479,15 @@ class SparseGPSDE(ObservedSDEModel, InducingBridges):
 
         _, vjp = jax.vjp(parts, m, C, X)
         one, zero = jnp.ones((), self.dtype), jnp.zeros((), self.dtype)
-        g_path = natural_from_moment_gradients(*vjp((zero, one)), m)
+        g_m, g_C, g_X = vjp((zero, one))
+        g_path = natural_from_moment_gradients(g_m, g_C, g_X, m)
         p_old = self._prior_natural(state.A, state.b)
         p_new = self._prior_natural(A_s, b_s)
         carry = [po - pn + pp for po, pn, pp in zip(p_old, p_new, (state.path.nat1, state.path.nat2, state.path_pair))]
         target = list(g_path)
         if not self.dense:  # data sites act through bridges that depend on the linearisation
-            g_lik = natural_from_moment_gradients(*vjp((one, zero)), m)
+            g_m, g_C, g_X = vjp((one, zero))
+            g_lik = natural_from_moment_gradients(g_m, g_C, g_X, m)
             d_old = self._map_data(state.data, state.A, state.b)
             d_new = self._map_data(state.data, A_s, b_s)
             d_t = self._map_data(data_t, A_s, b_s)

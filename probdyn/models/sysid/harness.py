@@ -376,7 +376,7 @@ def report(data: CompareData, fits: dict[str, FitInfo], rows: list[dict], foreca
     import pandas as pd
 
     system, truth, dt_train = data.system, data.truth, data.dt_train
-    fitted = {"truth": truth}
+    fitted: dict[str, Any] = {"truth": truth}
     perr = {}
     for name, info in fits.items():
         fitted[name] = fitted_params(info.model)

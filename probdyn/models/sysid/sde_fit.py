@@ -114,7 +114,8 @@ def sde_posterior(
         }
         numpyro.sample("y", SDEFilterDistribution(build(pars), observation, times, m0, P0, method="ekf"), obs=obs)
 
-    init = init_to_value(values={k: jnp.asarray(v) for k, v in start.items()})
+    # numpyro annotates init_to_value's result as optional (None only when called without values)
+    init: Any = init_to_value(values={k: jnp.asarray(v) for k, v in start.items()})
     if engine == "nuts":
         return mcmc.sample(
             model,
