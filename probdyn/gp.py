@@ -8,6 +8,7 @@ times are obtained by merging them into the grid as missing observations.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import SupportsInt
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -16,6 +17,7 @@ from jax.typing import ArrayLike
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from probdyn._checks import check_observations, concrete
+from probdyn._typing import ArrayInput
 from probdyn.inference import kalman
 from probdyn.kernels import Kernel
 from probdyn.ssm import LinearGaussianSSM, check_noise_variance, check_positive_int, check_times
@@ -95,7 +97,7 @@ class MarkovGP(eqx.Module):
 
     # Public methods validate eagerly, then run one compiled program (eqx.filter_jit) per
     # call signature, so eager use does not compile every primitive separately.
-    def log_likelihood(self, y: Float[Array, " N"], parallel: bool | None = None) -> Float[Array, ""]:
+    def log_likelihood(self, y: ArrayInput, parallel: bool | None = None) -> Float[Array, ""]:
         """Log marginal likelihood ``log N(y | mean, K + diag(noise))``; NaN = missing."""
         return self._log_likelihood(self._check_y(y), kalman.use_parallel(parallel))
 
@@ -119,7 +121,7 @@ class MarkovGP(eqx.Module):
         return self._ssm(t_all[order], noise_all), y_all[:, None], inv[n:], test_times
 
     def predict(
-        self, y: Float[Array, " N"], test_times: Float[Array, " M"], parallel: bool | None = None
+        self, y: ArrayInput, test_times: ArrayInput, parallel: bool | None = None
     ) -> tuple[Float[Array, " M"], Float[Array, " M"]]:
         """Posterior mean and variance of the latent ``f + mean`` at ``test_times`` (any order,
         repeats and data times allowed), each (M,). NaN/inf test times: ``ValueError``."""
@@ -137,9 +139,9 @@ class MarkovGP(eqx.Module):
     def sample(
         self,
         key: PRNGKeyArray,
-        num_samples: int = 1,
-        y: Float[Array, " N"] | None = None,
-        test_times: Float[Array, " M"] | None = None,
+        num_samples: SupportsInt = 1,
+        y: ArrayInput | None = None,
+        test_times: ArrayInput | None = None,
         parallel: bool | None = None,
     ) -> Float[Array, "num_samples M"]:
         """Joint samples of the latent ``f + mean``: prior (``y=None``) or posterior.

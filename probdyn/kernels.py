@@ -32,6 +32,7 @@ import numpy as np
 from jax.typing import ArrayLike
 from jaxtyping import Array, Float
 
+from probdyn._typing import ScalarLike
 from probdyn.linalg import block_diag, kron, symmetrize
 from probdyn.ssm import LTISDE, LinearGaussianSSM, TransitionBasis
 
@@ -99,11 +100,11 @@ class Kernel(eqx.Module):
         Qc = symmetrize(-(F @ P + P @ F.T))
         return LTISDE(F, jnp.eye(F.shape[0], dtype=F.dtype), Qc, self.observation(), P)
 
-    def transition(self, dt: Float[Array, ""]) -> Float[Array, "d d"]:
+    def transition(self, dt: ScalarLike) -> Float[Array, "d d"]:
         """The transition matrix ``A = expm(F dt)`` over a step ``dt``, shape (d, d)."""
         return jax.scipy.linalg.expm(self.feedback() * dt)
 
-    def process_cov(self, dt: Float[Array, ""]) -> Float[Array, "d d"]:
+    def process_cov(self, dt: ScalarLike) -> Float[Array, "d d"]:
         """The process-noise covariance ``Q = Pinf - A Pinf A^T`` over a step ``dt``, shape (d, d)."""
         A, P = self.transition(dt), self.stationary_cov()
         return symmetrize(P - A @ P @ A.T)
@@ -118,7 +119,7 @@ class Kernel(eqx.Module):
         return None
 
     def to_ssm(
-        self, times: Float[Array, " N"], noise: Float[ArrayLike, "*n"] = 0.0, transition_basis: bool = False
+        self, times: Float[ArrayLike, " N"], noise: Float[ArrayLike, "*n"] = 0.0, transition_basis: bool = False
     ) -> LinearGaussianSSM:
         """The exact state-space model of ``y_n = f(times[n]) + N(0, noise_n)``, ``f ~ GP(0, k)``.
 
@@ -138,7 +139,7 @@ class Kernel(eqx.Module):
         d = P.shape[0]
         return LinearGaussianSSM(jnp.zeros(d, dtype), P, A, Q, self.observation(), R.astype(dtype), basis)
 
-    def covariance(self, t1: Float[Array, " n"], t2: Float[Array, " m"] | None = None) -> Float[Array, "n m"]:
+    def covariance(self, t1: Float[ArrayLike, " n"], t2: Float[ArrayLike, " m"] | None = None) -> Float[Array, "n m"]:
         """Dense Gram matrix ``K[i, j] = k(|t1[i] - t2[j]|)`` (for checks and small N)."""
         t1 = jnp.asarray(t1)
         t2 = t1 if t2 is None else jnp.asarray(t2)

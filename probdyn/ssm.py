@@ -24,9 +24,11 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 from jaxtyping import Array, Float
 
 from probdyn._checks import is_concrete
+from probdyn._typing import ScalarLike
 from probdyn.linalg import symmetrize
 
 _THETA, _TAYLOR, _MAX_DOUBLE = 0.25, 10, 16
@@ -40,11 +42,11 @@ def _phi1(z):
 
 
 def discretise_affine(
-    F: Float[Array, "d d"],
-    b: Float[Array, " d"] | None,
-    LQL: Float[Array, "d d"],
-    dt: Float[Array, ""],
-    b_t: Float[Array, " d"] | None = None,
+    F: Float[ArrayLike, "d d"],
+    b: Float[ArrayLike, " d"] | None,
+    LQL: Float[ArrayLike, "d d"],
+    dt: ScalarLike,
+    b_t: Float[ArrayLike, " d"] | None = None,
 ) -> tuple[Float[Array, "d d"], Float[Array, " d"], Float[Array, "d d"]]:
     """Exact discretisation of the affine SDE ``dx = (F x + b + b_t s) ds + dbeta`` over ``[0, dt]``.
 
@@ -133,11 +135,11 @@ class LTISDE(eqx.Module):
         """The state dimension d."""
         return self.F.shape[-1]
 
-    def transition(self, dt: Float[Array, ""]) -> Float[Array, "d d"]:
+    def transition(self, dt: ScalarLike) -> Float[Array, "d d"]:
         """``A = expm(F dt)``."""
         return jax.scipy.linalg.expm(self.F * dt)
 
-    def process_cov(self, dt: Float[Array, ""]) -> Float[Array, "d d"]:
+    def process_cov(self, dt: ScalarLike) -> Float[Array, "d d"]:
         """``Q(dt)``: ``Pinf - A Pinf A^T`` when stationary, else :func:`discretise_affine`."""
         if self.Pinf is not None:
             A = self.transition(dt)
@@ -242,12 +244,14 @@ class LinearGaussianSSM(eqx.Module):
     with ``eqx.tree_at`` are not re-checked.
     """
 
-    initial_mean: Float[Array, " d"]
-    initial_cov: Float[Array, "d d"]
-    transition_matrix: Float[Array, "... d d"]
-    transition_cov: Float[Array, "... d d"]
-    emission_matrix: Float[Array | np.ndarray, "... m d"]  # NumPy when constant
-    emission_cov: Float[Array, "... m m"]
+    # NumPy or JAX arrays as given (constants stay NumPy so the engine can read their structure).
+    # "_d", "_m": the shapes, whose agreement __check_init__ checks (with a message naming them)
+    initial_mean: Float[Array | np.ndarray, " _d"]
+    initial_cov: Float[Array | np.ndarray, "_d _d"]
+    transition_matrix: Float[Array | np.ndarray, "... _d _d"]
+    transition_cov: Float[Array | np.ndarray, "... _d _d"]
+    emission_matrix: Float[Array | np.ndarray, "... _m _d"]
+    emission_cov: Float[Array | np.ndarray, "... _m _m"]
     transition_basis: TransitionBasis | None = None
 
     def __check_init__(self):

@@ -37,7 +37,7 @@ one module although it runs past 600 lines.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, SupportsInt
 
 import equinox as eqx
 import jax
@@ -46,6 +46,7 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from probdyn._checks import check_observations, is_concrete
+from probdyn._typing import ArrayInput
 from probdyn.inference import fused
 from probdyn.linalg import psd_cholesky, psd_ldl, solve_lower, solve_upper_t, symmetrize, tria, tria_batched
 from probdyn.ssm import LinearGaussianSSM, TransitionBasis, check_positive_int
@@ -576,9 +577,7 @@ def _filter_jit(ssm, y, form: str, Hs=None) -> FilterResult:
     return _run_filter(ssm, y, form, Hs)[2]
 
 
-def filter(
-    ssm: LinearGaussianSSM, y: Float[Array, "T p"], parallel: bool | None = None, form: str = "auto"
-) -> FilterResult:
+def filter(ssm: LinearGaussianSSM, y: ArrayInput, parallel: bool | None = None, form: str = "auto") -> FilterResult:
     """Kalman filter. ``y`` is (T, p) (or (T,) when p = 1), NaN = missing.
 
     Returns filtered means (T, d), covariances (T, d, d), their Cholesky factors and the
@@ -615,7 +614,7 @@ def _log_likelihood_jit(ssm, y, form: str, Hs=None):
 
 
 def log_likelihood(
-    ssm: LinearGaussianSSM, y: Float[Array, "T p"], parallel: bool | None = None, form: str = "auto"
+    ssm: LinearGaussianSSM, y: ArrayInput, parallel: bool | None = None, form: str = "auto"
 ) -> Float[Array, ""]:
     """Log marginal likelihood ``log p(y_{0:T-1})`` (NaN = missing). Bad input, traced
     (NaN) inputs, zero predictive variances and the schedule (``form``) as in :func:`filter`."""
@@ -629,7 +628,7 @@ def _pointwise_jit(ssm, y, form: str, Hs=None):
 
 
 def pointwise_log_likelihood(
-    ssm: LinearGaussianSSM, y: Float[Array, "T p"], parallel: bool | None = None, form: str = "auto"
+    ssm: LinearGaussianSSM, y: ArrayInput, parallel: bool | None = None, form: str = "auto"
 ) -> Float[Array, " T"]:
     """One-step predictive log densities ``log p(y_t | y_{0:t-1})``, shape (T,).
 
@@ -755,9 +754,7 @@ def _smooth_parallel(G, g, D, mT, ST):
     return gg, DD
 
 
-def smoother(
-    ssm: LinearGaussianSSM, y: Float[Array, "T p"], parallel: bool | None = None, form: str = "auto"
-) -> SmootherResult:
+def smoother(ssm: LinearGaussianSSM, y: ArrayInput, parallel: bool | None = None, form: str = "auto") -> SmootherResult:
     """Rauch–Tung–Striebel smoother (square-root form in every schedule; ``form`` as in
     :func:`filter`)."""
     return _smoother_jit(ssm, _validated(ssm, y), schedule(form, parallel), static_emission(ssm))
@@ -805,8 +802,8 @@ def rts_smooth(
 def sample(
     key: PRNGKeyArray,
     ssm: LinearGaussianSSM,
-    y: Float[Array, "T p"],
-    num_samples: int = 1,
+    y: ArrayInput,
+    num_samples: SupportsInt = 1,
     parallel: bool | None = None,
     form: str = "auto",
 ) -> Float[Array, "num_samples T d"]:

@@ -26,7 +26,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, SupportsInt
 
 import arviz as az
 import jax
@@ -34,12 +34,12 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import xarray as xr
-from jaxtyping import PRNGKeyArray
 from numpyro import handlers
 from numpyro.distributions import ExpandedDistribution
 from numpyro.infer.util import init_to_uniform, initialize_model
 
 from probdyn._checks import as_key, check_int, fix_lazy_numpyro, is_concrete
+from probdyn._typing import KeyInput
 
 fix_lazy_numpyro()
 
@@ -479,13 +479,13 @@ def _report(idata, num_chains: int, rhat_threshold: float, verbose: bool):
 # ----------------------------------------------------------------------------------
 def sample(
     model: Callable,
-    key: PRNGKeyArray,
+    key: KeyInput,
     *args: Any,
     backend: str = "numpyro",
     sampler: str = "nuts",
-    num_warmup: int = 500,
-    num_samples: int = 500,
-    num_chains: int = 4,
+    num_warmup: SupportsInt = 500,
+    num_samples: SupportsInt = 500,
+    num_chains: SupportsInt = 4,
     progress_bar: bool = True,
     sampler_kwargs: dict | None = None,
     init_strategy: Callable = init_to_uniform,

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, SupportsFloat
 
 import jax
 import jax.numpy as jnp
@@ -191,7 +191,7 @@ def natural_gradient_ascent(
     atol: float = 0.0,
     progress_bar: bool = False,
     desc: str = "natgrad",
-    initial_value: float | None = None,
+    initial_value: SupportsFloat | None = None,
     checkpoint=None,
     checkpoint_every: int = 10,
 ) -> tuple[Any, NatGradTrace]:

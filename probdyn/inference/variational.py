@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, SupportsInt
 
 import jax
 import jax.numpy as jnp
 import optax
 import xarray as xr
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Float
 from numpyro import handlers
 from numpyro.infer import SVI, Predictive, Trace_ELBO, autoguide
 from numpyro.optim import _NumPyroOptim, optax_to_numpyro
 
 from probdyn._checks import as_key, check_int, fix_lazy_numpyro
+from probdyn._typing import KeyInput
 from probdyn.inference.mcmc import to_inference_data
 
 fix_lazy_numpyro()
@@ -88,15 +89,15 @@ def _optimizer(opt):
 
 def svi(
     model: Callable,
-    key: PRNGKeyArray,
+    key: KeyInput,
     *args: Any,
     guide: str | type | Callable = "normal",
     optimizer: optax.GradientTransformation | float = 1e-2,
-    num_steps: int = 2000,
-    num_particles: int = 1,
+    num_steps: SupportsInt = 2000,
+    num_particles: SupportsInt = 1,
     loss=None,
     progress_bar: bool = True,
-    num_posterior_samples: int = 1000,
+    num_posterior_samples: SupportsInt = 1000,
     guide_kwargs: dict | None = None,
     log_likelihood: bool = True,
     stable_update: bool = True,
@@ -144,7 +145,7 @@ def posterior_idata(
     model: Callable,
     guide: Callable,
     params: dict,
-    key: PRNGKeyArray,
+    key: KeyInput,
     *args: Any,
     num_samples: int = 1000,
     log_likelihood: bool = True,

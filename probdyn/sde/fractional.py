@@ -47,7 +47,7 @@ its LTI form), kept in one module although it runs past 600 lines.
 from __future__ import annotations
 
 import functools
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, SupportsInt
 
 import jax
 import jax.core
@@ -57,9 +57,6 @@ from jax.scipy.special import gammaln
 from jax.typing import ArrayLike
 
 from probdyn._checks import check_int
-
-Kind = Literal["type1", "type2"]
-Normalization = Literal["standard", "paper"]
 
 __all__ = [
     "MAFBMLTI",
@@ -223,7 +220,7 @@ def _b_type2_bracket(a, x):
 # ------------------------------------------------------------------------ public API
 
 
-def gamma_grid(num_components: int, gamma_max: ArrayLike = 20.0) -> jax.Array:
+def gamma_grid(num_components: SupportsInt, gamma_max: ArrayLike = 20.0) -> jax.Array:
     r"""Geometric grid of OU speeds, symmetric in log-space on ``[1/gamma_max, gamma_max]``.
 
     :math:`\gamma_k = \gamma_{\max}^{-1 + 2(k-1)/(K-1)}`, ``k = 1..K`` (``K = 1`` gives ``[1]``).
@@ -284,7 +281,7 @@ def gamma_grid_for(
     return jnp.asarray(np.geomspace(lo, hi, K), jnp.result_type(float))
 
 
-def fbm_scale(hurst, kind: Kind = "type1") -> jax.Array:
+def fbm_scale(hurst, kind: str = "type1") -> jax.Array:
     r"""Standard deviation of the paper-normalised :math:`B^H(1)`.
 
     Paper-normalised fBM = ``fbm_scale * standard`` fBM (whose variance is ``t^{2H}``):
@@ -300,7 +297,7 @@ def fbm_scale(hurst, kind: Kind = "type1") -> jax.Array:
     return jnp.exp(0.5 * log_var).astype(out)
 
 
-def fbm_variance(times, hurst, kind: Kind = "type1", normalization: Normalization = "standard") -> jax.Array:
+def fbm_variance(times, hurst, kind: str = "type1", normalization: str = "standard") -> jax.Array:
     """``Var B^H(t)`` at ``times`` (any shape): ``t^{2H}`` times ``fbm_scale**2`` if ``"paper"``."""
     _check_kind(kind)
     _check_normalization(normalization)
@@ -347,7 +344,7 @@ def _system(H, g, T, kind):
     return A, b, c
 
 
-def ma_fbm_system(hurst, gammas, horizon, kind: Kind = "type1") -> MAFBMSystem:
+def ma_fbm_system(hurst, gammas, horizon, kind: str = "type1") -> MAFBMSystem:
     r"""Closed-form normal equations ``A w = b`` of the optimal MA-fBM weights.
 
     Derivation (paper normalisation, :math:`a = H+1/2`, :math:`x_k = \gamma_k T`,
@@ -406,7 +403,7 @@ def _solve_spd(A, b):
     return d * jnp.linalg.solve(As, d * b)
 
 
-def optimal_weights(hurst, gammas, horizon, kind: Kind = "type1", normalize: bool = False) -> jax.Array:
+def optimal_weights(hurst, gammas, horizon, kind: str = "type1", normalize: bool = False) -> jax.Array:
     r"""Optimal MA-fBM weights :math:`\omega` (shape (K,)) for speeds ``gammas`` (K,).
 
     :math:`\omega = A^{-1} b` minimises :math:`E\int_0^T (B^H(t) - \sum_k\omega_k Z_k(t))^2dt`
@@ -458,7 +455,7 @@ class MAFBMLTI(NamedTuple):
     P0: jax.Array
 
 
-def ma_fbm_lti(hurst, gammas, omegas, kind: Kind = "type1") -> MAFBMLTI:
+def ma_fbm_lti(hurst, gammas, omegas, kind: str = "type1") -> MAFBMLTI:
     """Matrices ``(F, L, H, P0)`` of the MA-fBM state space (``hurst`` only sets the dtype)."""
     _check_kind(kind)
     out, _ = _dtypes(hurst, gammas, omegas)
@@ -474,7 +471,7 @@ def ma_fbm_lti(hurst, gammas, omegas, kind: Kind = "type1") -> MAFBMLTI:
     return MAFBMLTI(-jnp.diag(g), jnp.ones((K, 1), out), w[None, :], P0)
 
 
-def ma_fbm_covariance(times, hurst, gammas, omegas, kind: Kind = "type1") -> jax.Array:
+def ma_fbm_covariance(times, hurst, gammas, omegas, kind: str = "type1") -> jax.Array:
     r"""Exact covariance (N, N) of :math:`\hat B^H = \sum_k \omega_k Z_k` at ``times`` (N,).
 
     Type II (:math:`t \ge s`): :math:`\mathrm{Cov}(Y_i(t), Y_j(s)) =
@@ -544,7 +541,7 @@ def _rl_cross(t, s, H):
     return s**a * jnp.sum(weights * integrand, axis=-1)
 
 
-def fbm_covariance(times, hurst, kind: Kind = "type1", normalization: Normalization = "standard") -> jax.Array:
+def fbm_covariance(times, hurst, kind: str = "type1", normalization: str = "standard") -> jax.Array:
     r"""Exact fBM covariance (N, N) at ``times`` (N,), ``times >= 0``.
 
     Type I (standard): :math:`\tfrac12(t^{2H} + s^{2H} - |t-s|^{2H})`.
@@ -629,9 +626,9 @@ def sample_fbm(
     key,
     times,
     hurst,
-    num_samples: int,
-    kind: Kind = "type1",
-    normalization: Normalization = "standard",
+    num_samples: SupportsInt,
+    kind: str = "type1",
+    normalization: str = "standard",
     method: Literal["auto", "cholesky", "davies-harte"] = "auto",
 ) -> jax.Array:
     """Exact fBM samples, shape ``(num_samples, N)``, at ``times`` (N,) with ``times >= 0``.
@@ -681,10 +678,10 @@ def sample_fbm(
 
 def relative_integrated_mse(
     hurst,
-    num_components: int,
+    num_components: SupportsInt,
     gamma_max: float,
     horizon,
-    kind: Kind = "type1",
+    kind: str = "type1",
     metric: Literal["covariance", "variance", "path"] = "covariance",
     num_points: int = 121,
 ) -> jax.Array:
@@ -726,9 +723,7 @@ def relative_integrated_mse(
 # ------------------------------------------------------- linear SDEs with MA-fBM noise
 
 
-def ma_fbm_weights(
-    hurst, gammas, horizon, kind: Kind = "type1", normalization: Normalization = "standard"
-) -> jax.Array:
+def ma_fbm_weights(hurst, gammas, horizon, kind: str = "type1", normalization: str = "standard") -> jax.Array:
     """Optimal weights (K,) for ``B^H`` in the given normalisation (differentiable in ``hurst``).
 
     ``"standard"`` (``Var B^H(t) ~ t^{2H}``) divides the paper-normalised optimum
@@ -747,9 +742,9 @@ def ma_fbm_linear_sde(
     hurst,
     gammas,
     horizon,
-    kind: Kind = "type1",
+    kind: str = "type1",
     output_matrix=None,
-    normalization: Normalization = "standard",
+    normalization: str = "standard",
 ):
     r"""Linear SDE with additive MA-fBM noise as an :class:`probdyn.LTISDE`.
 
@@ -810,7 +805,7 @@ def ma_fbm_linear_sde(
     return LTISDE(F=F, L=L, Qc=eye, H=Hx)
 
 
-def ma_fbm_initial_cov(x0_cov, gammas, kind: Kind = "type1") -> jax.Array:
+def ma_fbm_initial_cov(x0_cov, gammas, kind: str = "type1") -> jax.Array:
     """Initial covariance ``(d + dK, d + dK)`` of the augmented state of :func:`ma_fbm_linear_sde`.
 
     ``blockdiag(x0_cov, I_d kron P0)`` with ``P0`` the covariance of ``Y(0)``: stationary

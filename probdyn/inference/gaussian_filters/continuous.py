@@ -71,9 +71,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
 
 from probdyn._checks import concrete
+from probdyn._typing import ArrayInput
 from probdyn.inference import kalman
 from probdyn.inference.gaussian_filters.common import (
     GaussianFilterResult,
@@ -433,10 +433,10 @@ def _filter_core(
 def filter(
     sde: SDE,
     observation: ObservationModel,
-    times: Float[Array, " T"],
-    y: Float[Array, "T p"],
-    m0: Float[Array, " d"],
-    P0: Float[Array, "d d"],
+    times: ArrayInput,
+    y: ArrayInput,
+    m0: ArrayInput,
+    P0: ArrayInput,
     method: str = "ekf",
     num_substeps: int | None = None,
     propagation: str = "moments",
@@ -500,10 +500,10 @@ def _rts(f: GaussianFilterResult, A, SQ, idx=None):
 def smoother(
     sde: SDE,
     observation: ObservationModel,
-    times: Float[Array, " T"],
-    y: Float[Array, "T p"],
-    m0: Float[Array, " d"],
-    P0: Float[Array, "d d"],
+    times: ArrayInput,
+    y: ArrayInput,
+    m0: ArrayInput,
+    P0: ArrayInput,
     method: str = "ekf",
     num_substeps: int | None = None,
     propagation: str = "moments",

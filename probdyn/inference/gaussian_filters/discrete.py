@@ -9,8 +9,8 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
 
+from probdyn._typing import ArrayInput
 from probdyn.inference import kalman
 from probdyn.inference.gaussian_filters.common import (
     GaussianFilterResult,
@@ -43,11 +43,11 @@ def _discrete_predict(transition, rule, m, S, SQ, k):
 
 def discrete_filter(
     transition: Callable,
-    Q: Float[Array, "d d"],
+    Q: ArrayInput,
     observation: ObservationModel,
-    y: Float[Array, "T p"],
-    m0: Float[Array, " d"],
-    P0: Float[Array, "d d"],
+    y: ArrayInput,
+    m0: ArrayInput,
+    P0: ArrayInput,
     method: str = "ekf",
     *,
     num_substeps: int = 1,

@@ -41,10 +41,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.typing import ArrayLike
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from probdyn._checks import check_observations, is_concrete
+from probdyn._typing import ArrayInput
 from probdyn.inference import kalman
 from probdyn.linalg import psd_cholesky, solve_lower, solve_upper_t, symmetrize, tria
 
@@ -108,7 +108,7 @@ class LinearGaussian(ObservationModel):
     H: Float[Array, "p d"]
     R: Float[Array, "p p"]
 
-    def __init__(self, H: ArrayLike, R: ArrayLike):
+    def __init__(self, H: ArrayInput, R: ArrayInput):
         H = _matrix_H(H)
         p = H.shape[0]
         R = _float(R)
@@ -164,7 +164,7 @@ class LogNormal(ObservationModel):
     H: Float[Array, "p d"] | None
     sigma: Float[Array, " p"]
 
-    def __init__(self, H: ArrayLike | None = None, sigma: ArrayLike = 0.1):
+    def __init__(self, H: ArrayInput | None = None, sigma: ArrayInput = 0.1):
         self.H = None if H is None else _matrix_H(H)
         sigma = _float(sigma)
         if sigma.ndim > 1:
@@ -304,7 +304,7 @@ class Poisson(_LaplaceModel):
     link: str = eqx.field(static=True)
     num_iter: int = eqx.field(static=True)
 
-    def __init__(self, H: ArrayLike | None = None, link: str = "exp", num_iter: int = 10):
+    def __init__(self, H: ArrayInput | None = None, link: str = "exp", num_iter: int = 10):
         if link not in ("exp", "softplus"):
             raise ValueError(f"link must be 'exp' or 'softplus', got {link!r}")
         if int(num_iter) < 1:

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from probdyn._typing import ArrayInput
 from probdyn.inference.gaussian_filters.common import (
     check_inputs,
     check_options,
@@ -35,9 +36,9 @@ def particle_filter(
     model,
     observation: ObservationModel,
     times,
-    y: Float[Array, "T p"],
-    m0: Float[Array, " d"],
-    P0: Float[Array, "d d"],
+    y: ArrayInput,
+    m0: ArrayInput,
+    P0: ArrayInput,
     key: PRNGKeyArray,
     num_particles: int = 1000,
     num_substeps: int = 10,

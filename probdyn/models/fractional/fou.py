@@ -26,7 +26,6 @@ from probdyn._checks import is_concrete
 from probdyn.inference import kalman
 from probdyn.inference.optimize import backoff_ascent
 from probdyn.sde.fractional import (
-    Kind,
     check_fbm_params,
     gamma_grid_for,
     ma_fbm_initial_cov,
@@ -46,7 +45,7 @@ __all__ = [
 # ------------------------------------------------ exact likelihoods of linear models
 
 
-def fou_ltisde(theta, sigma, hurst, gammas, horizon, kind: Kind = "type1"):
+def fou_ltisde(theta, sigma, hurst, gammas, horizon, kind: str = "type1"):
     """Fractional OU ``dX = -theta X dt + sigma dB^H`` (scalar) as an augmented ``LTISDE``;
     ``hurst`` in (0, 1), ``theta >= 0`` (0: scaled fBM), ``sigma >= 0``."""
     check_fbm_params(hurst, theta=theta, sigma=sigma)
@@ -88,7 +87,7 @@ def _fou_ssm(theta, sigma, hurst, times, gammas, horizon, kind, x0_std, noise_st
 
 
 def fou_log_likelihood(
-    theta, sigma, hurst, times, y, gammas, horizon=None, kind: Kind = "type1", x0_std=0.0, noise_std=1e-3
+    theta, sigma, hurst, times, y, gammas, horizon=None, kind: str = "type1", x0_std=0.0, noise_std=1e-3
 ) -> Float[Array, ""]:
     """Exact log p(y) under the MA-fBM fractional OU observed with Gaussian noise (Kalman).
 
@@ -136,7 +135,7 @@ def fou_mle(
     y,
     gammas=None,
     horizon=None,
-    kind: Kind = "type1",
+    kind: str = "type1",
     noise_std=1e-3,
     x0_std=0.0,
     estimate_theta: bool = False,
@@ -287,7 +286,7 @@ def _fou_value_grad_hess(u, y, gammas, horizon, noise_std, x0_std, grid, kind, e
 
 
 def fou_posterior_marginals(
-    theta, sigma, hurst, times, y, gammas, horizon=None, kind: Kind = "type1", x0_std=0.0, noise_std=1e-3
+    theta, sigma, hurst, times, y, gammas, horizon=None, kind: str = "type1", x0_std=0.0, noise_std=1e-3
 ):
     """Exact smoothed ``(mean (T,), sd (T,))`` of ``X`` under the MA-fBM fOU (Kalman smoother)."""
     times = jnp.asarray(check_times(times))
@@ -299,7 +298,7 @@ def fou_posterior_marginals(
 
 
 def fou_numpyro_model(
-    times, y, gammas, horizon=None, kind: Kind = "type1", noise_std=1e-3, x0_std=0.0, estimate_theta: bool = True
+    times, y, gammas, horizon=None, kind: str = "type1", noise_std=1e-3, x0_std=0.0, estimate_theta: bool = True
 ):
     """numpyro program: priors on ``(theta, sigma, H)``, exact MA-fBM likelihood by Kalman.
 

@@ -44,7 +44,6 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from probdyn.sde.base import SDE, euler_maruyama, simulate_diffrax
 from probdyn.sde.fractional import (
-    Kind,
     gamma_grid,
     ma_fbm_initial_cov,
     ma_fbm_linear_sde,
@@ -262,7 +261,7 @@ class FractionalSDE(eqx.Module):
     q0_mean: Float[Array, " n0"]
     q0_chol: Float[Array, "n0 n0"]
     state_dim: int = eqx.field(static=True)
-    kind: Kind = eqx.field(static=True)
+    kind: str = eqx.field(static=True)
     horizon: float = eqx.field(static=True)
     learn_hurst: bool = eqx.field(static=True)
     learn_x0_prior: bool = eqx.field(static=True)
@@ -281,7 +280,7 @@ class FractionalSDE(eqx.Module):
         horizon: float = 1.0,
         sigma=1.0,
         sigma_fn=None,
-        kind: Kind = "type1",
+        kind: str = "type1",
         x0_mean=None,
         x0_std=1.0,
         learn_hurst: bool = True,

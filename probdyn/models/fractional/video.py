@@ -19,7 +19,6 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from probdyn.models.fractional.neural_sde import FractionalSDE, MLPControl, elbo, simulate_augmented
-from probdyn.sde.fractional import Kind
 from probdyn.ssm import check_times
 
 __all__ = ["BernoulliDecoder", "LatentVideoModel", "video_elbo", "fit_video", "predict_frames"]
@@ -63,7 +62,7 @@ class LatentVideoModel(eqx.Module):
         hurst: float = 0.5,
         gamma_max: float = 20.0,
         horizon: float = 1.0,
-        kind: Kind = "type1",
+        kind: str = "type1",
         width: int = 64,
         learn_hurst: bool = True,
         dtype=jnp.float32,

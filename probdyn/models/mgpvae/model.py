@@ -50,6 +50,7 @@ import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from probdyn import kernels as _kernels
+from probdyn._typing import ScalarLike
 from probdyn.gp import MarkovGP
 from probdyn.inference import kalman, optimize
 from probdyn.models.mgpvae.nets import CNNDecoder, CNNEncoder, MLPDecoder, MLPEncoder
@@ -125,7 +126,7 @@ class _SiteVAE(eqx.Module):
         obs_shape: Sequence[int],
         kernel: Any = None,
         likelihood: str = "gaussian",
-        obs_var: float = 0.1,
+        obs_var: ScalarLike = 0.1,
         beta: float = 1.0,
         parallel: bool | None = None,
     ):

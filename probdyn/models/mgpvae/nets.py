@@ -21,7 +21,7 @@ __all__ = ["MLPEncoder", "CNNEncoder", "MLPDecoder", "CNNDecoder", "site_params"
 _MIN_VAR = 1e-3
 
 
-def site_params(raw: Float[Array, " 2L"]) -> tuple[Float[Array, " L"], Float[Array, " L"]]:
+def site_params(raw: Float[Array, "*batch two_L"]) -> tuple[Float[Array, "*batch L"], Float[Array, "*batch L"]]:
     """Split a network output into site mean and variance ``softplus(.) + 1e-3``."""
     L = raw.shape[-1] // 2
     return raw[..., :L], jax.nn.softplus(raw[..., L:]) + _MIN_VAR

@@ -29,10 +29,11 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.typing import ArrayLike, DTypeLike
+from jax.typing import DTypeLike
 from jaxtyping import Array, Float
 
 from probdyn._checks import concrete, jit_method
+from probdyn._typing import ArrayInput
 from probdyn.inference.natgrad import gauss_hermite, gaussian_expectation
 from probdyn.linalg import psd_cholesky, small_logdet, small_solve, symmetrize
 from probdyn.models.sde_posteriors.drifts import make_grid
@@ -63,7 +64,7 @@ def check_observed_sde(
     sde: SDE,
     obs_times,
     y,
-    obs_noise: ArrayLike = 1.0,
+    obs_noise: ArrayInput = 1.0,
     obs_matrix=None,
     log_likelihood=None,
     dt: float | None = None,

@@ -105,8 +105,9 @@ from typing import NamedTuple
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+from jaxtyping import Array, Float, PRNGKeyArray
 
+from probdyn._typing import ArrayInput
 from probdyn.inference import kalman
 from probdyn.inference.natgrad import NatGradTrace, gaussian_expectation, natural_gradient_ascent
 from probdyn.linalg import small_cholesky, small_inv, small_logdet, small_solve, symmetrize
@@ -161,16 +162,16 @@ class VGPA(ObservedSDEModel):
     def __init__(
         self,
         sde: SDE,
-        obs_times: ArrayLike,
-        y: ArrayLike,
-        obs_noise: ArrayLike = 1.0,
-        obs_matrix: ArrayLike | None = None,
+        obs_times: ArrayInput,
+        y: ArrayInput,
+        obs_noise: ArrayInput = 1.0,
+        obs_matrix: ArrayInput | None = None,
         log_likelihood: Callable | None = None,
         dt: float | None = None,
         t_span: tuple[float, float] | None = None,
-        grid: ArrayLike | None = None,
-        initial_mean: ArrayLike | None = None,
-        initial_cov: ArrayLike | None = None,
+        grid: ArrayInput | None = None,
+        initial_mean: ArrayInput | None = None,
+        initial_cov: ArrayInput | None = None,
         gh_order: int = 10,
     ):
         prob = check_observed_sde(
@@ -366,7 +367,7 @@ class VGPA(ObservedSDEModel):
         return jax.grad(lambda s: -self._elbo_state(s))(state)
 
     # ------------------------------------------------------------------ queries
-    def marginals(self, state: VGPAState, times: ArrayLike) -> tuple[Float[Array, "T d"], Float[Array, "T d d"]]:
+    def marginals(self, state: VGPAState, times: ArrayInput) -> tuple[Float[Array, "T d"], Float[Array, "T d d"]]:
         """Marginal mean (T, d) and covariance (T, d, d) at any times in the grid span: at grid
         nodes the chain's moments, in between the Euler–Maruyama continuous extension
         ``m(t_k + s) = (I - s A_k) m_k + s b_k``, ``S = (I - s A_k) S_k (I - s A_k)^T + s Sigma``."""
