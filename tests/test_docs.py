@@ -4,6 +4,7 @@ name of the public modules has a docstring."""
 import importlib
 import inspect
 import os
+import re
 import subprocess
 import sys
 
@@ -61,6 +62,29 @@ def test_mkdocs_build_strict(tmp_path):
         assert f"probdyn.inference.kalman.{name}" in kalman
     home = (tmp_path / "site" / "index.html").read_text()
     assert "probdyn" in home and "pytest" in home  # README rendered as the home page
+    assert not re.findall(r'href="[^"]*\.md"', home)  # the README's links resolved to pages
+    assert 'href="guides/sysid/"' in home
+
+
+def _nav_pages(node):
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, list):
+        for item in node:
+            yield from _nav_pages(item)
+    elif isinstance(node, dict):
+        for value in node.values():
+            yield from _nav_pages(value)
+
+
+def test_every_page_is_in_the_navigation():
+    """Every page under docs/ is reachable from mkdocs.yml's nav, and every nav entry exists."""
+    import yaml
+
+    with open(ROOT / "mkdocs.yml") as f:
+        nav = set(_nav_pages(yaml.load(f, Loader=yaml.BaseLoader)["nav"]))
+    pages = {str(p.relative_to(ROOT / "docs")) for p in (ROOT / "docs").rglob("*.md")}
+    assert pages == nav, (sorted(pages - nav), sorted(nav - pages))
 
 
 @pytest.mark.parametrize("modname", PUBLIC)
