@@ -12,9 +12,10 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-__all__ = ["tutorial_dir", "list_tutorials", "run_tutorial"]
+__all__ = ["tutorial_dir", "list_tutorials", "run_tutorial", "Sections"]
 
 
 def tutorial_dir() -> Path:
@@ -53,3 +54,35 @@ def run_tutorial(name: str, out: str | Path, smoke: bool = False) -> Path:
     if r.returncode != 0:
         raise RuntimeError(f"tutorial {name} failed with exit status {r.returncode} (see its output above)")
     return out
+
+
+class Sections:
+    """Wall time per section of a tutorial, for notebook cells (no ``with`` across cells):
+    ``sections.start("name")`` ends the running section, prints its time and starts the next;
+    ``sections.stop()`` ends the last one and returns ``{name: seconds}`` (the tutorial writes
+    it into its metrics). Time before the first ``start`` counts as ``"setup"``."""
+
+    def __init__(self, clock=time.perf_counter):
+        self._clock = clock
+        self._name: str | None = "setup"
+        self._t0 = clock()
+        self.seconds: dict[str, float] = {}
+
+    def _close(self) -> float:
+        now = self._clock()
+        if self._name is not None:
+            dt = now - self._t0
+            self.seconds[self._name] = self.seconds.get(self._name, 0.0) + dt
+            print(f"[{self._name}: {dt:.1f} s]", flush=True)
+        return now
+
+    def start(self, name: str) -> None:
+        """End the running section and start ``name``."""
+        self._t0 = self._close()
+        self._name = name
+
+    def stop(self) -> dict[str, float]:
+        """End the running section; ``{section: seconds}``, plus ``"total"``."""
+        self._close()
+        self._name = None
+        return {**self.seconds, "total": sum(self.seconds.values())}

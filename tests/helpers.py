@@ -33,4 +33,10 @@ def run_tutorial(name: str, tmp_path, timeout: int = 600):
         cwd=str(tmp_path),
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return json.loads(metrics.read_text()), out
+    m = json.loads(metrics.read_text())
+    # every tutorial reports its wall time per section (probdyn.tutorials.Sections), and prints it
+    sec = m.pop("section_seconds")  # checked here; the tests see the tutorial's own numbers
+    assert len(sec) >= 3 and all(v >= 0 for v in sec.values())
+    assert abs(sec["total"] - sum(v for k, v in sec.items() if k != "total")) < 1e-6
+    assert all(f"[{k}: " in r.stdout for k in sec if k != "total")
+    return m, out

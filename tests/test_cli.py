@@ -423,3 +423,18 @@ def test_sigint_during_nuts(tmp_path):
     out = tmp_path / "out"
     assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
     assert "interrupted" in err and "Traceback" not in err
+
+
+def test_tutorial_sections_time_each_section(capsys):
+    """Sections against a scripted clock: each section gets the time between its start and
+    the next one; time before the first start is 'setup'; the total is their sum."""
+    from probdyn.tutorials import Sections
+
+    ticks = iter([0.0, 1.5, 4.0, 4.25, 10.0])
+    s = Sections(clock=lambda: next(ticks))
+    s.start("fit")  # setup: 0 -> 1.5
+    s.start("plot")  # fit: 1.5 -> 4.0
+    s.start("fit")  # plot: 4.0 -> 4.25
+    out = s.stop()  # fit again: 4.25 -> 10.0
+    assert out == {"setup": 1.5, "fit": 2.5 + 5.75, "plot": 0.25, "total": 10.0}
+    assert "[plot: 0.2 s]" in capsys.readouterr().out

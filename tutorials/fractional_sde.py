@@ -37,6 +37,9 @@ import optax
 jax.config.update("jax_enable_x64", True)
 
 from probdyn import plotting  # noqa: E402
+from probdyn.tutorials import Sections  # noqa: E402
+
+sections = Sections()  # wall time per section, printed and written to the metrics
 from probdyn.datasets import moving_digits  # noqa: E402
 from probdyn.inference import kalman  # noqa: E402
 from probdyn.models import fractional as fs  # noqa: E402
@@ -61,6 +64,7 @@ t_start = time.time()
 # continuous-time discretisation.
 
 # %%
+sections.start("Fractional OU bridge")
 theta, H_b, K, noise, T, nsub = 1.0, 0.7, 5, 0.25, 1.0, 2
 times = jnp.linspace(0.0, T, 26)
 iobs = 15
@@ -135,6 +139,7 @@ plotting.save(fig, os.path.join(OUT, "bridge.png"))
 #   converges in a few iterations.
 
 # %%
+sections.start("Hurst estimation on exact fBM")
 t_h = jnp.linspace(0.0, 1.0, 101)
 g_h = fr.gamma_grid_for(0.01, 1.0)
 print("OU speeds:", np.round(np.asarray(g_h), 4))
@@ -187,6 +192,7 @@ plotting.save(fig, os.path.join(OUT, "hurst.png"))
 # ## 3. Latent video model on stochastic moving digits
 
 # %%
+sections.start("Latent video model on stochastic moving digits")
 data = moving_digits(VIDEO["n"], VIDEO["frames"], VIDEO["size"], hurst=0.35, seed=0)
 vt = jnp.asarray(data.times, jnp.float32)
 vm = fv.LatentVideoModel(
@@ -211,6 +217,7 @@ plotting.save(fig, os.path.join(OUT, "video_frames.png"))
 # %%
 metrics["wall_time_s"] = time.time() - t_start
 print(json.dumps(metrics, indent=1))
+metrics["section_seconds"] = sections.stop()
 if os.environ.get("PROBDYN_METRICS"):
     with open(os.environ["PROBDYN_METRICS"], "w") as f:
         json.dump(metrics, f)

@@ -45,6 +45,9 @@ jax.config.update("jax_enable_x64", True)
 import arviz as az  # noqa: E402
 
 from probdyn import MarkovGP, kernels, plotting  # noqa: E402
+from probdyn.tutorials import Sections  # noqa: E402
+
+sections = Sections()  # wall time per section, printed and written to the metrics
 from probdyn.inference import mcmc, variational  # noqa: E402
 
 SMOKE = os.environ.get("PROBDYN_SMOKE", "0") == "1"
@@ -60,6 +63,7 @@ N_POINTS = 80 if SMOKE else 1000
 # ## Data: the last `N_POINTS` weeks, detrended, with the gaps kept as NaN
 
 # %%
+sections.start("Data")
 co2 = sm.datasets.co2.load_pandas().data["co2"]
 co2 = co2.iloc[-N_POINTS:]
 t = np.asarray((co2.index - co2.index[0]).days, float) / 365.25  # years
@@ -76,6 +80,9 @@ print(f"{len(t)} weeks, {np.sum(~obs)} missing; residual sd {np.nanstd(y):.2f} p
 
 
 # %%
+sections.start("The numpyro program")
+
+
 def model(t, y=None):
     # smoke mode: a fixed smooth component keeps the compile time of the gradient small
     ell = 1.5 if SMOKE else numpyro.sample("ell", dist.LogNormal(0.0, 1.0))  # years
@@ -93,6 +100,7 @@ def model(t, y=None):
 # ## Three engines, one model
 
 # %%
+sections.start("Three engines, one model")
 results, timings = {}, {}
 for backend in ("numpyro", "blackjax"):
     t0 = time.perf_counter()
@@ -120,6 +128,7 @@ results["svi"] = fit.idata
 # ## Diagnostics (R-hat, bulk/tail ESS) and the posterior side by side
 
 # %%
+sections.start("Diagnostics (R-hat, bulk/tail ESS) and the posterior side by side")
 params = ["omega", "s2", "sigma", "period"] if SMOKE else ["ell", "s1", "omega", "s2", "sigma", "period"]
 diag = {b: mcmc.diagnostics(results[b], var_names=params) for b in ("numpyro", "blackjax")}
 for b, tab in diag.items():
@@ -142,6 +151,7 @@ for r in rows:
 # ## Plots: trace (numpyro), posteriors of all three, and the ELBO trace
 
 # %%
+sections.start("Plots")
 # arviz-plots (ArviZ >= 1.0): each call returns a PlotCollection that saves its figure
 az.plot_trace_dist(results["numpyro"], var_names=params[:-1], backend="matplotlib").savefig(
     os.path.join(OUT, "trace_numpyro.png"), dpi=80
@@ -187,6 +197,7 @@ plotting.save(fig, os.path.join(OUT, "elbo_and_fit.png"))
 # ## Key numbers
 
 # %%
+sections.start("Key numbers")
 metrics = {
     "n_points": int(len(t)),
     "n_missing": int(np.sum(~obs)),
@@ -201,6 +212,7 @@ metrics = {
     "smoke": SMOKE,
 }
 print(json.dumps(metrics, indent=1))
+metrics["section_seconds"] = sections.stop()
 if os.environ.get("PROBDYN_METRICS"):
     with open(os.environ["PROBDYN_METRICS"], "w") as f:
         json.dump(metrics, f, indent=1)

@@ -40,6 +40,9 @@ import statsmodels.api as sm
 jax.config.update("jax_enable_x64", True)
 
 from probdyn import MarkovGP, kernels, plotting  # noqa: E402
+from probdyn.tutorials import Sections  # noqa: E402
+
+sections = Sections()  # wall time per section, printed and written to the metrics
 
 SMOKE = os.environ.get("PROBDYN_SMOKE", "0") == "1"
 OUT = os.environ.get("PROBDYN_OUT", os.path.join("probdyn-out", "tutorials", "markov_gp_regression"))
@@ -51,6 +54,7 @@ STRIDE = 8 if SMOKE else 1  # smoke mode: every 8th week
 # ## Data: time in years, the last five years held out
 
 # %%
+sections.start("Data")
 df = sm.datasets.co2.load_pandas().data
 t_all = (df.index.year + (df.index.day_of_year - 1) / 365.25).to_numpy(float)[::STRIDE]
 y_all = df["co2"].to_numpy(float)[::STRIDE]
@@ -65,6 +69,9 @@ print(f"{train.sum()} training weeks ({np.isnan(y).sum()} missing), {test.sum()}
 
 
 # %%
+sections.start("Model")
+
+
 def build(p):
     e = jnp.exp
     k = (
@@ -95,6 +102,7 @@ print("state dimension:", build(init).kernel.state_dim)
 # ## Fit: maximise the Kalman log-likelihood with Adam
 
 # %%
+sections.start("Fit")
 yj = jnp.asarray(y)
 
 
@@ -122,6 +130,7 @@ print({k: round(float(jnp.exp(v)), 3) if k != "mean" else round(float(v), 2) for
 # ## Forecast with uncertainty (latent f; add the noise variance for new observations)
 
 # %%
+sections.start("Forecast with uncertainty")
 grid = np.linspace(t[0], t_all[-1], 600 if not SMOKE else 120)
 mu, var = gp.predict(yj, jnp.asarray(grid))
 mu_te, var_te = gp.predict(yj, jnp.asarray(t_test))
@@ -150,6 +159,7 @@ plotting.save(fig, os.path.join(OUT, "forecast.png"))
 # ## Sequential vs parallel-in-time schedules (same numbers; speed depends on the device)
 
 # %%
+sections.start("Sequential vs parallel-in-time schedules")
 timings = {}
 for par in (False, True):
     f = jax.jit(lambda p, par=par: build(p).log_likelihood(yj, parallel=par))
@@ -176,6 +186,7 @@ metrics = {
     "seq_par_abs_diff": abs(timings["sequential"][1] - timings["parallel"][1]),
     "n_train": int(train.sum()),
 }
+metrics["section_seconds"] = sections.stop()
 if os.environ.get("PROBDYN_METRICS"):
     with open(os.environ["PROBDYN_METRICS"], "w") as fh:
         json.dump(metrics, fh, indent=2)

@@ -34,6 +34,9 @@ import numpy as np
 jax.config.update("jax_enable_x64", True)  # float64 for the exactness check; training is float32
 
 from probdyn import kernels, plotting  # noqa: E402
+from probdyn.tutorials import Sections  # noqa: E402
+
+sections = Sections()  # wall time per section, printed and written to the metrics
 from probdyn.datasets import rotating_digits  # noqa: E402
 from probdyn.models import mgpvae as mg  # noqa: E402
 
@@ -50,6 +53,7 @@ t_start = time.perf_counter()
 # ## Data: rotating digits, irregular times, 50% of frames missing
 
 # %%
+sections.start("Data")
 train = rotating_digits(N_TRAIN, T, missing_rate=0.5, seed=0)
 test = rotating_digits(N_TEST, T, missing_rate=0.5, seed=1)
 print(f"train {train.frames.shape}, observed fraction {train.mask.mean():.2f}; test {test.frames.shape}")
@@ -63,6 +67,7 @@ print(f"train {train.frames.shape}, observed fraction {train.mask.mean():.2f}; t
 # Training runs in float32 (the exactness check below is float64).
 
 # %%
+sections.start("Models")
 key = jax.random.PRNGKey(0)
 k_model, k_fit, k_eval = jax.random.split(key, 3)
 chan = [kernels.Matern32(ls, 1.0) for ls in np.geomspace(1.0, 30.0, LATENT)]
@@ -99,6 +104,7 @@ print("learned lengthscales:", np.round(np.asarray(mgp.kernel.lengthscale), 2))
 # ## Exactness: Kalman ELBO vs dense-GP ELBO (float64, same parameters and noise draws)
 
 # %%
+sections.start("Exactness")
 m64 = mgp.astype(jnp.float64)
 tt, yy, mm = mg.check_data(m64, test.times[:4], test.frames[:4], test.mask[:4])
 eps = jax.random.normal(k_eval, (4, 2, T, LATENT), jnp.float64)
@@ -118,6 +124,7 @@ print(f"max relative |ELBO_kalman - ELBO_dense| = {elbo_rel:.2e}")
 # ## Imputation of the missing test frames
 
 # %%
+sections.start("Imputation of the missing test frames")
 S = 8 if SMOKE else 64
 imp_mgp = np.asarray(mg.impute_batch(mgp, k_eval, test.times, test.frames, test.mask, num_samples=S))
 imp_iid = np.asarray(mg.impute_batch(iid, k_eval, test.times, test.frames, test.mask, num_samples=S))
@@ -140,6 +147,7 @@ print("importance-weighted test log-likelihood per sequence:", {k: round(v, 1) f
 # ## Image grid: truth, observed, imputations
 
 # %%
+sections.start("Image grid")
 i = 0
 rows = [
     ("truth", test.clean[i]),
@@ -176,6 +184,7 @@ plotting.save(fig, os.path.join(OUT, "training.png"))
 # ## Metrics
 
 # %%
+sections.start("Metrics")
 metrics = {
     "smoke": SMOKE,
     "num_train": N_TRAIN,
@@ -193,6 +202,7 @@ metrics = {
     "wall_time_s": time.perf_counter() - t_start,
 }
 print(json.dumps(metrics, indent=1))
+metrics["section_seconds"] = sections.stop()
 if os.environ.get("PROBDYN_METRICS"):
     with open(os.environ["PROBDYN_METRICS"], "w") as f:
         json.dump(metrics, f, indent=1)

@@ -33,6 +33,9 @@ import numpy as np
 jax.config.update("jax_enable_x64", True)
 
 from probdyn import MarkovGP, kernels, plotting  # noqa: E402
+from probdyn.tutorials import Sections  # noqa: E402
+
+sections = Sections()  # wall time per section, printed and written to the metrics
 from probdyn.inference.gaussian_filters import particle_smoother_scalar  # noqa: E402
 from probdyn.models import sde_posteriors as sg  # noqa: E402
 from probdyn.sde.base import SDE  # noqa: E402
@@ -57,6 +60,7 @@ t_start = time.perf_counter()
 # with the OU (Matérn-1/2) kernel computed by `MarkovGP`.
 
 # %%
+sections.start("Linear check")
 ou = np.load(os.path.join(DATA, "linear", "15", "0.npz"))
 theta, q_ou, s_ou = float(ou["decay"]), float(ou["Q"]), float(ou["sigma"])
 t_ou, y_ou = ou["observation_grid"], ou["observations"][:, 0]
@@ -85,6 +89,7 @@ print("OU: max |one CVI step - exact GP posterior| =", metrics["ou_one_step_max_
 # marginals on the same Euler grid, repeated with independent seeds for its Monte Carlo error.
 
 # %%
+sections.start("Double well")
 dw = np.load(os.path.join(DATA, "dw", "3", "0.npz"))
 q_dw, s_dw, x0 = float(dw["Q"]), float(dw["sigma"]), float(dw["x0"])
 # The file's `decay` field (0.5) is *not* the well parameter: regressing the increments of the
@@ -175,6 +180,7 @@ plotting.save(fig, os.path.join(OUT, "posterior_vs_reference.png"))
 # $\max_q \mathrm{ELBO}(c)$. Its curvature at the optimum gives a Laplace standard error.
 
 # %%
+sections.start("Learning the double-well parameter by variational EM")
 c_init = 0.5
 model0 = sg.SparseGPSDE(
     SDE(sg.DoubleWellDrift(jnp.asarray(c_init)), np.sqrt(q_dw) * np.ones(1), 1),
@@ -222,6 +228,7 @@ plotting.save(fig, os.path.join(OUT, "learned_drift.png"))
 
 # %%
 metrics["wall_time_s"] = time.perf_counter() - t_start
+metrics["section_seconds"] = sections.stop()
 if os.environ.get("PROBDYN_METRICS"):
     with open(os.environ["PROBDYN_METRICS"], "w") as f:
         json.dump(metrics, f, indent=1)

@@ -39,6 +39,9 @@ jax.config.update("jax_enable_x64", True)
 import arviz as az  # noqa: E402
 
 from probdyn import plotting  # noqa: E402
+from probdyn.tutorials import Sections  # noqa: E402
+
+sections = Sections()  # wall time per section, printed and written to the metrics
 from probdyn.datasets import lynx_hare  # noqa: E402
 from probdyn.inference import gaussian_filters as gf  # noqa: E402
 from probdyn.inference import mcmc  # noqa: E402
@@ -65,6 +68,7 @@ wall = {}
 # model, the continuous–discrete filter and the discrete filter) must agree to rounding.
 
 # %%
+sections.start("OU vs AR(1)")
 t0 = time.perf_counter()
 ou = sysid.get_system("ornstein_uhlenbeck")
 rng = np.random.default_rng(0)
@@ -88,6 +92,7 @@ wall["ou_ar1"] = time.perf_counter() - t0
 # (RMSE, NLPD) at the same physical lead times on both spacings.
 
 # %%
+sections.start("Van der Pol")
 t0 = time.perf_counter()
 res = sysid.compare("van_der_pol", quick=SMOKE, num_steps=FIT_STEPS, key=0, verbose=True)
 wall["compare"] = time.perf_counter() - t0
@@ -136,6 +141,7 @@ plotting.compare_scores(os.path.join(OUT, "vdp_scores.png"), tab)
 # (c) its discrete-time counterpart (naive Euler at the yearly spacing) fitted the same way.
 
 # %%
+sections.start("Hudson's Bay lynx and hare, three ways")
 d = lynx_hare()
 t0 = time.perf_counter()
 sysid.solver_failures.reset()
@@ -222,6 +228,7 @@ plotting.save(fig, os.path.join(OUT, "lynx_hare_three_models.png"))
 # %%
 metrics["wall_time_s"] = wall
 print(json.dumps(metrics, indent=1, default=float))
+metrics["section_seconds"] = sections.stop()
 if os.environ.get("PROBDYN_METRICS"):
     with open(os.environ["PROBDYN_METRICS"], "w") as f:
         json.dump(metrics, f, indent=1, default=float)
