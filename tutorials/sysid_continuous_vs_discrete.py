@@ -24,6 +24,7 @@
 #
 # Environment: `PROBDYN_SMOKE=1` (tiny sizes), `PROBDYN_OUT` (figure folder),
 # `PROBDYN_METRICS=path.json` (key numbers as JSON).
+# Time: the full run takes 63 s on 2 CPU cores (measured 2026-12-07); it prints the time of each section.
 
 # %%
 import json
