@@ -14,10 +14,10 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Float
 
 from probdyn._checks import check_observations, concrete
-from probdyn._typing import ArrayInput
+from probdyn._typing import ArrayInput, Key
 from probdyn.inference import kalman
 from probdyn.kernels import Kernel
 from probdyn.ssm import LinearGaussianSSM, check_noise_variance, check_positive_int, check_times
@@ -138,7 +138,7 @@ class MarkovGP(eqx.Module):
 
     def sample(
         self,
-        key: PRNGKeyArray,
+        key: Key,
         num_samples: SupportsInt = 1,
         y: ArrayInput | None = None,
         test_times: ArrayInput | None = None,

@@ -32,7 +32,7 @@ import numpy as np
 from jax.typing import ArrayLike
 from jaxtyping import Array, Float
 
-from probdyn._typing import ScalarLike
+from probdyn._typing import Cov, ScalarLike
 from probdyn.linalg import block_diag, kron, symmetrize
 from probdyn.ssm import LTISDE, LinearGaussianSSM, TransitionBasis
 
@@ -79,7 +79,7 @@ class Kernel(eqx.Module):
         """Drift matrix ``F``."""
         raise NotImplementedError
 
-    def stationary_cov(self) -> Float[Array, "d d"]:
+    def stationary_cov(self) -> Cov:
         """The stationary state covariance ``Pinf``, shape (d, d)."""
         raise NotImplementedError
 
@@ -104,7 +104,7 @@ class Kernel(eqx.Module):
         """The transition matrix ``A = expm(F dt)`` over a step ``dt``, shape (d, d)."""
         return jax.scipy.linalg.expm(self.feedback() * dt)
 
-    def process_cov(self, dt: ScalarLike) -> Float[Array, "d d"]:
+    def process_cov(self, dt: ScalarLike) -> Cov:
         """The process-noise covariance ``Q = Pinf - A Pinf A^T`` over a step ``dt``, shape (d, d)."""
         A, P = self.transition(dt), self.stationary_cov()
         return symmetrize(P - A @ P @ A.T)

@@ -28,7 +28,7 @@ from jax.typing import ArrayLike
 from jaxtyping import Array, Float
 
 from probdyn._checks import is_concrete
-from probdyn._typing import ScalarLike
+from probdyn._typing import Cov, ScalarLike
 from probdyn.linalg import symmetrize
 
 _THETA, _TAYLOR, _MAX_DOUBLE = 0.25, 10, 16
@@ -139,7 +139,7 @@ class LTISDE(eqx.Module):
         """``A = expm(F dt)``."""
         return jax.scipy.linalg.expm(self.F * dt)
 
-    def process_cov(self, dt: ScalarLike) -> Float[Array, "d d"]:
+    def process_cov(self, dt: ScalarLike) -> Cov:
         """``Q(dt)``: ``Pinf - A Pinf A^T`` when stationary, else :func:`discretise_affine`."""
         if self.Pinf is not None:
             A = self.transition(dt)
@@ -150,7 +150,7 @@ class LTISDE(eqx.Module):
         """Exact ``(A_k, Q_k)`` for a vector of step sizes."""
         return jax.vmap(self.transition)(dts), jax.vmap(self.process_cov)(dts)
 
-    def stationary_cov(self) -> Float[Array, "d d"]:
+    def stationary_cov(self) -> Cov:
         """Solve ``F P + P F^T + L Qc L^T = 0`` (dense Kronecker solve; small d)."""
         if self.Pinf is not None:
             return self.Pinf

@@ -43,10 +43,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Float
 
 from probdyn._checks import check_observations, is_concrete
-from probdyn._typing import ArrayInput
+from probdyn._typing import ArrayInput, Key
 from probdyn.inference import fused
 from probdyn.linalg import psd_cholesky, psd_ldl, solve_lower, solve_upper_t, symmetrize, tria, tria_batched
 from probdyn.ssm import LinearGaussianSSM, TransitionBasis, check_positive_int
@@ -800,7 +800,7 @@ def rts_smooth(
 
 
 def sample(
-    key: PRNGKeyArray,
+    key: Key,
     ssm: LinearGaussianSSM,
     y: ArrayInput,
     num_samples: SupportsInt = 1,

@@ -41,10 +41,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Float
 
 from probdyn._checks import check_observations, is_concrete
-from probdyn._typing import ArrayInput
+from probdyn._typing import ArrayInput, Key
 from probdyn.inference import kalman
 from probdyn.linalg import psd_cholesky, solve_lower, solve_upper_t, symmetrize, tria
 
@@ -82,7 +82,7 @@ class ObservationModel(eqx.Module):
         """Gaussian update of ``N(m, S S^T)`` by ``y`` -> ``(m', S', ll)`` (see module doc)."""
         raise NotImplementedError
 
-    def sample(self, key: PRNGKeyArray, x: Float[Array, " d"]) -> Float[Array, " p"]:
+    def sample(self, key: Key, x: Float[Array, " d"]) -> Float[Array, " p"]:
         """A draw ``y ~ p(y | x)``, shape (p,)."""
         raise NotImplementedError(f"{type(self).__name__} cannot draw samples")
 

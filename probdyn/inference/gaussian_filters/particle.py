@@ -9,9 +9,9 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Float
 
-from probdyn._typing import ArrayInput
+from probdyn._typing import ArrayInput, Key
 from probdyn.inference.gaussian_filters.common import (
     check_inputs,
     check_options,
@@ -39,7 +39,7 @@ def particle_filter(
     y: ArrayInput,
     m0: ArrayInput,
     P0: ArrayInput,
-    key: PRNGKeyArray,
+    key: Key,
     num_particles: int = 1000,
     num_substeps: int = 10,
 ) -> Float[Array, ""]:
@@ -112,7 +112,7 @@ def _pf_core(model, observation, times, y, m0, P0, key, n, nsub, SQ):
 
 
 def particle_smoother_scalar(
-    key: PRNGKeyArray, drift, q: float, obs_sd: float, grid, obs_idx, y, m0: float, v0: float, num_particles: int
+    key: Key, drift, q: float, obs_sd: float, grid, obs_idx, y, m0: float, v0: float, num_particles: int
 ):
     """Reference smoother for a scalar SDE ``dx = drift(x) dt + sqrt(q) dW`` on an Euler grid.
 
