@@ -92,8 +92,7 @@ class MarkovGP(eqx.Module):
         y = jnp.asarray(y)
         if y.shape != self.times.shape:
             raise ValueError(f"y must have shape {self.times.shape} like times, got {y.shape}")
-        check_observations(y)
-        return y
+        return check_observations(y)
 
     # Public methods validate eagerly, then run one compiled program (eqx.filter_jit) per
     # call signature, so eager use does not compile every primitive separately.

@@ -232,7 +232,7 @@ def _prepare(ssm: LinearGaussianSSM, y):
         raise ValueError(f"y must have shape (T, {ssm.obs_dim}) (time leading), got {y.shape}")
     if y.shape[0] < 1:
         raise ValueError("y must contain at least one time step")
-    check_observations(y)
+    y = check_observations(y)
     dtype = jnp.result_type(ssm.initial_mean, ssm.transition_matrix, ssm.emission_matrix, y)
     if not jnp.issubdtype(dtype, jnp.floating):
         dtype = jnp.result_type(float)

@@ -6,6 +6,7 @@ observations are exact functions of the first; the point-mass convention of
 :func:`probdyn.inference.kalman.filter` for the rest.
 """
 
+import equinox as eqx
 import jax
 
 jax.config.update("jax_enable_x64", True)
@@ -182,12 +183,31 @@ def test_valid_singular_and_rounding_level_inputs_pass():
 
 @pytest.mark.parametrize("parallel", [False, True])
 def test_traced_infinite_observation_makes_results_nan(parallel):
-    """A concrete infinite observation raises (see BAD); inside jit it cannot (no host
-    callback on the hot path, see _checks.check_observations): the log-likelihood is NaN,
-    never a finite number that silently dropped it."""
+    """A concrete infinite observation raises (see BAD); inside jit, by default, it cannot
+    (no host callback on the hot path, see _checks.check_observations): the log-likelihood
+    is NaN, never a finite number that silently dropped it."""
     f = jax.jit(lambda y: kalman.log_likelihood(ssm(), y, parallel=parallel))
     assert np.isnan(float(f(jnp.asarray(np.where(np.isnan(Y), np.inf, Y)))))
     assert np.isfinite(float(f(jnp.asarray(Y))))
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_traced_infinite_observation_raises_when_checked(parallel, monkeypatch):
+    """With ``PROBDYN_CHECK_TRACED=1`` the compiled program raises the eager check's message
+    when it meets an infinite observation (``equinox.error_if``), under ``jit`` and ``vmap``,
+    and finite data gives the unchecked numbers."""
+    monkeypatch.setenv("PROBDYN_CHECK_TRACED", "1")
+    jax.clear_caches()  # programs compiled without the check are cached
+    bad = jnp.asarray(np.where(np.isnan(Y), np.inf, Y))
+    f = jax.jit(lambda y: kalman.log_likelihood(ssm(), y, parallel=parallel))
+    with pytest.raises((ValueError, RuntimeError), match="y contains infinite values"):
+        f(bad).block_until_ready()
+    g = eqx.filter_jit(jax.vmap(lambda y: kalman.filter(ssm(), y, parallel=parallel).log_likelihood))
+    with pytest.raises((ValueError, RuntimeError), match="y contains infinite values"):
+        g(jnp.stack([jnp.asarray(Y), -bad])).block_until_ready()
+    ok = float(f(jnp.asarray(Y)))
+    np.testing.assert_allclose(ok, float(kalman.log_likelihood(ssm(), jnp.asarray(Y), parallel=parallel)), rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(g(jnp.stack([jnp.asarray(Y)] * 2))), ok, rtol=1e-12)
 
 
 @pytest.mark.parametrize("traced_nan", ["transition_cov", "emission_cov", "initial_cov"])

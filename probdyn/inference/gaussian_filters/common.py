@@ -182,7 +182,7 @@ def check_inputs(observation, y, m0, P0, d):
             raise ValueError("P0 must be symmetric")
         if np.linalg.eigvalsh(0.5 * (Pn + Pn.T)).min() < -1e-8 * max(1.0, np.abs(Pn).max()):
             raise ValueError("P0 must be positive semi-definite")
-    check_observations(y)
+    y = check_observations(y)
     observation.check_data(y)
     dtype = jnp.result_type(m0, P0, y if jnp.issubdtype(y.dtype, jnp.floating) else m0)
     if not jnp.issubdtype(dtype, jnp.floating):

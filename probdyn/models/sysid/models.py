@@ -39,7 +39,7 @@ def check_data(times, y, p: int | None = None):
         raise ValueError(f"y must have shape (T, p) with T = len(times) = {jnp.shape(times)[0]}, got {y.shape}")
     if p is not None and y.shape[1] != p:
         raise ValueError(f"y must have {p} columns (the observation dimension), got {y.shape[1]}")
-    check_observations(y)
+    y = check_observations(y)
     return jnp.asarray(times), y
 
 
