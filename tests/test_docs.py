@@ -97,3 +97,17 @@ def test_public_names_have_docstrings(modname):
         if (inspect.isfunction(obj) or inspect.isclass(obj)) and not inspect.getdoc(obj):
             missing.append(name)
     assert not missing, f"{modname}: no docstring for {missing}"
+
+
+def test_readme_is_a_front_door():
+    """The README stays <= 8 KB, keeps its two set-up commands (main job, tests), a
+    quickstart of <= 15 lines, and the peer table naming all six peers."""
+    text = (ROOT / "README.md").read_text()
+    assert len(text.encode()) <= 8192, len(text.encode())
+    assert 'pip install -c constraints.txt -e ".[tutorials]" && probdyn compare' in text
+    assert 'pip install -c constraints.txt -e ".[test]" && python -m pytest -q -n 2 --dist loadfile' in text
+    quick = text.split("## Quickstart", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    assert len(quick.strip().splitlines()) <= 15
+    table = text.split("## Against the peers", 1)[1].split("\n\n", 2)[1]
+    for peer in ("dynamax", "cuthbert", "tinygp", "BayesNewton", "markovflow", "dynestyx"):
+        assert peer in table.splitlines()[0], peer
