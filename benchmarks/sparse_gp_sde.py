@@ -1,6 +1,6 @@
 """Benchmarks for probdyn.models.sde_posteriors.
 
-1. vgpdp data (Verma, Adam & Solin, AISTATS 2024; ../shared/data/vgpdp): test NLPD and RMSE over
+1. vgpdp data (Verma, Adam & Solin, AISTATS 2024; the folder given by --data): test NLPD and RMSE over
    the 5 splits (mean ± sd) for
    (a) the Gauss–Markov CVI posterior with the data set's SDE: drift parameters from the file
        (double well: c = 1, see the data note; Van der Pol: a, b from a regression on the
@@ -20,8 +20,9 @@
    of grid points N (dense variant) and vs the number of inducing times M (sparse, N = 1e5).
    ``--timing-only`` runs just this table (written to ``sparse_gp_sde_results_timing.md``).
 
-Run: ``PYTHONPATH=. nice -n 15 python benchmarks/sparse_gp_sde.py [--quick] [--only NAME]
-[--skip-timing] [--no-vgpa]``; writes ``benchmarks/sparse_gp_sde_results.md`` (and prints it).
+Run: ``PYTHONPATH=. nice -n 15 python benchmarks/sparse_gp_sde.py --data DIR [--quick] [--only NAME]
+[--skip-timing] [--no-vgpa]`` (``DIR``: the vgpdp benchmark folder, or ``PROBDYN_VGPDP_DIR``);
+writes ``benchmarks/sparse_gp_sde_results.md`` (and prints it).
 """
 
 from __future__ import annotations
@@ -45,9 +46,9 @@ from probdyn.models.sde_posteriors import vgpa  # noqa: E402
 from probdyn.sde.base import SDE  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA = os.path.join(ROOT, "..", "shared", "data", "vgpdp")
-if not os.path.isdir(DATA):
-    DATA = "/work/shared/data/vgpdp"
+# The benchmark's data folder (its layout: linear/15/0.npz ..., apple_stock/0_data.npz ...):
+# --data DIR or PROBDYN_VGPDP_DIR. Only two splits ship with probdyn (probdyn.datasets.vgpdp).
+DATA = os.environ.get("PROBDYN_VGPDP_DIR", "")
 SYNTH = {
     "OU": "linear/15",
     "double well": "dw/3",
@@ -391,7 +392,11 @@ def main():
     ap.add_argument("--skip-timing", action="store_true")
     ap.add_argument("--timing-only", action="store_true")
     ap.add_argument("--no-vgpa", action="store_true", help="leave out the Archambeau et al. VGPA baseline")
+    ap.add_argument("--data", default=DATA, help="the vgpdp benchmark folder (default: $PROBDYN_VGPDP_DIR)")
     a = ap.parse_args()
+    if not a.timing_only and not os.path.isdir(os.path.join(a.data, "dw")):
+        ap.error(f"--data {a.data!r}: not the vgpdp benchmark folder (expected dw/, linear/, gps/, ... inside)")
+    globals()["DATA"] = a.data
     splits = 2 if a.quick else 5
     lines = []
     if not a.timing_only:

@@ -111,3 +111,18 @@ def test_readme_is_a_front_door():
     table = text.split("## Against the peers", 1)[1].split("\n\n", 2)[1]
     for peer in ("dynamax", "cuthbert", "tinygp", "BayesNewton", "markovflow", "dynestyx"):
         assert peer in table.splitlines()[0], peer
+
+
+def test_nothing_refers_outside_the_repository():
+    """No tracked text file names a path beside or above the repository (data, design notes):
+    a user's clone has only the repository."""
+    outside = ("../" + "shared", "/work" + "/", "shared" + "/data")
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    hits = []
+    for name in files:
+        try:
+            text = (ROOT / name).read_text()
+        except (UnicodeDecodeError, FileNotFoundError, IsADirectoryError):
+            continue
+        hits += [f"{name}: {p}" for p in outside if p in text]
+    assert not hits, hits

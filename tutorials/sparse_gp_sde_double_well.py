@@ -37,6 +37,7 @@ from probdyn import MarkovGP, kernels, plotting  # noqa: E402
 from probdyn.tutorials import Sections  # noqa: E402
 
 sections = Sections()  # wall time per section, printed and written to the metrics
+from probdyn.datasets import vgpdp_split  # noqa: E402
 from probdyn.inference.gaussian_filters import particle_smoother_scalar  # noqa: E402
 from probdyn.models import sde_posteriors as sg  # noqa: E402
 from probdyn.sde.base import SDE  # noqa: E402
@@ -44,10 +45,6 @@ from probdyn.sde.base import SDE  # noqa: E402
 SMOKE = os.environ.get("PROBDYN_SMOKE", "0") == "1"
 OUT = os.environ.get("PROBDYN_OUT", os.path.join("probdyn-out", "tutorials", "sparse_gp_sde_double_well"))
 os.makedirs(OUT, exist_ok=True)
-HERE = os.path.dirname(os.path.abspath(__file__)) if "__file__" in globals() else os.getcwd()
-DATA = os.path.join(HERE, "..", "..", "shared", "data", "vgpdp")
-if not os.path.isdir(DATA):
-    DATA = "/work/shared/data/vgpdp"
 DT = 0.1 if SMOKE else 0.02
 PARTICLES, REPS = (300, 2) if SMOKE else (2000, 4)
 EM_STEPS = 8 if SMOKE else 30
@@ -62,7 +59,7 @@ t_start = time.perf_counter()
 
 # %%
 sections.start("Linear check")
-ou = np.load(os.path.join(DATA, "linear", "15", "0.npz"))
+ou = vgpdp_split("linear", 0)
 theta, q_ou, s_ou = float(ou["decay"]), float(ou["Q"]), float(ou["sigma"])
 t_ou, y_ou = ou["observation_grid"], ou["observations"][:, 0]
 var_ou = q_ou / (2 * theta)
@@ -91,7 +88,7 @@ print("OU: max |one CVI step - exact GP posterior| =", metrics["ou_one_step_max_
 
 # %%
 sections.start("Double well")
-dw = np.load(os.path.join(DATA, "dw", "3", "0.npz"))
+dw = vgpdp_split("dw", 0)
 q_dw, s_dw, x0 = float(dw["Q"]), float(dw["sigma"]), float(dw["x0"])
 # The file's `decay` field (0.5) is *not* the well parameter: regressing the increments of the
 # simulated fine-grid latent path on (x, x^3) gives 4.16 x - 4.06 x^3, i.e. 4 x (1 - x^2).

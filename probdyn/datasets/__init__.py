@@ -15,6 +15,8 @@ _WHERE = {
     "read_csv_series": "probdyn.datasets.series",
     "SERIES": "probdyn.datasets.series",
     "SERIES_UNITS": "probdyn.datasets.series",
+    "vgpdp_split": "probdyn.datasets.vgpdp",
+    "VGPDP_BUNDLED": "probdyn.datasets.vgpdp",
 }
 
 __all__ = sorted(_WHERE)

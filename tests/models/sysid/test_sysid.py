@@ -6,6 +6,7 @@ the forward-mode sensitivities; the posteriordb Stan reference posterior for NUT
 OU moments (Monte Carlo with error bars) for the simulators.
 """
 
+import hashlib
 import json
 import os
 import warnings
@@ -25,16 +26,19 @@ from probdyn.models import sysid  # noqa: E402
 from probdyn.sde import solve_ode  # noqa: E402
 from tests.helpers import ROOT  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "data" / "hudson_lynx_hare.json"
+# sha256 of the posteriordb-layout file the bundled copy was taken from (the team's
+# reference data folder, outside the repository)
+LYNX_HARE_SHA256 = "381934bf92c9f86e938da824fda8adcc0b5b43dd3c0eb62c0686006beea0893d"
 
 
-def test_lynx_hare_bundled_matches_shared_file():
+def test_lynx_hare_bundled_matches_source_file():
     d = lynx_hare()
-    if os.path.exists(SHARED):
-        raw = json.load(open(SHARED))
-        np.testing.assert_array_equal(d.y, np.asarray(raw["y"], float))
-        np.testing.assert_array_equal(d.y_init, np.asarray(raw["y_init"], float))
-        np.testing.assert_array_equal(d.ts, np.asarray(raw["ts"], float))
+    raw = (ROOT / "probdyn" / "datasets" / "hudson_lynx_hare.json").read_bytes()
+    assert hashlib.sha256(raw).hexdigest() == LYNX_HARE_SHA256
+    data = json.loads(raw)
+    np.testing.assert_array_equal(d.y, np.asarray(data["y"], float))
+    np.testing.assert_array_equal(d.y_init, np.asarray(data["y_init"], float))
+    np.testing.assert_array_equal(d.ts, np.asarray(data["ts"], float))
     assert d.y.shape == (20, 2) and d.years[0] == 1900 and d.years[-1] == 1920
     assert d.y_all.shape == (21, 2) and d.times_all[0] == 0.0
 
