@@ -1,10 +1,10 @@
 """Test-suite plumbing: XLA compile settings, the heaviest files first, and releasing compiled
 programs before a worker runs out of memory maps. The folders under ``tests/`` mirror the
-package; shared helpers (the repository root, the subprocess environment, the tutorial runner)
+package; shared helpers (the repository root, the subprocess environment, the executed docs build)
 are in ``tests/helpers.py``.
 
 With ``pytest -n 2 --dist loadfile`` files are handed to workers in collection order, so
-the long tutorial smoke tests and CLI end-to-end runs (30-90 s each, mostly XLA
+the tutorials' smoke runs (one executed docs build) and the CLI end-to-end runs (mostly XLA
 compilation) are collected first; the short tests then fill in and both workers finish
 together instead of one idling while the other runs the last tutorial.
 """
@@ -23,16 +23,12 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 
 # Largest first (approximate seconds summed over a file's tests, 2-core VM, 2026-12-02).
 HEAVY_FIRST = (
+    "test_tutorials",  # ~260: the executed docs build runs all six tutorials (2026-12-07)
     "test_cli",  # 150
-    "test_tutorial_fractional_sde",
-    "test_tutorial_sysid",
-    "test_tutorial_markov_gp_bayesian",  # 65-80
     "test_kalman",
-    "test_tutorial_mgpvae",
     "test_fractional_sde",
     "test_mcmc",
     "test_sparse_gp_sde",  # 55-100
-    "test_tutorial_",  # the remaining tutorials, 40 each
     "test_kernels",
     "test_gp",
 )

@@ -1,6 +1,7 @@
 """Shared test helpers: the repository root, the environment of the suite's subprocesses and
-the tutorial runner (``from tests.helpers import ROOT, run_tutorial``)."""
+the executed docs build that runs the tutorials (``from tests.helpers import ROOT, ...``)."""
 
+import html
 import json
 import os
 import subprocess
@@ -19,24 +20,39 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg", **extra}
 
 
-def run_tutorial(name: str, tmp_path, timeout: int = 600):
-    """Run ``tutorials/NAME`` in smoke mode in a subprocess; return (metrics dict, figure folder)."""
-    metrics = tmp_path / "metrics.json"
-    out = tmp_path / "figs"
-    env = subprocess_env(PROBDYN_SMOKE="1", PROBDYN_METRICS=str(metrics), PROBDYN_OUT=str(out))
+def build_docs_executed(tmp_path, timeout: int = 1500):
+    """``mkdocs build --strict`` with the tutorials executed in smoke mode (docs/hooks.py),
+    each run's files kept under ``tmp_path / "work" / NAME``; returns ``(work, site)``."""
+    work, site = tmp_path / "work", tmp_path / "site"
+    env = subprocess_env(NO_MKDOCS_2_WARNING="1", PROBDYN_DOCS_EXECUTE="1", PROBDYN_DOCS_WORKDIR=str(work))
     r = subprocess.run(
-        [sys.executable, STRICT_RUN, str(ROOT / "tutorials" / name)],
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(site)],
+        cwd=str(ROOT),
         env=env,
         capture_output=True,
         text=True,
         timeout=timeout,
-        cwd=str(tmp_path),
     )
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    m = json.loads(metrics.read_text())
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    return work, site
+
+
+def tutorial_results(runs, stem: str):
+    """One tutorial's smoke run from :func:`build_docs_executed`: (metrics dict, figure
+    folder). Checks the wall time per section (printed and in the metrics) and that the
+    tutorial's page shows the run's printed output and every figure it wrote."""
+    work, site = runs
+    m = json.loads((work / stem / "metrics.json").read_text())
+    stdout = (work / stem / "stdout.txt").read_text()
     # every tutorial reports its wall time per section (probdyn.tutorials.Sections), and prints it
     sec = m.pop("section_seconds")  # checked here; the tests see the tutorial's own numbers
     assert len(sec) >= 3 and all(v >= 0 for v in sec.values())
     assert abs(sec["total"] - sum(v for k, v in sec.items() if k != "total")) < 1e-6
-    assert all(f"[{k}: " in r.stdout for k in sec if k != "total")
-    return m, out
+    assert all(f"[{k}: " in stdout for k in sec if k != "total")
+    page = html.unescape((site / "tutorials" / stem / "index.html").read_text())
+    assert "smoke mode" in page and all(f"[{k}: " in page for k in sec if k != "total")
+    figures = work / stem / "figures"
+    for png in figures.rglob("*.png"):
+        assert (site / "tutorials" / stem / png.relative_to(figures)).exists(), png.name
+        assert f'src="{png.relative_to(figures).as_posix()}"' in page or png.name in page, png.name
+    return m, figures
