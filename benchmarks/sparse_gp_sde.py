@@ -386,6 +386,7 @@ linear part is discretised exactly and has no such floor.
 
 
 def main():
+    global DATA
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="2 splits, fewer steps, smaller timing table")
     ap.add_argument("--only", default=None, help="run only the data sets whose name contains this")
@@ -396,7 +397,7 @@ def main():
     a = ap.parse_args()
     if not a.timing_only and not os.path.isdir(os.path.join(a.data, "dw")):
         ap.error(f"--data {a.data!r}: not the vgpdp benchmark folder (expected dw/, linear/, gps/, ... inside)")
-    globals()["DATA"] = a.data
+    DATA = a.data
     splits = 2 if a.quick else 5
     lines = []
     if not a.timing_only:

@@ -8,6 +8,7 @@ under ``DIR/NAME`` (the test suite reads them); otherwise a temporary folder is 
 """
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -53,7 +54,7 @@ def on_files(files, config):
             work = Path(root) / path.stem
             work.mkdir(parents=True, exist_ok=True)
             _run(path, work)
-            cells = pages.json.loads((work / "cells.json").read_text())
+            cells = json.loads((work / "cells.json").read_text())
             for cell in cells:
                 for fig in cell.get("figures", []):
                     data = (work / "figures" / fig).read_bytes()
