@@ -55,6 +55,8 @@ __all__ = [
     "natural_gradient_ascent",
     "GaussMarkovChain",
     "condition_chain",
+    "chain_from_factors",
+    "chain_natural_params",
     "natural_from_moment_gradients",
 ]
 
@@ -368,6 +370,58 @@ def condition_chain(initial_mean, initial_cov, Psi, c, V, nat1, nat2, pair) -> G
     cov = jnp.einsum("nij,nkj->nik", S, S)
     cross = jnp.einsum("nij,nkj->nik", cov[:-1], F)  # Cov(x_k, x_{k+1}) = C_k F_k^T
     return GaussMarkovChain(mean, cov, cross, F, g, Q, cholQ, dF, dg, dQ, m0, P0, dm0, dP0)
+
+
+def chain_from_factors(
+    initial_mean: Float[Array, " d"],
+    initial_chol: Float[Array, "d d"],
+    F: Float[Array, "N1 d d"],
+    g: Float[Array, "N1 d"],
+    chol_Q: Float[Array, "N1 d d"],
+    prior_mean: Float[Array, " d"],
+    prior_cov: Float[Array, "d d"],
+) -> GaussMarkovChain:
+    """The chain ``x_0 ~ N(initial_mean, L_0 L_0^T)``, ``x_{k+1} | x_k ~ N(F_k x_k + g_k, L_k L_k^T)``
+    with its marginals (square-root predictions), given by its factors (``initial_chol`` and
+    ``chol_Q`` lower square roots). Always proper, so any factors parameterise a valid chain
+    (direct optimisation of an ELBO over the family). The differences ``dF, dg, dQ`` are zero
+    (the chain is its own representation); ``d_initial_*`` are taken to ``N(prior_mean, prior_cov)``.
+    """
+    from probdyn.inference import kalman
+
+    def fstep(carry, inp):
+        m, S = carry
+        Fk, gk, Lk = inp
+        mn, Sn = kalman.predict(m, S, Fk, Lk, gk)
+        return (mn, Sn), (mn, Sn)
+
+    _, (ms, Ss) = jax.lax.scan(fstep, (initial_mean, initial_chol), (F, g, chol_Q))
+    mean = jnp.concatenate([initial_mean[None], ms])
+    S = jnp.concatenate([initial_chol[None], Ss])
+    cov = jnp.einsum("nij,nkj->nik", S, S)
+    cross = jnp.einsum("nij,nkj->nik", cov[:-1], F)
+    Q = jnp.einsum("nij,nkj->nik", chol_Q, chol_Q)
+    P0 = initial_chol @ initial_chol.T
+    z = jnp.zeros_like
+    return GaussMarkovChain(
+        mean, cov, cross, F, g, Q, chol_Q, z(F), z(g), z(Q), initial_mean, P0, initial_mean - prior_mean, P0 - prior_cov
+    )
+
+
+def chain_natural_params(chain: GaussMarkovChain):
+    r"""Natural parameters of a chain's joint density (initial density included):
+    ``log q(x) = sum_k [nat1_k^T x_k + x_k^T nat2_k x_k] + sum_k x_k^T pair_k x_{k+1} + const``.
+    Returns ``nat1`` (N, d), ``nat2`` (N, d, d), ``pair`` (N-1, d, d) (the inverse of
+    :func:`condition_chain` for a flat prior; forms ``Q_k^{-1}``, so use float64 for fine grids)."""
+    Qi = jax.vmap(lambda L: jax.scipy.linalg.cho_solve((L, True), jnp.eye(L.shape[-1], dtype=L.dtype)))(chain.chol_Q)
+    P0i = jnp.linalg.inv(symmetrize(chain.initial_cov))
+    FtQi = jnp.einsum("kji,kjl->kil", chain.F, Qi)
+    nat2 = jnp.zeros_like(chain.cov).at[0].add(-0.5 * P0i).at[1:].add(-0.5 * Qi)
+    nat2 = nat2.at[:-1].add(-0.5 * jnp.einsum("kij,kjl->kil", FtQi, chain.F))
+    nat1 = jnp.zeros_like(chain.mean).at[0].add(P0i @ chain.initial_mean)
+    nat1 = nat1.at[1:].add(jnp.einsum("kij,kj->ki", Qi, chain.g))
+    nat1 = nat1.at[:-1].add(-jnp.einsum("kij,kj->ki", FtQi, chain.g))
+    return nat1, symmetrize(nat2), FtQi
 
 
 def natural_from_moment_gradients(g_m, g_C, g_X, mean):

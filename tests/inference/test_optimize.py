@@ -54,3 +54,31 @@ def test_checkpoint_resume_continues_the_same_run(tmp_path):
     np.testing.assert_array_equal(tr.values, ref.values)
     np.testing.assert_array_equal(tr.dampings, ref.dampings)
     assert (tr.num_rejected, tr.num_attempts) == (ref.num_rejected, ref.num_attempts)
+
+
+def test_lbfgs_minimize_reaches_the_least_squares_solution_of_a_pytree():
+    """Reference: numpy's least-squares solution of an ill-conditioned linear system."""
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+
+    from probdyn.inference.optimize import lbfgs_minimize
+
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(30, 8)) @ np.diag(np.logspace(0, 2, 8))
+    y = rng.normal(size=30)
+    x_ref = np.linalg.lstsq(A, y, rcond=None)[0]
+
+    def loss(p):
+        x = jnp.concatenate([p["a"], p["b"]])
+        return 0.5 * jnp.sum((A @ x - y) ** 2)
+
+    vg = jax.jit(jax.value_and_grad(loss))
+    res = lbfgs_minimize(vg, {"a": jnp.zeros(3), "b": jnp.zeros(5)}, gtol=1e-10)
+    x = np.concatenate([res.x["a"], res.x["b"]])
+    np.testing.assert_allclose(x, x_ref, rtol=0, atol=1e-8)
+    assert res.value == pytest.approx(float(loss({"a": x_ref[:3], "b": x_ref[3:]})), abs=1e-12)
+    assert res.converged and res.max_abs_grad < 1e-6  # stopped at gtol or at a rounding-level decrease
+    with pytest.raises(ValueError, match="not finite at the start"):
+        lbfgs_minimize(vg, {"a": jnp.full(3, jnp.nan), "b": jnp.zeros(5)})

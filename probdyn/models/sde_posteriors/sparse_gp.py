@@ -98,6 +98,8 @@ from probdyn.inference.natgrad import (
     GaussianSites,
     GaussMarkovChain,
     NatGradTrace,
+    chain_from_factors,
+    chain_natural_params,
     condition_chain,
     cvi_site_target,
     damped,
@@ -106,6 +108,7 @@ from probdyn.inference.natgrad import (
     natural_from_moment_gradients,
     natural_gradient_ascent,
 )
+from probdyn.inference.optimize import MinimizeResult, lbfgs_minimize
 from probdyn.linalg import small_cholesky, small_inv, small_logdet, small_solve, small_solve_lower, symmetrize
 from probdyn.models.sde_posteriors.bridges import InducingBridges
 from probdyn.models.sde_posteriors.drifts import statistical_linearisation
@@ -539,6 +542,67 @@ class SparseGPSDE(ObservedSDEModel, InducingBridges):
         ``atol`` to stop at convergence, ``grow`` to re-grow ``rho`` after back-offs."""
         st, _, tr = self._fit_aux(state, num_iters, rho=rho, progress_bar=progress_bar, **kwargs)
         return st, tr
+
+    # ------------------------------------------------------------------ direct optimum (reference)
+    def fit_posterior_direct(
+        self,
+        state: VariationalState | None = None,
+        gtol: float = 1e-9,
+        max_iters: int = 50_000,
+        history: int = 50,
+    ) -> tuple[VariationalState, MinimizeResult]:
+        """Maximise the same ELBO directly over the chain ``q(u)`` with L-BFGS (a reference for CVI).
+
+        ``q(u)`` is parameterised by its forward factors: initial mean and Cholesky factor,
+        transitions ``F_j, g_j`` and Cholesky factors of ``Q_j`` (diagonals in log space), so every
+        parameter value is a proper member of the family. Starts from ``q(state)`` (default: the
+        prior, a cold start) and runs :func:`probdyn.inference.optimize.lbfgs_minimize` (scipy,
+        float64 on the host; ``gtol`` on the largest gradient entry). Returns the optimum as a
+        :class:`VariationalState` (all sites in the path sites, re-linearised along ``q``) and the
+        :class:`~probdyn.inference.optimize.MinimizeResult` (its ``value`` is ``-ELBO``). Much slower
+        than CVI (thousands of first-order iterations from a cold start); use float64.
+        """
+        q = self._chain(self.init_state() if state is None else state).q
+        res = lbfgs_minimize(
+            lambda f: self._jit_call("_direct_objective", f), self._factors(q), gtol, max_iters, history
+        )
+        return self._jit_call("_state_from_chain", self._factor_chain(res.x).q), res
+
+    @staticmethod
+    def _factors(q: GaussMarkovChain):
+        """Unconstrained factors of a chain: lower Cholesky factors with the log of their diagonals."""
+
+        def raw(L):
+            dg = jnp.diagonal(L, axis1=-2, axis2=-1)
+            return jnp.tril(L, -1) + jnp.vectorize(jnp.diag, signature="(d)->(d,d)")(jnp.log(dg))
+
+        return (q.initial_mean, raw(small_cholesky(q.initial_cov)), q.F, q.g, raw(q.chol_Q))
+
+    def _factor_chain(self, factors) -> _Chain:
+        m0, r0, F, g, rQ = factors
+
+        def chol(r):
+            dg = jnp.diagonal(r, axis1=-2, axis2=-1)
+            return jnp.tril(r, -1) + jnp.vectorize(jnp.diag, signature="(d)->(d,d)")(jnp.exp(dg))
+
+        q = chain_from_factors(m0, chol(r0), F, g, chol(rQ), self.initial_mean, self.initial_cov)
+        return _Chain(q, q.F, q.g, q.Q)
+
+    def _direct_objective(self, factors):
+        return jax.value_and_grad(lambda f: -self._elbo_chain(self._factor_chain(f)))(factors)
+
+    def _state_from_chain(self, q: GaussMarkovChain) -> VariationalState:
+        """The state whose ``q(u)`` is the chain ``q``: linearisation by SLR along ``q``, no data
+        sites, path sites = ``q``'s natural parameters minus the linearised prior's."""
+        A, b = self._slr_cells(q.mean, q.cov)
+        n1, n2, W = chain_natural_params(q)
+        p1, p2, pW = self._prior_natural(A, b)
+        P0i = small_inv(self.initial_cov)
+        p1 = p1.at[0].add(P0i @ self.initial_mean)
+        p2 = p2.at[0].add(-0.5 * P0i)
+        n, p = self.y.shape
+        path = GaussianSites(n1 - p1, symmetrize(n2 - p2))
+        return VariationalState(A, b, GaussianSites.zeros(n, p, self.dtype), path, W - pW)
 
     # ------------------------------------------------------------------ learning
     def fit(
