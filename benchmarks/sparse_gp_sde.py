@@ -47,7 +47,7 @@ from probdyn.sde.base import SDE  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The benchmark's data folder (its layout: linear/15/0.npz ..., apple_stock/0_data.npz ...):
-# --data DIR or PROBDYN_VGPDP_DIR. Only two splits ship with probdyn (probdyn.datasets.vgpdp).
+# --data DIR or PROBDYN_VGPDP_DIR. Only four splits ship with probdyn (probdyn.datasets.vgpdp).
 DATA = os.environ.get("PROBDYN_VGPDP_DIR", "")
 SYNTH = {
     "OU": "linear/15",

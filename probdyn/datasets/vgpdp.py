@@ -1,4 +1,4 @@
-"""Two splits of the "Variational Gaussian Process Diffusion Processes" benchmark data
+"""Four splits of the "Variational Gaussian Process Diffusion Processes" benchmark data
 (Verma, Adam & Solin, AISTATS 2024), bundled; no download.
 
 ``vgpdp_split(process, split)`` returns one split as a dict of NumPy arrays: ``sde`` (name),
@@ -8,9 +8,12 @@
 ``test_observations`` (8, 1).
 
 Bundled: ``("linear", 0)`` (Ornstein–Uhlenbeck, drift ``-decay x``, Q = 1, T = 10, noise sd
-0.1) and ``("dw", 0)`` (double well, drift ``4 x (1 - x^2)``, Q = 1, T = 20, noise sd 0.01;
-the file's ``decay`` is not this drift's parameter). The other processes and splits of the
-benchmark are not shipped (``benchmarks/sparse_gp_sde.py --data DIR`` reads them).
+0.1), ``("dw", 0)`` and ``("dw", 4)`` (double well, drift ``4 x (1 - x^2)``, Q = 1, T = 20,
+noise sd 0.01; the file's ``decay`` is not this drift's parameter; split 4's smoothing
+posterior is strongly bimodal between observations) and ``("benes", 2)`` (Beneš, drift
+``tanh x``, Q = 1, T = 8, noise sd 0.1, x0 = 0; its smoothing posterior is close to
+Gaussian). The other processes and splits of the benchmark are not shipped
+(``benchmarks/sparse_gp_sde.py --data DIR`` reads them).
 """
 
 from __future__ import annotations
@@ -21,7 +24,12 @@ import numpy as np
 
 __all__ = ["VGPDP_BUNDLED", "vgpdp_split"]
 
-VGPDP_BUNDLED = {("linear", 0): "linear_15_0.npz", ("dw", 0): "dw_3_0.npz"}
+VGPDP_BUNDLED = {
+    ("linear", 0): "linear_15_0.npz",
+    ("dw", 0): "dw_3_0.npz",
+    ("dw", 4): "dw_3_4.npz",
+    ("benes", 2): "benes_7_2.npz",
+}
 
 
 def vgpdp_split(process: str, split: int = 0) -> dict[str, np.ndarray]:

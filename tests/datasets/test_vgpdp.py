@@ -1,4 +1,4 @@
-"""probdyn.datasets.vgpdp: the two bundled splits of the Verma, Adam & Solin (2024) data."""
+"""probdyn.datasets.vgpdp: the four bundled splits of the Verma, Adam & Solin (2024) data."""
 
 import hashlib
 
@@ -8,10 +8,13 @@ import pytest
 from probdyn.datasets import VGPDP_BUNDLED, vgpdp_split
 from tests.helpers import ROOT
 
-# sha256 of the benchmark's files linear/15/0.npz and dw/3/0.npz the copies were taken from
+# sha256 of the benchmark's files linear/15/0.npz, dw/3/0.npz, dw/3/4.npz and benes/7/2.npz the
+# copies were taken from
 SHA256 = {
     "linear_15_0.npz": "47309b850619fef51ce31041f730d15592b05f9290a7e66e3bd9dcf70fafea9b",
     "dw_3_0.npz": "92cc3e8c8b7f15951d77dbf06163ac8ed8bb7163db4ff54f14e0de127e55ab44",
+    "dw_3_4.npz": "326a40a16800271a5883065da769864ea3d59e461f4450aef6f9dd064b9cb8ed",
+    "benes_7_2.npz": "634e9c5e808620e70075b293fde70f52027d4d47a3c9cc8663a153a5ca578a69",
 }
 
 
@@ -21,12 +24,20 @@ def test_bundled_files_are_the_benchmark_files():
         assert hashlib.sha256(raw).hexdigest() == SHA256[name], name
 
 
-@pytest.mark.parametrize(("process", "T", "sigma", "frames"), [("linear", 10.0, 0.1, 1001), ("dw", 20.0, 0.01, 2002)])
-def test_split_contents(process, T, sigma, frames):
+@pytest.mark.parametrize(
+    ("process", "split", "T", "sigma", "frames"),
+    [
+        ("linear", 0, 10.0, 0.1, 1001),
+        ("dw", 0, 20.0, 0.01, 2002),
+        ("dw", 4, 20.0, 0.01, 2002),
+        ("benes", 2, 8.0, 0.1, 801),
+    ],
+)
+def test_split_contents(process, split, T, sigma, frames):
     """The fields the data note documents: 32 training and 8 test points inside [0, T], noise
     sd, the latent path on its fine grid; the test points are disjoint from the training ones
     and the observations lie within a few noise sds of the latent path."""
-    d = vgpdp_split(process, 0)
+    d = vgpdp_split(process, split)
     assert d["observations"].shape == (32, 1) and d["test_observations"].shape == (8, 1)
     assert d["latent_process"].shape == (frames, 1) and d["time_grid"].shape == (frames,)
     assert float(d["sigma"]) == sigma and float(d["Q"]) == 1.0
