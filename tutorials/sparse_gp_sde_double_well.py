@@ -20,7 +20,7 @@
 #
 # Environment: `PROBDYN_SMOKE=1` (tiny sizes), `PROBDYN_OUT` (figure folder),
 # `PROBDYN_METRICS=path.json` (key numbers as JSON).
-# Time: the full run takes 63 s on 2 CPU cores (measured 2026-12-07); it prints the time of each section.
+# Time: the full run takes 62 s on 2 CPU cores (measured 2026-12-07); it prints the time of each section.
 # `PROBDYN_LARGE=1` uses a 4x finer grid (dt = 0.005) and a 10000-particle reference with 8
 # repeats (not timed). On a GPU the particle smoother's propagation is the part that gains;
 # not timed here.
@@ -108,7 +108,7 @@ sde = SDE(sg.DoubleWellDrift(jnp.asarray(c_true)), np.sqrt(q_dw) * np.ones(1), 1
 P0 = 0.01
 model = sg.SparseGPSDE(sde, t_obs, y_obs, obs_noise=s_dw**2, grid=grid, initial_mean=[x0], initial_cov=[[P0]])
 t0 = time.perf_counter()
-state, trace = model.fit_posterior(num_iters=15 if SMOKE else 60, rho=1.0, grow=2.0, atol=1e-8)
+state, trace = model.fit_posterior(num_iters=60, rho=1.0, grow=2.0, atol=1e-8)
 metrics["cvi_time_s"] = time.perf_counter() - t0
 metrics["cvi_iters"] = int(len(trace.rho))
 metrics["cvi_backoffs"] = int(trace.num_backoffs)
@@ -117,7 +117,7 @@ metrics["elbo"] = float(trace.elbo[-1])
 nopath = sg.SparseGPSDE(
     sde, t_obs, y_obs, obs_noise=s_dw**2, grid=grid, initial_mean=[x0], initial_cov=[[P0]], path_sites=False
 )
-st_np, tr_np = nopath.fit_posterior(num_iters=15 if SMOKE else 60, rho=1.0, grow=2.0, atol=1e-8)
+st_np, tr_np = nopath.fit_posterior(num_iters=60, rho=1.0, grow=2.0, atol=1e-8)
 metrics["elbo_without_path_sites"] = float(model.elbo(st_np))  # the same ELBO, evaluated at that q
 post = model.posterior(state)
 lp = model.predictive_log_density(state, t_test, y_test)
@@ -173,6 +173,35 @@ ax.plot(t_test, y_test, "gx", label="test")
 fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=7, fontsize=8)
 ax.set(xlabel="time t", ylabel="state x(t)", title="double well: CVI Gauss-Markov posterior vs particle smoother")
 plotting.save(fig, os.path.join(OUT, "posterior_vs_reference.png"))
+
+# %% [markdown]
+# ### Is CVI at the best posterior of its family?
+# CVI spends most of its iterations backing off its step, so one may ask whether it stops short.
+# `fit_posterior_direct` maximises the *same* ELBO by a route that shares nothing with CVI's
+# updates: L-BFGS over the chain's forward factors, to a gradient of 1e-9, here warm-started at
+# CVI's end point (a cold start from the prior reaches the same ELBO in ~11500 iterations,
+# 32 s; `benchmarks/cvi_optimum.py`). A gain of rounding size means that CVI is at a
+# stationary point, and the remaining gap to the particle smoother is the Gaussian family's.
+
+# %%
+st_direct, res_direct = model.fit_posterior_direct(state)
+metrics["direct_elbo_gain"] = float(-res_direct.value - trace.elbo[-1])
+metrics["direct_lbfgs_iters"] = int(res_direct.num_iters)
+metrics["direct_test_nlpd"] = float(-np.mean(model.predictive_log_density(st_direct, t_test, y_test)))
+print(
+    f"L-BFGS from CVI: ELBO gain {metrics['direct_elbo_gain']:.1e} in {res_direct.num_iters} iterations;"
+    f" test NLPD {metrics['direct_test_nlpd']:.3f} (CVI {metrics['dw_test_nlpd']:.3f},"
+    f" particle smoother {metrics['dw_reference_test_nlpd']:.3f})"
+)
+
+# %% [markdown]
+# In the full run the gain is 3.9e-7 nats in 366 L-BFGS iterations (CVI stopped at its cap of 60
+# iterations; run to convergence, 86 iterations, it is 1.4e-9), and the same holds on a double-well split whose
+# posterior is strongly bimodal and on a Beneš split whose posterior is nearly Gaussian
+# (`benchmarks/cvi_optimum_results.md`). So the test NLPD of 0.48 against 0.31 ± 0.04 for the
+# particle smoother (marginal sd ratio 0.84) is the limit of a Gauss–Markov posterior on this
+# path, not the optimiser's: a Gaussian cannot put mass in both wells. The VGPA baseline on the
+# same grid gives 0.41 (sd ratio 0.89); its ELBO is of a different (Euler–Maruyama) model.
 
 # %% [markdown]
 # ## 3. Learning the double-well parameter by variational EM
