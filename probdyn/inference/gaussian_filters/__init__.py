@@ -8,8 +8,10 @@ numpyro distributions whose densities they give.
 * :mod:`~probdyn.inference.gaussian_filters.discrete`: :func:`discrete_filter` for
   ``x_{k+1} = g(x_k, k) + N(0, Q_k)``;
 * :mod:`~probdyn.inference.gaussian_filters.iterated`: the iterated extended Kalman smoother
-  :func:`iterated_smoother` (Gauss–Newton / Levenberg–Marquardt on the MAP trajectory, each
-  step one linearised Kalman smoother, sequential or parallel in time);
+  :func:`iterated_smoother` (Gauss–Newton / Levenberg–Marquardt on the MAP trajectory) and the
+  iterated posterior-linearisation smoother :func:`iterated_posterior_linearisation_smoother`
+  (sigma-point SLR under the current smoothing marginals), each step one linearised Kalman
+  smoother, sequential or parallel in time;
 * :mod:`~probdyn.inference.gaussian_filters.particle`: bootstrap :func:`particle_filter` and
   the scalar FFBSm :func:`particle_smoother_scalar` (independent references);
 * :mod:`~probdyn.inference.gaussian_filters.observations`: ``p(y_t | x_t)`` models with their
@@ -36,7 +38,12 @@ from probdyn.inference.gaussian_filters.common import (
 from probdyn.inference.gaussian_filters.continuous import filter, smoother
 from probdyn.inference.gaussian_filters.discrete import discrete_filter
 from probdyn.inference.gaussian_filters.distributions import DiscreteFilterDistribution, SDEFilterDistribution
-from probdyn.inference.gaussian_filters.iterated import IteratedSmootherResult, iterated_smoother
+from probdyn.inference.gaussian_filters.iterated import (
+    IteratedSmootherResult,
+    PosteriorLinearisationResult,
+    iterated_posterior_linearisation_smoother,
+    iterated_smoother,
+)
 from probdyn.inference.gaussian_filters.observations import (
     LinearGaussian,
     LogDensity,
@@ -55,6 +62,8 @@ __all__ = [
     "discrete_filter",
     "iterated_smoother",
     "IteratedSmootherResult",
+    "iterated_posterior_linearisation_smoother",
+    "PosteriorLinearisationResult",
     "particle_filter",
     "particle_smoother_scalar",
     "sigma_points",

@@ -29,6 +29,16 @@ makes the iteration converge from poor starts; ``damping = 0`` is plain Gauss–
 step accepted). The returned covariances are the undamped linearised smoother's at the final
 trajectory (a Laplace-type approximation of the posterior).
 
+**Iterated posterior linearisation** (IPLS; García-Fernández, Svensson & Särkkä 2017;
+parallel: Yaghoobi et al. 2022): :func:`iterated_posterior_linearisation_smoother` replaces the
+Taylor expansion by statistical linear regression (SLR) of ``f`` and ``h`` under the *current
+smoothing marginals* ``N(m_k, P_k)`` with a sigma-point rule,
+``f(x) ~ A_k x + b_k + e_k``, ``e_k ~ N(0, Lambda_k)`` (``A_k = Cov(f(x), x) P_k^{-1}``,
+``Lambda_k = Cov(f(x)) - A_k P_k A_k^T``), adds the linearisation error to the noise
+(``Q + Lambda_k``, ``R + Omega_k``) and smooths again, until the means stop moving. Its
+fixed point is not a MAP estimate: it is the Gaussian approximation whose linearisation is
+statistically consistent with itself.
+
 Needs ``Q``, ``R`` and ``P_0`` positive definite (``J`` uses their inverses). For a linear
 model one Gauss–Newton step from any start is the Kalman (RTS) smoother.
 """
@@ -46,11 +56,17 @@ from jaxtyping import Array, Float
 
 from probdyn._typing import ArrayInput
 from probdyn.inference import kalman
+from probdyn.inference.gaussian_filters.common import SigmaPointRule, check_options, sigma_point_rule
 from probdyn.inference.optimize import backoff_ascent
 from probdyn.linalg import psd_cholesky, solve_lower
 from probdyn.ssm import LinearGaussianSSM
 
-__all__ = ["IteratedSmootherResult", "iterated_smoother"]
+__all__ = [
+    "IteratedSmootherResult",
+    "iterated_smoother",
+    "PosteriorLinearisationResult",
+    "iterated_posterior_linearisation_smoother",
+]
 
 
 class IteratedSmootherResult(NamedTuple):
@@ -102,24 +118,38 @@ class _Problem(eqx.Module):
 
     def step(self, xbar, lam, parallel: bool, damped: bool):
         """One (damped) Gauss–Newton step from ``xbar``: the linearised smoother's mean and covariances."""
-        T, d = xbar.shape
-        k = jnp.arange(T)
-        F = jax.vmap(jax.jacfwd(self.transition))(xbar[:-1], k[:-1])
-        c = jax.vmap(self.transition)(xbar[:-1], k[:-1]) - jnp.einsum("kij,kj->ki", F, xbar[:-1])
-        H = jax.vmap(jax.jacfwd(self.observation))(xbar, k)
-        dh = jax.vmap(self.observation)(xbar, k) - jnp.einsum("kij,kj->ki", H, xbar)
-        mu = _mean_path(self.m0, F, c, parallel)
-        z = self.y - dh - jnp.einsum("kij,kj->ki", H, mu)
-        R = jnp.broadcast_to(self.R, (T,) + self.R.shape)
-        if damped:  # LM: observe x_k at xbar_k with covariance I / lam
-            p = self.R.shape[0]
-            H = jnp.concatenate([H, jnp.broadcast_to(jnp.eye(d, dtype=H.dtype), (T, d, d))], axis=1)
-            Rl = jnp.zeros((T, p + d, p + d), R.dtype).at[:, :p, :p].set(R)
-            R = Rl.at[:, p:, p:].set(jnp.eye(d, dtype=R.dtype) / lam)
-            z = jnp.concatenate([z, xbar - mu], axis=1)
-        ssm = LinearGaussianSSM(jnp.zeros(d, self.m0.dtype), self.P0, F, self.Q, H, R)
-        sm = kalman.smoother(ssm, z, parallel=parallel)
-        return sm.mean + mu, sm.cov
+        k = jnp.arange(xbar.shape[0])
+        F, c = _taylor(self.transition, xbar[:-1], k[:-1])
+        H, dh = _taylor(self.observation, xbar, k)
+        return _linear_smoother(
+            self.m0, self.P0, F, c, self.Q, H, dh, self.R, self.y, parallel, xbar if damped else None, lam
+        )
+
+
+def _taylor(fn, xs, ks):
+    """First-order Taylor expansion ``fn(x, k) ~ J_k x + c_k`` at each ``xs[k]``: (K, q, d), (K, q)."""
+    J = jax.vmap(jax.jacfwd(fn))(xs, ks)
+    return J, jax.vmap(fn)(xs, ks) - jnp.einsum("kij,kj->ki", J, xs)
+
+
+def _linear_smoother(m0, P0, F, c, Q, H, dh, R, y, parallel: bool, xbar=None, lam=None):
+    """Kalman smoother of ``x_0 ~ N(m0, P0)``, ``x_{k+1} = F_k x_k + c_k + N(0, Q_k)``,
+    ``y_k = H_k x_k + dh_k + N(0, R_k)`` (``Q``, ``R`` one matrix or one per step), by the
+    engine on the deviation from the mean path; with ``xbar`` every ``x_k`` is also observed at
+    ``xbar_k`` with covariance ``I / lam`` (Levenberg–Marquardt). Returns means (T, d), covs (T, d, d)."""
+    T, d = y.shape[0], m0.shape[0]
+    mu = _mean_path(m0, F, c, parallel)
+    z = y - dh - jnp.einsum("kij,kj->ki", H, mu)
+    R = jnp.broadcast_to(R, (T,) + R.shape[-2:])
+    if xbar is not None:
+        p = R.shape[-1]
+        H = jnp.concatenate([H, jnp.broadcast_to(jnp.eye(d, dtype=H.dtype), (T, d, d))], axis=1)
+        Rl = jnp.zeros((T, p + d, p + d), R.dtype).at[:, :p, :p].set(R)
+        R = Rl.at[:, p:, p:].set(jnp.eye(d, dtype=R.dtype) / jnp.asarray(lam))
+        z = jnp.concatenate([z, xbar - mu], axis=1)
+    ssm = LinearGaussianSSM(jnp.zeros(d, m0.dtype), P0, F, Q, H, R)
+    sm = kalman.smoother(ssm, z, parallel=parallel)
+    return sm.mean + mu, sm.cov
 
 
 def _mean_path(m0, F, c, parallel: bool):
@@ -187,38 +217,10 @@ def iterated_smoother(
     Returns:
         :class:`IteratedSmootherResult`.
     """
-    m0 = jnp.asarray(m0)
-    if m0.ndim != 1:
-        raise ValueError(f"m0 must be a vector (d,), got shape {m0.shape}")
-    dtype = m0.dtype if jnp.issubdtype(m0.dtype, jnp.floating) else jnp.result_type(float)
-    d = m0.shape[0]
-    y = jnp.asarray(y, dtype)
-    y = y[:, None] if y.ndim == 1 else y
-    if y.ndim != 2 or y.shape[0] < 2:
-        raise ValueError(f"y must be (T, p) with T >= 2, got shape {y.shape}")
-    if not np.all(np.isfinite(np.asarray(y))):
-        raise ValueError("y must be finite (the iterated smoother has no missing-data handling)")
-    T, p = y.shape
-    if float(damping) < 0 or not np.isfinite(damping):
+    if not np.isfinite(damping) or float(damping) < 0:
         raise ValueError(f"damping must be >= 0, got {damping}")
-    prob = _Problem(
-        transition,
-        observation,
-        _pd("Q", Q, d, dtype),
-        _pd("R", R, p, dtype),
-        y,
-        m0.astype(dtype),
-        _pd("P0", P0, d, dtype),
-    )
-    if init is None:
-        x0 = jax.lax.scan(lambda m, k: (transition(m, k), m), prob.m0, jnp.arange(T))[1]
-    else:
-        x0 = jnp.asarray(init, dtype)
-        if x0.shape != (T, d):
-            raise ValueError(f"init must have shape ({T}, {d}), got {x0.shape}")
-    hx = jax.eval_shape(lambda x: observation(x, 0), jax.ShapeDtypeStruct((d,), dtype))
-    if hx.shape != (p,):
-        raise ValueError(f"observation(x, k) must return shape ({p},) like a row of y, got {hx.shape}")
+    prob, x0 = _setup(transition, Q, observation, R, y, m0, P0, init)
+    dtype = x0.dtype
     par = kalman.use_parallel(parallel)
     damped = float(damping) > 0
 
@@ -241,3 +243,113 @@ def iterated_smoother(
     converged = len(vals) > 1 and abs(vals[-1] - vals[-2]) < tol * (1.0 + abs(vals[-2]))
     _, cov = _final(prob, x, par)
     return IteratedSmootherResult(x, cov, vals, np.asarray(tr.dampings), tr.num_rejected, bool(converged))
+
+
+class PosteriorLinearisationResult(NamedTuple):
+    """Smoothed means (T, d) and covariances (T, d, d) at the fixed point, the largest change
+    of a mean in each iteration (n,), and whether it fell below ``tol``."""
+
+    mean: Float[Array, "T d"]
+    cov: Float[Array, "T d d"]
+    change: np.ndarray
+    converged: bool
+
+
+def _slr(fn, rule: SigmaPointRule, m, P, k):
+    """SLR of ``fn(., k)`` under ``N(m, P)``: ``A`` (q, d), ``b`` (q,), error covariance (q, q)."""
+    L = psd_cholesky(P)
+    X = m + rule.xi @ L.T
+    Y = jax.vmap(lambda x: fn(x, k).astype(m.dtype))(X)
+    ybar = rule.wm @ Y
+    dX, dY = X - m, Y - ybar
+    Psi = dX.T @ (rule.wc[:, None] * dY)  # Cov(x, f(x)) (d, q)
+    A = jax.scipy.linalg.cho_solve((L, True), Psi).T
+    Lam = dY.T @ (rule.wc[:, None] * dY) - A @ P @ A.T
+    return A, ybar - A @ m, 0.5 * (Lam + Lam.T)
+
+
+@eqx.filter_jit
+def _ipls_step(problem: _Problem, rule: SigmaPointRule, m, P, parallel: bool):
+    k = jnp.arange(m.shape[0])
+    F, c, Lam = jax.vmap(lambda mk, Pk, kk: _slr(problem.transition, rule, mk, Pk, kk))(m[:-1], P[:-1], k[:-1])
+    H, dh, Om = jax.vmap(lambda mk, Pk, kk: _slr(problem.observation, rule, mk, Pk, kk))(m, P, k)
+    return _linear_smoother(problem.m0, problem.P0, F, c, problem.Q + Lam, H, dh, problem.R + Om, problem.y, parallel)
+
+
+def _setup(transition, Q, observation, R, y, m0, P0, init):
+    """The validated problem and the starting trajectory (``init`` or ``m0`` pushed through ``f``)."""
+    m0 = jnp.asarray(m0)
+    if m0.ndim != 1:
+        raise ValueError(f"m0 must be a vector (d,), got shape {m0.shape}")
+    dtype = m0.dtype if jnp.issubdtype(m0.dtype, jnp.floating) else jnp.result_type(float)
+    d = m0.shape[0]
+    y = jnp.asarray(y, dtype)
+    y = y[:, None] if y.ndim == 1 else y
+    if y.ndim != 2 or y.shape[0] < 2:
+        raise ValueError(f"y must be (T, p) with T >= 2, got shape {y.shape}")
+    if not np.all(np.isfinite(np.asarray(y))):
+        raise ValueError("y must be finite (the iterated smoothers have no missing-data handling)")
+    T, p = y.shape
+    prob = _Problem(
+        transition,
+        observation,
+        _pd("Q", Q, d, dtype),
+        _pd("R", R, p, dtype),
+        y,
+        m0.astype(dtype),
+        _pd("P0", P0, d, dtype),
+    )
+    hx = jax.eval_shape(lambda x: observation(x, 0), jax.ShapeDtypeStruct((d,), dtype))
+    if hx.shape != (p,):
+        raise ValueError(f"observation(x, k) must return shape ({p},) like a row of y, got {hx.shape}")
+    if init is None:
+        x0 = jax.lax.scan(lambda m, k: (transition(m, k).astype(dtype), m), prob.m0, jnp.arange(T))[1]
+    else:
+        x0 = jnp.asarray(init, dtype)
+        if x0.shape != (T, d):
+            raise ValueError(f"init must have shape ({T}, {d}), got {x0.shape}")
+    return prob, x0
+
+
+def iterated_posterior_linearisation_smoother(
+    transition: Callable,
+    Q: ArrayInput,
+    observation: Callable,
+    R: ArrayInput,
+    y: ArrayInput,
+    m0: ArrayInput,
+    P0: ArrayInput,
+    *,
+    method: str = "cubature",
+    num_iters: int = 50,
+    init: ArrayInput | None = None,
+    init_cov: ArrayInput | None = None,
+    tol: float = 1e-8,
+    parallel: bool | None = None,
+    ukf_params: tuple = (1.0, 0.0, None),
+    gh_order: int = 3,
+) -> PosteriorLinearisationResult:
+    """Iterated posterior-linearisation smoother (see the module doc); arguments as in
+    :func:`iterated_smoother`, plus the sigma-point ``method`` (``"cubature"``, ``"ukf"`` or
+    ``"gauss_hermite"``) used for the SLR, and the starting marginals: means ``init`` (T, d)
+    (default ``m0`` pushed through ``f``) and covariances ``init_cov`` (T, d, d) (default
+    ``P0`` at every step). Stops when no mean moves by more than ``tol`` in an iteration."""
+    check_options(method, None, None, allowed=("cubature", "ukf", "gauss_hermite"))
+    prob, m = _setup(transition, Q, observation, R, y, m0, P0, init)
+    T, d = m.shape
+    P = jnp.broadcast_to(prob.P0, (T, d, d)) if init_cov is None else jnp.asarray(init_cov, m.dtype)
+    if P.shape != (T, d, d):
+        raise ValueError(f"init_cov must have shape ({T}, {d}, {d}), got {P.shape}")
+    rule = sigma_point_rule(method, d, m.dtype, tuple(ukf_params), int(gh_order))
+    assert rule is not None
+    par = kalman.use_parallel(parallel)
+    changes = []
+    for _ in range(int(num_iters)):
+        m_new, P = _ipls_step(prob, rule, m, P, par)
+        changes.append(float(jnp.max(jnp.abs(m_new - m))))
+        m = m_new
+        if not np.isfinite(changes[-1]) or changes[-1] < tol:
+            break
+    if not np.isfinite(changes[-1]):
+        raise FloatingPointError("iterated posterior linearisation diverged (non-finite means)")
+    return PosteriorLinearisationResult(m, P, np.asarray(changes), bool(changes[-1] < tol))
