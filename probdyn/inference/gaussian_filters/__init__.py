@@ -11,7 +11,8 @@ numpyro distributions whose densities they give.
   :func:`iterated_smoother` (Gauss–Newton / Levenberg–Marquardt on the MAP trajectory) and the
   iterated posterior-linearisation smoother :func:`iterated_posterior_linearisation_smoother`
   (sigma-point SLR under the current smoothing marginals), each step one linearised Kalman
-  smoother, sequential or parallel in time;
+  smoother, sequential or parallel in time; :mod:`~probdyn.inference.gaussian_filters.iterated_sde`
+  runs both for SDEs on the Euler sub-step grid (:func:`iterated_sde_smoother`);
 * :mod:`~probdyn.inference.gaussian_filters.particle`: bootstrap :func:`particle_filter` and
   the scalar FFBSm :func:`particle_smoother_scalar` (independent references);
 * :mod:`~probdyn.inference.gaussian_filters.observations`: ``p(y_t | x_t)`` models with their
@@ -44,6 +45,7 @@ from probdyn.inference.gaussian_filters.iterated import (
     iterated_posterior_linearisation_smoother,
     iterated_smoother,
 )
+from probdyn.inference.gaussian_filters.iterated_sde import SDESmootherResult, iterated_sde_smoother, substep_grid
 from probdyn.inference.gaussian_filters.observations import (
     LinearGaussian,
     LogDensity,
@@ -64,6 +66,9 @@ __all__ = [
     "IteratedSmootherResult",
     "iterated_posterior_linearisation_smoother",
     "PosteriorLinearisationResult",
+    "iterated_sde_smoother",
+    "SDESmootherResult",
+    "substep_grid",
     "particle_filter",
     "particle_smoother_scalar",
     "sigma_points",

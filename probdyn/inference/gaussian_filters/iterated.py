@@ -83,14 +83,18 @@ class IteratedSmootherResult(NamedTuple):
     converged: bool
 
 
-def _pd(name: str, A, d: int, dtype) -> Array:
+def _pd(name: str, A, d: int, dtype, steps: int | None = None) -> Array:
+    """A covariance (d, d) (or (d,) variances; with ``steps``, also one per step (steps, d, d)),
+    checked finite, symmetric and positive definite."""
     A = jnp.asarray(A, dtype)
     if A.ndim == 1 and A.shape[0] == d:
         A = jnp.diag(A)
-    if A.shape != (d, d):
-        raise ValueError(f"{name} must have shape ({d}, {d}) or ({d},), got {A.shape}")
-    An = np.asarray(A)
-    if not np.all(np.isfinite(An)) or not np.allclose(An, An.T) or np.linalg.eigvalsh(An).min() <= 0:
+    if A.shape != (d, d) and (steps is None or A.shape != (steps, d, d)):
+        per = "" if steps is None else f" or ({steps}, {d}, {d})"
+        raise ValueError(f"{name} must have shape ({d}, {d}), ({d},){per}, got {A.shape}")
+    An = np.asarray(A).reshape(-1, d, d)
+    sym = np.allclose(An, np.swapaxes(An, 1, 2))
+    if not np.all(np.isfinite(An)) or not sym or np.linalg.eigvalsh(An).min() <= 0:
         raise ValueError(
             f"{name} must be a finite, symmetric positive-definite matrix (the MAP objective uses its inverse)"
         )
@@ -107,13 +111,20 @@ class _Problem(eqx.Module):
     P0: Array
 
     def objective(self, x):
-        """``J(x)`` (see the module doc), from whitened residuals."""
+        """``J(x)`` (see the module doc), from whitened residuals; missing (NaN) entries of ``y``
+        drop out (their rows and columns of ``R`` replaced by the identity, residual 0)."""
         k = jnp.arange(x.shape[0])
         rf = x[1:] - jax.vmap(self.transition)(x[:-1], k[:-1])
-        rh = self.y - jax.vmap(self.observation)(x, k)
-        w = lambda L, r: jnp.sum(solve_lower(L, r.T) ** 2)  # noqa: E731
+        obs = ~jnp.isnan(self.y)
+        rh = jnp.where(obs, self.y - jax.vmap(self.observation)(x, k), 0.0)
+        o = obs.astype(x.dtype)
+        Rm = self.R * o[:, :, None] * o[:, None, :] + jax.vmap(jnp.diag)(1.0 - o)
+        white = lambda C, r: solve_lower(psd_cholesky(C), r)  # noqa: E731
+        LQ = jnp.broadcast_to(self.Q, (rf.shape[0],) + self.Q.shape[-2:])
         return 0.5 * (
-            w(psd_cholesky(self.P0), (x[0] - self.m0)[None]) + w(psd_cholesky(self.Q), rf) + w(psd_cholesky(self.R), rh)
+            jnp.sum(white(self.P0, x[0] - self.m0) ** 2)
+            + jnp.sum(jax.vmap(white)(LQ, rf) ** 2)
+            + jnp.sum(jax.vmap(white)(Rm, rh) ** 2)
         )
 
     def step(self, xbar, lam, parallel: bool, damped: bool):
@@ -202,10 +213,10 @@ def iterated_smoother(
 
     Args:
         transition: ``f(x (d,), k) -> (d,)``, the mean of ``x_{k+1}``.
-        Q: (d, d) or (d,) process-noise covariance, positive definite.
+        Q: (d, d) or (d,) process-noise covariance, or one per step (T - 1, d, d); positive definite.
         observation: ``h(x (d,), k) -> (p,)``, the mean of ``y_k``.
         R: (p, p) or (p,) observation-noise covariance, positive definite.
-        y: (T, p) observations (finite; ``(T,)`` when p = 1).
+        y: (T, p) observations (``(T,)`` when p = 1); NaN marks a missing entry.
         m0, P0: prior of ``x_0``: (d,), (d, d) positive definite.
         num_iters: at most this many accepted steps.
         init: (T, d) starting trajectory; default: ``m0`` propagated through ``f`` (no noise).
@@ -287,13 +298,13 @@ def _setup(transition, Q, observation, R, y, m0, P0, init):
     y = y[:, None] if y.ndim == 1 else y
     if y.ndim != 2 or y.shape[0] < 2:
         raise ValueError(f"y must be (T, p) with T >= 2, got shape {y.shape}")
-    if not np.all(np.isfinite(np.asarray(y))):
-        raise ValueError("y must be finite (the iterated smoothers have no missing-data handling)")
+    if np.any(np.isinf(np.asarray(y))):
+        raise ValueError("y contains infinite values (use NaN for missing observations)")
     T, p = y.shape
     prob = _Problem(
         transition,
         observation,
-        _pd("Q", Q, d, dtype),
+        _pd("Q", Q, d, dtype, T - 1),
         _pd("R", R, p, dtype),
         y,
         m0.astype(dtype),
@@ -325,6 +336,7 @@ def iterated_posterior_linearisation_smoother(
     init: ArrayInput | None = None,
     init_cov: ArrayInput | None = None,
     tol: float = 1e-8,
+    damping: float = 1.0,
     parallel: bool | None = None,
     ukf_params: tuple = (1.0, 0.0, None),
     gh_order: int = 3,
@@ -333,7 +345,14 @@ def iterated_posterior_linearisation_smoother(
     :func:`iterated_smoother`, plus the sigma-point ``method`` (``"cubature"``, ``"ukf"`` or
     ``"gauss_hermite"``) used for the SLR, and the starting marginals: means ``init`` (T, d)
     (default ``m0`` pushed through ``f``) and covariances ``init_cov`` (T, d, d) (default
-    ``P0`` at every step). Stops when no mean moves by more than ``tol`` in an iteration."""
+    ``P0`` at every step). ``damping`` in (0, 1] moves the marginals that the next SLR uses only
+    that fraction of the way to the new smoother's (``m <- m + a (m' - m)``, likewise ``P``;
+    damped posterior linearisation), which settles oscillating iterations. Stops when no
+    mean of the smoother moves by more than ``tol`` in an iteration."""
+    if not (0.0 < float(damping) <= 1.0):
+        raise ValueError(f"damping must be in (0, 1], got {damping}")
+    if int(num_iters) < 1:
+        raise ValueError(f"num_iters must be >= 1, got {num_iters}")
     check_options(method, None, None, allowed=("cubature", "ukf", "gauss_hermite"))
     prob, m = _setup(transition, Q, observation, R, y, m0, P0, init)
     T, d = m.shape
@@ -344,12 +363,15 @@ def iterated_posterior_linearisation_smoother(
     assert rule is not None
     par = kalman.use_parallel(parallel)
     changes = []
+    a = float(damping)
+    sm = m
     for _ in range(int(num_iters)):
-        m_new, P = _ipls_step(prob, rule, m, P, par)
-        changes.append(float(jnp.max(jnp.abs(m_new - m))))
-        m = m_new
+        sm_new, P_new = _ipls_step(prob, rule, m, P, par)
+        changes.append(float(jnp.max(jnp.abs(sm_new - sm))))
+        sm = sm_new
+        m, P = (sm_new, P_new) if a == 1.0 else (m + a * (sm_new - m), P + a * (P_new - P))
         if not np.isfinite(changes[-1]) or changes[-1] < tol:
             break
     if not np.isfinite(changes[-1]):
         raise FloatingPointError("iterated posterior linearisation diverged (non-finite means)")
-    return PosteriorLinearisationResult(m, P, np.asarray(changes), bool(changes[-1] < tol))
+    return PosteriorLinearisationResult(sm, P_new, np.asarray(changes), bool(changes[-1] < tol))
