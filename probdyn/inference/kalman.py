@@ -791,6 +791,9 @@ def rts_smooth(
     if T == 1:
         return ms, Ss
     tv = jnp.ndim(A) == 3 or jnp.ndim(SQ) == 3
+    if tv:  # one time-varying array: broadcast the other
+        A = jnp.broadcast_to(A, (T - 1, d, d))
+        SQ = jnp.broadcast_to(SQ, (T - 1, d, d))
     arr = _Arrays(ms[0], Ss[0], A, SQ, jnp.zeros((1, d), ms.dtype), jnp.zeros((1, 1), ms.dtype), tv, False)
     G, g, D = backward_kernels(arr, ms, Ss)
     if b is not None:  # x_t | x_{t+1}: the mean subtracts G b as well

@@ -709,3 +709,25 @@ def test_schedule_forms():
     big = random_model(98, 3, 2, 8, False, False)  # d + p = 5 > FUSED_MAX_DIM
     with pytest.raises(ValueError, match="form='fused' needs"):
         kalman.filter(to_ssm(big), jnp.asarray(simulate(big, 8, 98)), form="fused")
+
+
+@pytest.mark.parametrize("varying", ["none", "A", "SQ"])
+def test_rts_smooth_over_filtered_marginals_is_the_smoother(varying):
+    """``rts_smooth`` (the nonlinear filters' smoothing pass) with a time-varying transition
+    matrix and a constant noise factor, or the reverse, equals the engine's smoother."""
+    rng = np.random.default_rng(5)
+    T, d = 25, 2
+    A = np.array([[0.9, 0.1], [-0.3, 0.8]]) + 0.05 * rng.normal(size=(T - 1, d, d))
+    Q = np.array([[0.2, 0.05], [0.05, 0.1]]) * rng.uniform(0.5, 2.0, size=(T - 1, 1, 1))
+    if varying != "A":
+        A = A[0]
+    if varying != "SQ":
+        Q = Q[0]
+    ssm = LinearGaussianSSM(np.zeros(d), np.eye(d), A, Q, np.array([[1.0, 0.0]]), np.array([[0.5]]))
+    y = rng.normal(size=(T, 1))
+    f = kalman.filter(ssm, y, parallel=False)
+    SQ = np.linalg.cholesky(Q)
+    ms, Ss = kalman.rts_smooth(f.mean, f.chol, jnp.asarray(A), jnp.asarray(SQ))
+    ref = kalman.smoother(ssm, y, parallel=False)
+    np.testing.assert_allclose(ms, ref.mean, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(Ss @ np.swapaxes(Ss, -1, -2), ref.cov, rtol=0, atol=1e-10)

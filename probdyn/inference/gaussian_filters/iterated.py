@@ -219,7 +219,9 @@ def iterated_smoother(
         y: (T, p) observations (``(T,)`` when p = 1); NaN marks a missing entry.
         m0, P0: prior of ``x_0``: (d,), (d, d) positive definite.
         num_iters: at most this many accepted steps.
-        init: (T, d) starting trajectory; default: ``m0`` propagated through ``f`` (no noise).
+        init: (T, d) starting trajectory; default: the single-pass extended Kalman smoother's means
+            (a start from a poor path, e.g. ``m0`` pushed through ``f``, can end in a local
+            minimum of ``J``: ``benchmarks/iterated_smoothers.py``).
         damping: initial Levenberg–Marquardt ``lambda`` (``0``: plain Gauss–Newton).
         tol: stop when an accepted step changes ``J`` by less than ``tol * (1 + |J|)``.
         parallel: the Kalman engine's schedule for each linearised smoother (``None``: parallel
@@ -230,7 +232,7 @@ def iterated_smoother(
     """
     if not np.isfinite(damping) or float(damping) < 0:
         raise ValueError(f"damping must be >= 0, got {damping}")
-    prob, x0 = _setup(transition, Q, observation, R, y, m0, P0, init)
+    prob, x0, _ = _setup(transition, Q, observation, R, y, m0, P0, init)
     dtype = x0.dtype
     par = kalman.use_parallel(parallel)
     damped = float(damping) > 0
@@ -288,7 +290,8 @@ def _ipls_step(problem: _Problem, rule: SigmaPointRule, m, P, parallel: bool):
 
 
 def _setup(transition, Q, observation, R, y, m0, P0, init):
-    """The validated problem and the starting trajectory (``init`` or ``m0`` pushed through ``f``)."""
+    """The validated problem and the starting marginals: ``init`` (covariances ``P0``) or, by
+    default, the single-pass extended Kalman smoother's means and covariances."""
     m0 = jnp.asarray(m0)
     if m0.ndim != 1:
         raise ValueError(f"m0 must be a vector (d,), got shape {m0.shape}")
@@ -314,12 +317,38 @@ def _setup(transition, Q, observation, R, y, m0, P0, init):
     if hx.shape != (p,):
         raise ValueError(f"observation(x, k) must return shape ({p},) like a row of y, got {hx.shape}")
     if init is None:
-        x0 = jax.lax.scan(lambda m, k: (transition(m, k).astype(dtype), m), prob.m0, jnp.arange(T))[1]
-    else:
-        x0 = jnp.asarray(init, dtype)
-        if x0.shape != (T, d):
-            raise ValueError(f"init must have shape ({T}, {d}), got {x0.shape}")
-    return prob, x0
+        return prob, *_eks(prob)
+    x0 = jnp.asarray(init, dtype)
+    if x0.shape != (T, d):
+        raise ValueError(f"init must have shape ({T}, {d}), got {x0.shape}")
+    return prob, x0, jnp.broadcast_to(prob.P0, (T, d, d))
+
+
+@eqx.filter_jit
+def _eks(prob: _Problem):
+    """Single-pass extended Kalman smoother (the default start of both iterations): EKF with
+    Jacobians at the predicted / filtered means, then RTS with the transition linearised at
+    the filtered means. Returns means (T, d) and covariances (T, d, d)."""
+    T = prob.y.shape[0]
+    SQ = jnp.broadcast_to(psd_cholesky(prob.Q), (T - 1,) + prob.Q.shape[-2:])
+    SR = psd_cholesky(prob.R)
+
+    def upd(m, S, k):
+        H = jax.jacfwd(prob.observation)(m, k)
+        return kalman.update(m, S, H, SR, prob.y[k], offset=prob.observation(m, k) - H @ m)[:2]
+
+    def step(c, k):
+        m, S = c
+        F = jax.jacfwd(prob.transition)(m, k - 1)
+        m, S = upd(*kalman.predict(m, S, F, SQ[k - 1], prob.transition(m, k - 1) - F @ m), k)
+        return (m, S), (m, S)
+
+    m, S = upd(prob.m0, psd_cholesky(prob.P0), 0)
+    _, (ms, Ss) = jax.lax.scan(step, (m, S), jnp.arange(1, T))
+    ms, Ss = jnp.concatenate([m[None], ms]), jnp.concatenate([S[None], Ss])
+    F, c = _taylor(prob.transition, ms[:-1], jnp.arange(T - 1))
+    ms, Ss = kalman.rts_smooth(ms, Ss, F, SQ, c, parallel=False)
+    return ms, Ss @ jnp.swapaxes(Ss, -1, -2)
 
 
 def iterated_posterior_linearisation_smoother(
@@ -343,20 +372,21 @@ def iterated_posterior_linearisation_smoother(
 ) -> PosteriorLinearisationResult:
     """Iterated posterior-linearisation smoother (see the module doc); arguments as in
     :func:`iterated_smoother`, plus the sigma-point ``method`` (``"cubature"``, ``"ukf"`` or
-    ``"gauss_hermite"``) used for the SLR, and the starting marginals: means ``init`` (T, d)
-    (default ``m0`` pushed through ``f``) and covariances ``init_cov`` (T, d, d) (default
-    ``P0`` at every step). ``damping`` in (0, 1] moves the marginals that the next SLR uses only
-    that fraction of the way to the new smoother's (``m <- m + a (m' - m)``, likewise ``P``;
-    damped posterior linearisation), which settles oscillating iterations. Stops when no
+    ``"gauss_hermite"``) used for the SLR, and the starting marginals: means ``init`` (T, d) and
+    covariances ``init_cov`` (T, d, d) (default ``P0`` at every step when ``init`` is given);
+    default: the single-pass extended Kalman smoother's marginals. ``damping`` in (0, 1] moves
+    the marginals that the next SLR uses only that fraction of the way to the new smoother's
+    (``m <- m + a (m' - m)``, likewise ``P``; damped posterior linearisation), which settles
+    oscillating iterations. Stops when no
     mean of the smoother moves by more than ``tol`` in an iteration."""
     if not (0.0 < float(damping) <= 1.0):
         raise ValueError(f"damping must be in (0, 1], got {damping}")
     if int(num_iters) < 1:
         raise ValueError(f"num_iters must be >= 1, got {num_iters}")
     check_options(method, None, None, allowed=("cubature", "ukf", "gauss_hermite"))
-    prob, m = _setup(transition, Q, observation, R, y, m0, P0, init)
+    prob, m, P = _setup(transition, Q, observation, R, y, m0, P0, init)
     T, d = m.shape
-    P = jnp.broadcast_to(prob.P0, (T, d, d)) if init_cov is None else jnp.asarray(init_cov, m.dtype)
+    P = P if init_cov is None else jnp.asarray(init_cov, m.dtype)
     if P.shape != (T, d, d):
         raise ValueError(f"init_cov must have shape ({T}, {d}, {d}), got {P.shape}")
     rule = sigma_point_rule(method, d, m.dtype, tuple(ukf_params), int(gh_order))
