@@ -330,7 +330,6 @@ def condition_chain(initial_mean, initial_cov, Psi, c, V, nat1, nat2, pair) -> G
     Returns:
         :class:`GaussMarkovChain`.
     """
-    from probdyn.inference import kalman
 
     def bstep(carry, inp):
         Lam, eta = carry
@@ -358,6 +357,15 @@ def condition_chain(initial_mean, initial_cov, Psi, c, V, nat1, nat2, pair) -> G
     dm0 = P0 @ (eta0 - Lam0 @ initial_mean)
     dP0 = -symmetrize(P0 @ Lam0 @ initial_cov)
 
+    mean, cov, cross = _forward_marginals(m0, chol0, F, g, cholQ)
+    return GaussMarkovChain(mean, cov, cross, F, g, Q, cholQ, dF, dg, dQ, m0, P0, dm0, dP0)
+
+
+def _forward_marginals(m0, chol0, F, g, cholQ):
+    """Marginal means (N, d), covariances (N, d, d) and ``Cov(x_k, x_{k+1}) = C_k F_k^T``
+    (N-1, d, d) of a forward chain, by square-root predictions."""
+    from probdyn.inference import kalman
+
     def fstep(carry, inp):
         m, S = carry
         Fk, gk, Lk = inp
@@ -368,8 +376,7 @@ def condition_chain(initial_mean, initial_cov, Psi, c, V, nat1, nat2, pair) -> G
     mean = jnp.concatenate([m0[None], ms])
     S = jnp.concatenate([chol0[None], Ss])
     cov = jnp.einsum("nij,nkj->nik", S, S)
-    cross = jnp.einsum("nij,nkj->nik", cov[:-1], F)  # Cov(x_k, x_{k+1}) = C_k F_k^T
-    return GaussMarkovChain(mean, cov, cross, F, g, Q, cholQ, dF, dg, dQ, m0, P0, dm0, dP0)
+    return mean, cov, jnp.einsum("nij,nkj->nik", cov[:-1], F)
 
 
 def chain_from_factors(
@@ -387,19 +394,7 @@ def chain_from_factors(
     (direct optimisation of an ELBO over the family). The differences ``dF, dg, dQ`` are zero
     (the chain is its own representation); ``d_initial_*`` are taken to ``N(prior_mean, prior_cov)``.
     """
-    from probdyn.inference import kalman
-
-    def fstep(carry, inp):
-        m, S = carry
-        Fk, gk, Lk = inp
-        mn, Sn = kalman.predict(m, S, Fk, Lk, gk)
-        return (mn, Sn), (mn, Sn)
-
-    _, (ms, Ss) = jax.lax.scan(fstep, (initial_mean, initial_chol), (F, g, chol_Q))
-    mean = jnp.concatenate([initial_mean[None], ms])
-    S = jnp.concatenate([initial_chol[None], Ss])
-    cov = jnp.einsum("nij,nkj->nik", S, S)
-    cross = jnp.einsum("nij,nkj->nik", cov[:-1], F)
+    mean, cov, cross = _forward_marginals(initial_mean, initial_chol, F, g, chol_Q)
     Q = jnp.einsum("nij,nkj->nik", chol_Q, chol_Q)
     P0 = initial_chol @ initial_chol.T
     z = jnp.zeros_like
