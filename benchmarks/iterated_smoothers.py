@@ -5,8 +5,8 @@ Model (Särkkä's pendulum): x = (angle, rate), Euler step ``dt = 0.0125``,
 ``y_k = sin(x0_k) + N(0, r)``, x_0 ~ N((1.5, 0), 0.1 I), simulated with a fixed seed.
 
 For each length T and observation variance r it prints, side by side:
-  * single-pass smoothers: the EKS (EKF + RTS with Jacobians at the filtered means, written
-    here on the engine's ``predict``/``update``/``rts_smooth``; the iterations' default start)
+  * single-pass smoothers: the EKS (EKF + RTS with Jacobians at the filtered means; the
+    iterations' default start, ``iterated_smoother(..., num_iters=0)``)
     and one posterior-linearisation pass from the EKS (the IPLS's first iterate);
   * IEKS (Gauss–Newton + Levenberg–Marquardt) and IPLS (cubature SLR), sequential and
     parallel-in-time Kalman schedules: iterations to convergence, wall time (compiled, median of
@@ -32,7 +32,6 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from probdyn.inference import kalman  # noqa: E402
 from probdyn.inference.gaussian_filters import (  # noqa: E402
     iterated_posterior_linearisation_smoother,
     iterated_smoother,
@@ -86,39 +85,11 @@ def timed(fn, reps):
     return out, float(np.median(ts))
 
 
-class _Result:
-    def __init__(self, mean):
-        self.mean = mean
-
-
-@jax.jit
-def _eks(Q, R, y, m0, P0):
-    SQ, SR = jnp.linalg.cholesky(Q), jnp.linalg.cholesky(R)
-
-    def upd(m, S, k):
-        Hk = jax.jacfwd(h)(m, k)
-        return kalman.update(m, S, Hk, SR, y[k], offset=h(m, k) - Hk @ m)[:2]
-
-    def step(c, k):
-        m, S = c
-        J = jax.jacfwd(f)(m, k - 1)
-        mp, Sp = kalman.predict(m, S, J, SQ, f(m, k - 1) - J @ m)
-        m, S = upd(mp, Sp, k)
-        return (m, S), (m, S)
-
-    m, S = upd(m0, jnp.linalg.cholesky(P0), 0)
-    _, (ms, Ss) = jax.lax.scan(step, (m, S), jnp.arange(1, y.shape[0]))
-    ms, Ss = jnp.concatenate([m[None], ms]), jnp.concatenate([S[None], Ss])
-    k = jnp.arange(ms.shape[0] - 1)
-    A = jax.vmap(jax.jacfwd(f))(ms[:-1], k)
-    b = jax.vmap(f)(ms[:-1], k) - jnp.einsum("kij,kj->ki", A, ms[:-1])
-    return kalman.rts_smooth(ms, Ss, A, SQ, b, parallel=False)[0]
-
-
 def eks(Q, R, y, m0, P0):
-    """Single-pass extended Kalman smoother: EKF (Jacobians at the predicted / filtered means),
-    then RTS with the transition linearised at the filtered means."""
-    return _Result(_eks(*(jnp.asarray(v) for v in (Q, R, y, m0, P0))))
+    """Single-pass extended Kalman smoother: the iterations' default start, returned by
+    ``iterated_smoother`` with ``num_iters=0`` (EKF, then RTS with the transition linearised at
+    the filtered means)."""
+    return iterated_smoother(f, Q, h, R, y, m0, P0, num_iters=0, parallel=False)
 
 
 def main():

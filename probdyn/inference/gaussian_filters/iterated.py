@@ -218,7 +218,8 @@ def iterated_smoother(
         R: (p, p) or (p,) observation-noise covariance, positive definite.
         y: (T, p) observations (``(T,)`` when p = 1); NaN marks a missing entry.
         m0, P0: prior of ``x_0``: (d,), (d, d) positive definite.
-        num_iters: at most this many accepted steps.
+        num_iters: at most this many accepted steps (``0`` returns the start: by default the
+            single-pass extended Kalman smoother's means).
         init: (T, d) starting trajectory; default: the single-pass extended Kalman smoother's means
             (a start from a poor path, e.g. ``m0`` pushed through ``f``, can end in a local
             minimum of ``J``: ``benchmarks/iterated_smoothers.py``).
