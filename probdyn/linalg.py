@@ -46,6 +46,7 @@ __all__ = [
     "small_cholesky",
     "small_solve_lower",
     "small_logdet",
+    "block_tridiag_solve",
 ]
 
 UNROLL_MAX = 24
@@ -477,3 +478,33 @@ def small_solve_lower(L: Float[Array, "d d"], B: Float[Array, "d ..."]) -> Float
 def small_logdet(P: Float[Array, "d d"]) -> Float[Array, ""]:
     """``log det P`` of a PD ``P`` through its Cholesky factor."""
     return 2.0 * jnp.sum(jnp.log(jnp.diag(small_cholesky(P))))
+
+
+def block_tridiag_solve(
+    D: Float[Array, "T d d"], U: Float[Array, "Tm1 d d"], b: Float[Array, "T d ..."]
+) -> Float[Array, "T d ..."]:
+    """Solve ``M x = b`` for a symmetric positive-definite block-tridiagonal ``M`` (T d, T d):
+    diagonal blocks ``D`` (T, d, d), blocks above the diagonal ``U`` (``M[k, k+1] = U[k]``,
+    ``M[k+1, k] = U[k]^T``). Block Cholesky (Thomas) elimination in ``O(T d^3)``: a forward
+    scan of Schur complements, then back substitution. ``b`` is (T, d) or (T, d, m)."""
+    chol = lambda S: jnp.linalg.cholesky(symmetrize(S))  # noqa: E731
+    sol = lambda L, r: jax.scipy.linalg.cho_solve((L, True), r)  # noqa: E731
+
+    def fwd(carry, inp):
+        Lp, cp = carry  # the previous block's Schur-complement factor and right-hand side
+        Dk, Uk, bk = inp  # Uk couples the previous block to this one
+        L, c = chol(Dk - Uk.T @ sol(Lp, Uk)), bk - Uk.T @ sol(Lp, cp)
+        return (L, c), (L, c)
+
+    L0 = chol(D[0])
+    _, (Ls, cs) = jax.lax.scan(fwd, (L0, b[0]), (D[1:], U, b[1:]))
+    Ls, cs = jnp.concatenate([L0[None], Ls]), jnp.concatenate([b[:1], cs])
+
+    def bwd(x_next, inp):
+        L, c, Uk = inp
+        x = sol(L, c - Uk @ x_next)
+        return x, x
+
+    x_last = sol(Ls[-1], cs[-1])
+    _, xs = jax.lax.scan(bwd, x_last, (Ls[:-1], cs[:-1], U), reverse=True)
+    return jnp.concatenate([xs, x_last[None]])

@@ -215,3 +215,25 @@ def test_tree_sum_and_small_helpers_against_numpy():
             np.asarray(small_solve_lower(jnp.asarray(L), jnp.asarray(B))), np.linalg.solve(L, B), rtol=1e-10
         )
         np.testing.assert_allclose(float(small_logdet(jnp.asarray(P))), np.linalg.slogdet(P)[1], rtol=1e-12)
+
+
+@pytest.mark.parametrize("rhs_cols", [None, 3])
+def test_block_tridiag_solve_matches_dense_solve(rhs_cols):
+    from probdyn.linalg import block_tridiag_solve
+
+    rng = np.random.default_rng(3)
+    T, d = 7, 3
+    # a random SPD block-tridiagonal matrix: A^T A with A block lower-bidiagonal
+    A = np.zeros((T * d, T * d))
+    for k in range(T):
+        A[k * d : (k + 1) * d, k * d : (k + 1) * d] = rng.normal(size=(d, d)) + 3 * np.eye(d)
+        if k:
+            A[k * d : (k + 1) * d, (k - 1) * d : k * d] = rng.normal(size=(d, d))
+    M = A.T @ A
+    D = np.stack([M[k * d : (k + 1) * d, k * d : (k + 1) * d] for k in range(T)])
+    U = np.stack([M[k * d : (k + 1) * d, (k + 1) * d : (k + 2) * d] for k in range(T - 1)])
+    b = rng.normal(size=(T * d,) if rhs_cols is None else (T * d, rhs_cols))
+    ref = np.linalg.solve(M, b)
+    bb = b.reshape((T, d) + b.shape[1:])
+    x = np.asarray(block_tridiag_solve(jnp.asarray(D), jnp.asarray(U), jnp.asarray(bb)))
+    np.testing.assert_allclose(x.reshape(ref.shape), ref, rtol=1e-10, atol=1e-12)

@@ -20,7 +20,8 @@ numpyro distributions whose densities they give.
   :class:`LogDensity` Laplace);
 * :mod:`~probdyn.inference.gaussian_filters.distributions`: :class:`SDEFilterDistribution`,
   :class:`DiscreteFilterDistribution` (the filters' log marginal likelihoods as numpyro
-  likelihoods);
+  likelihoods) and :class:`IteratedSmootherDistribution` (the likelihood linearised at the IEKS
+  MAP path, :func:`linearised_log_likelihood`);
 * :mod:`~probdyn.inference.gaussian_filters.common`: result types, sigma-point rules and the
   input checks all of them share.
 
@@ -38,12 +39,17 @@ from probdyn.inference.gaussian_filters.common import (
 )
 from probdyn.inference.gaussian_filters.continuous import filter, smoother
 from probdyn.inference.gaussian_filters.discrete import discrete_filter
-from probdyn.inference.gaussian_filters.distributions import DiscreteFilterDistribution, SDEFilterDistribution
+from probdyn.inference.gaussian_filters.distributions import (
+    DiscreteFilterDistribution,
+    IteratedSmootherDistribution,
+    SDEFilterDistribution,
+)
 from probdyn.inference.gaussian_filters.iterated import (
     IteratedSmootherResult,
     PosteriorLinearisationResult,
     iterated_posterior_linearisation_smoother,
     iterated_smoother,
+    linearised_log_likelihood,
 )
 from probdyn.inference.gaussian_filters.iterated_sde import SDESmootherResult, iterated_sde_smoother, substep_grid
 from probdyn.inference.gaussian_filters.observations import (
@@ -64,6 +70,7 @@ __all__ = [
     "discrete_filter",
     "iterated_smoother",
     "IteratedSmootherResult",
+    "linearised_log_likelihood",
     "iterated_posterior_linearisation_smoother",
     "PosteriorLinearisationResult",
     "iterated_sde_smoother",
@@ -82,6 +89,7 @@ __all__ = [
     "laplace_update",
     "SDEFilterDistribution",
     "DiscreteFilterDistribution",
+    "IteratedSmootherDistribution",
 ]
 
 

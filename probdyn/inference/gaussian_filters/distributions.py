@@ -5,7 +5,7 @@
 * :class:`DiscreteFilterDistribution` — observations of ``x_{k+1} = g(x_k, k) + N(0, Q)``
   (:func:`~probdyn.inference.gaussian_filters.discrete_filter`).
 
-Both share :class:`probdyn.inference.distribution_base.KalmanDistribution` (jit-compiled ``log_prob``,
+All share :class:`probdyn.inference.distribution_base.KalmanDistribution` (jit-compiled ``log_prob``,
 ``pointwise_log_prob``, ``sample``) with the linear-Gaussian distributions.
 """
 
@@ -22,12 +22,13 @@ from probdyn.inference.distribution_base import KalmanDistribution, RealOrNaN
 from probdyn.inference.gaussian_filters.common import check_options, check_step_options
 from probdyn.inference.gaussian_filters.continuous import filter
 from probdyn.inference.gaussian_filters.discrete import discrete_filter
+from probdyn.inference.gaussian_filters.iterated import linearised_log_likelihood
 from probdyn.inference.gaussian_filters.observations import ObservationModel
 from probdyn.linalg import psd_cholesky
 from probdyn.sde import SDE, euler_maruyama
 from probdyn.ssm import check_times
 
-__all__ = ["SDEFilterDistribution", "DiscreteFilterDistribution"]
+__all__ = ["SDEFilterDistribution", "DiscreteFilterDistribution", "IteratedSmootherDistribution"]
 
 
 def _filter_value(value, event_shape):
@@ -250,6 +251,104 @@ class DiscreteFilterDistribution(KalmanDistribution):
             eps = jax.vmap(lambda kk: jax.random.normal(kk, (d,), dtype))(jax.random.split(k1, T - 1))
             xs = kalman.simulate_chain(x0, self.transition, SQ, eps)
             return jax.vmap(self.observation.sample)(jax.random.split(k2, T), xs)
+
+        n = math.prod(sample_shape)
+        out = jax.vmap(one)(jax.random.split(key, n))
+        return out.reshape(tuple(sample_shape) + out.shape[1:])
+
+
+class IteratedSmootherDistribution(KalmanDistribution):
+    """Observations ``y_k = h(x_k, k) + N(0, R)`` of ``x_{k+1} = f(x_k, k) + N(0, Q)``,
+    ``x_0 ~ N(m0, P0)``, with the marginal likelihood of the model linearised at the MAP path
+    (:func:`probdyn.inference.gaussian_filters.linearised_log_likelihood`: the iterated extended
+    Kalman smoother's fixed point, gradients by implicit differentiation). NaN = missing.
+
+    Unlike the filters' likelihoods (each ``x_k`` linearised at its one-step prediction), the
+    linearisation point uses all the data, so it stays accurate where a single pass does not
+    (strong nonlinearity, precise observations). ``pointwise_log_prob`` gives the one-step
+    predictive densities of the linearised model (T,), which sum to ``log_prob``.
+
+    Args: ``transition`` ``f(x (d,), k) -> (d,)``, ``Q`` (d, d), (d,) or (T - 1, d, d),
+    ``observation`` ``h(x (d,), k) -> (p,)``, ``R`` (p, p) or (p,), ``m0`` (d,), ``P0`` (d, d);
+    ``num_timesteps`` (T) fixes ``event_shape = (T, p)`` and is needed by ``sample``;
+    ``num_iters``, ``damping``, ``parallel`` as in :func:`linearised_log_likelihood`.
+    """
+
+    arg_constraints = {}
+    pytree_data_fields = ("transition", "Q", "observation", "R", "m0", "P0")
+    pytree_aux_fields = ("num_iters", "damping", "parallel")
+
+    def __init__(
+        self,
+        transition,
+        Q,
+        observation,
+        R,
+        m0,
+        P0,
+        *,
+        num_timesteps: int | None = None,
+        num_iters: int = 20,
+        damping: float = 1e-2,
+        parallel: bool | None = None,
+        validate_args=None,
+    ):
+        if not callable(transition) or not callable(observation):
+            raise TypeError("transition and observation must be callables f(x (d,), k) and h(x (d,), k)")
+        self.transition, self.observation = transition, observation
+        self.Q, self.R, self.m0, self.P0 = (jnp.asarray(a) for a in (Q, R, m0, P0))
+        d = self.m0.shape[-1]
+        if self.m0.shape != (d,) or self.P0.shape != (d, d):
+            raise ValueError(f"m0 and P0 must have shapes (d,) and (d, d), got {self.m0.shape}, {self.P0.shape}")
+        p = self.R.shape[-1]
+        if self.R.shape not in ((p, p), (p,)):
+            raise ValueError(f"R must have shape (p, p) or (p,), got {self.R.shape}")
+        self.num_iters, self.damping, self.parallel = int(num_iters), float(damping), parallel
+        event = () if num_timesteps is None else (int(num_timesteps), p)
+        super().__init__(batch_shape=(), event_shape=event, validate_args=validate_args)
+
+    @property
+    @override
+    def support(self):
+        return RealOrNaN(2)
+
+    def _shape(self, value):
+        value = jnp.asarray(value)
+        if self.event_shape:
+            return _filter_value(value, self.event_shape)
+        p = self.R.shape[-1]
+        if value.ndim == 1 and p == 1:
+            value = value[:, None]
+        return _filter_value(value, (value.shape[-2] if value.ndim >= 2 else -1, p))
+
+    def _ll(self, y, pointwise: bool = False):
+        args = (self.transition, self.Q, self.observation, self.R, y, self.m0, self.P0)
+        return linearised_log_likelihood(
+            *args, num_iters=self.num_iters, damping=self.damping, parallel=self.parallel, pointwise=pointwise
+        )
+
+    def _log_prob(self, value):
+        return _over_leading(self._ll, self._shape(value))
+
+    def _pointwise_log_prob(self, value):
+        return _over_leading(lambda y: self._ll(y, True), self._shape(value))
+
+    def _sample(self, key, sample_shape: tuple = ()):
+        if not self.event_shape:
+            raise ValueError("IteratedSmootherDistribution.sample needs num_timesteps")
+        T, p = self.event_shape
+        dtype = jnp.result_type(self.m0, self.P0, self.Q, self.R, float)
+        d = self.m0.shape[0]
+        cov = lambda A: jnp.diag(A) if A.ndim == 1 else A  # noqa: E731
+        SQ, SR = psd_cholesky(cov(self.Q).astype(dtype)), psd_cholesky(cov(self.R).astype(dtype))
+
+        def one(key):
+            k0, k1, k2 = jax.random.split(key, 3)
+            x0 = self.m0.astype(dtype) + psd_cholesky(self.P0.astype(dtype)) @ jax.random.normal(k0, (d,), dtype)
+            eps = jax.random.normal(k1, (T - 1, d), dtype)
+            xs = kalman.simulate_chain(x0, self.transition, SQ, eps)
+            hx = jnp.asarray(jax.vmap(self.observation)(xs, jnp.arange(T)), dtype)
+            return hx + jax.random.normal(k2, (T, p), dtype) @ SR.T
 
         n = math.prod(sample_shape)
         out = jax.vmap(one)(jax.random.split(key, n))

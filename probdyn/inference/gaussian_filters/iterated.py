@@ -39,6 +39,12 @@ smoothing marginals* ``N(m_k, P_k)`` with a sigma-point rule,
 fixed point is not a MAP estimate: it is the Gaussian approximation whose linearisation is
 statistically consistent with itself.
 
+**Learning**: :func:`linearised_log_likelihood` is the exact marginal likelihood of the model
+linearised at the MAP path (= the Gauss–Newton Laplace approximation), traceable and
+differentiable in the model's parameters by implicit differentiation at the fixed point;
+:class:`~probdyn.inference.gaussian_filters.IteratedSmootherDistribution` makes it a numpyro
+likelihood.
+
 Needs ``Q``, ``R`` and ``P_0`` positive definite (``J`` uses their inverses). For a linear
 model one Gauss–Newton step from any start is the Kalman (RTS) smoother.
 """
@@ -54,16 +60,18 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from probdyn._checks import is_concrete
 from probdyn._typing import ArrayInput
 from probdyn.inference import kalman
 from probdyn.inference.gaussian_filters.common import SigmaPointRule, check_options, sigma_point_rule
 from probdyn.inference.optimize import backoff_ascent
-from probdyn.linalg import psd_cholesky, solve_lower
+from probdyn.linalg import block_tridiag_solve, psd_cholesky, solve_lower
 from probdyn.ssm import LinearGaussianSSM
 
 __all__ = [
     "IteratedSmootherResult",
     "iterated_smoother",
+    "linearised_log_likelihood",
     "PosteriorLinearisationResult",
     "iterated_posterior_linearisation_smoother",
 ]
@@ -92,6 +100,8 @@ def _pd(name: str, A, d: int, dtype, steps: int | None = None) -> Array:
     if A.shape != (d, d) and (steps is None or A.shape != (steps, d, d)):
         per = "" if steps is None else f" or ({steps}, {d}, {d})"
         raise ValueError(f"{name} must have shape ({d}, {d}), ({d},){per}, got {A.shape}")
+    if not is_concrete(A):  # traced (a numpyro sample site, inside grad): shapes only
+        return A
     An = np.asarray(A).reshape(-1, d, d)
     sym = np.allclose(An, np.swapaxes(An, 1, 2))
     if not np.all(np.isfinite(An)) or not sym or np.linalg.eigvalsh(An).min() <= 0:
@@ -110,22 +120,40 @@ class _Problem(eqx.Module):
     m0: Array
     P0: Array
 
-    def objective(self, x):
-        """``J(x)`` (see the module doc), from whitened residuals; missing (NaN) entries of ``y``
-        drop out (their rows and columns of ``R`` replaced by the identity, residual 0)."""
-        k = jnp.arange(x.shape[0])
-        rf = x[1:] - jax.vmap(self.transition)(x[:-1], k[:-1])
-        obs = ~jnp.isnan(self.y)
-        rh = jnp.where(obs, self.y - jax.vmap(self.observation)(x, k), 0.0)
+    def _transition_term(self, a, b, k, Qk):
+        """``1/2 ||b - f(a, k)||^2_{Q_k^{-1}}`` (one step of ``J``)."""
+        return 0.5 * jnp.sum(_whiten(Qk, b - self.transition(a, k)) ** 2)
+
+    def _observation_term(self, x, k, yk):
+        """``1/2 ||y_k - h(x, k)||^2_{R^{-1}}`` over the observed entries of ``yk`` (NaN entries
+        drop out: their rows and columns of ``R`` replaced by the identity, residual 0)."""
+        obs = ~jnp.isnan(yk)
         o = obs.astype(x.dtype)
-        Rm = self.R * o[:, :, None] * o[:, None, :] + jax.vmap(jnp.diag)(1.0 - o)
-        white = lambda C, r: solve_lower(psd_cholesky(C), r)  # noqa: E731
-        LQ = jnp.broadcast_to(self.Q, (rf.shape[0],) + self.Q.shape[-2:])
-        return 0.5 * (
-            jnp.sum(white(self.P0, x[0] - self.m0) ** 2)
-            + jnp.sum(jax.vmap(white)(LQ, rf) ** 2)
-            + jnp.sum(jax.vmap(white)(Rm, rh) ** 2)
-        )
+        Rm = self.R * o[:, None] * o[None, :] + jnp.diag(1.0 - o)
+        return 0.5 * jnp.sum(_whiten(Rm, jnp.where(obs, yk - self.observation(x, k), 0.0)) ** 2)
+
+    def _prior_term(self, x0):
+        return 0.5 * jnp.sum(_whiten(self.P0, x0 - self.m0) ** 2)
+
+    def _steps_Q(self, T: int):
+        return jnp.broadcast_to(self.Q, (T - 1,) + self.Q.shape[-2:])
+
+    def objective(self, x):
+        """``J(x)`` (see the module doc); missing (NaN) entries of ``y`` drop out."""
+        k = jnp.arange(x.shape[0])
+        trans = jax.vmap(self._transition_term)(x[:-1], x[1:], k[:-1], self._steps_Q(x.shape[0]))
+        return self._prior_term(x[0]) + jnp.sum(trans) + jnp.sum(jax.vmap(self._observation_term)(x, k, self.y))
+
+    def hessian_blocks(self, x):
+        """The exact Hessian of ``J`` at ``x`` (T d, T d), block tridiagonal: diagonal blocks
+        (T, d, d) and the blocks ``d^2 J / dx_k dx_{k+1}`` (T - 1, d, d)."""
+        T, d = x.shape
+        k = jnp.arange(T)
+        pair = lambda ab, kk, Qk: self._transition_term(ab[:d], ab[d:], kk, Qk)  # noqa: E731
+        hp = jax.vmap(jax.hessian(pair))(jnp.concatenate([x[:-1], x[1:]], axis=1), k[:-1], self._steps_Q(T))
+        D = jax.vmap(jax.hessian(self._observation_term))(x, k, self.y)
+        D = D.at[:-1].add(hp[:, :d, :d]).at[1:].add(hp[:, d:, d:]).at[0].add(jax.hessian(self._prior_term)(x[0]))
+        return D, hp[:, :d, d:]
 
     def step(self, xbar, lam, parallel: bool, damped: bool):
         """One (damped) Gauss–Newton step from ``xbar``: the linearised smoother's mean and covariances."""
@@ -137,28 +165,41 @@ class _Problem(eqx.Module):
         )
 
 
+def _whiten(C, r):
+    """``C^{-1/2} r`` through the lower Cholesky factor of ``C``."""
+    return solve_lower(psd_cholesky(C), r)
+
+
 def _taylor(fn, xs, ks):
     """First-order Taylor expansion ``fn(x, k) ~ J_k x + c_k`` at each ``xs[k]``: (K, q, d), (K, q)."""
     J = jax.vmap(jax.jacfwd(fn))(xs, ks)
     return J, jax.vmap(fn)(xs, ks) - jnp.einsum("kij,kj->ki", J, xs)
 
 
-def _linear_smoother(m0, P0, F, c, Q, H, dh, R, y, parallel: bool, xbar=None, lam=None):
-    """Kalman smoother of ``x_0 ~ N(m0, P0)``, ``x_{k+1} = F_k x_k + c_k + N(0, Q_k)``,
-    ``y_k = H_k x_k + dh_k + N(0, R_k)`` (``Q``, ``R`` one matrix or one per step), by the
-    engine on the deviation from the mean path; with ``xbar`` every ``x_k`` is also observed at
-    ``xbar_k`` with covariance ``I / lam`` (Levenberg–Marquardt). Returns means (T, d), covs (T, d, d)."""
-    T, d = y.shape[0], m0.shape[0]
+def _linearised_ssm(m0, P0, F, c, Q, H, dh, R, y, parallel: bool):
+    """The engine's offset-free model of ``x_0 ~ N(m0, P0)``, ``x_{k+1} = F_k x_k + c_k + N(0, Q_k)``,
+    ``y_k = H_k x_k + dh_k + N(0, R_k)`` (``Q``, ``R`` one matrix or one per step): the deviation
+    from the mean path ``mu`` (T, d), observed as ``z = y - dh - H mu`` (T, p). Returns the
+    :class:`~probdyn.ssm.LinearGaussianSSM`, ``z`` and ``mu``; ``z`` has the same density as ``y``."""
     mu = _mean_path(m0, F, c, parallel)
     z = y - dh - jnp.einsum("kij,kj->ki", H, mu)
-    R = jnp.broadcast_to(R, (T,) + R.shape[-2:])
+    return LinearGaussianSSM(jnp.zeros(m0.shape[0], m0.dtype), P0, F, Q, H, R), z, mu
+
+
+def _linear_smoother(m0, P0, F, c, Q, H, dh, R, y, parallel: bool, xbar=None, lam=None):
+    """Kalman smoother of the model of :func:`_linearised_ssm`; with ``xbar`` every ``x_k`` is
+    also observed at ``xbar_k`` with covariance ``I / lam`` (Levenberg–Marquardt). Returns means
+    (T, d), covs (T, d, d)."""
+    T, d = y.shape[0], m0.shape[0]
     if xbar is not None:
-        p = R.shape[-1]
-        H = jnp.concatenate([H, jnp.broadcast_to(jnp.eye(d, dtype=H.dtype), (T, d, d))], axis=1)
+        p = y.shape[1]
+        R = jnp.broadcast_to(R, (T,) + R.shape[-2:])
         Rl = jnp.zeros((T, p + d, p + d), R.dtype).at[:, :p, :p].set(R)
         R = Rl.at[:, p:, p:].set(jnp.eye(d, dtype=R.dtype) / jnp.asarray(lam))
-        z = jnp.concatenate([z, xbar - mu], axis=1)
-    ssm = LinearGaussianSSM(jnp.zeros(d, m0.dtype), P0, F, Q, H, R)
+        H = jnp.concatenate([H, jnp.broadcast_to(jnp.eye(d, dtype=H.dtype), (T, d, d))], axis=1)
+        dh = jnp.concatenate([dh, jnp.zeros((T, d), dh.dtype)], axis=1)
+        y = jnp.concatenate([y, xbar], axis=1)
+    ssm, z, mu = _linearised_ssm(m0, P0, F, c, Q, H, dh, R, y, parallel)
     sm = kalman.smoother(ssm, z, parallel=parallel)
     return sm.mean + mu, sm.cov
 
@@ -259,6 +300,88 @@ def iterated_smoother(
     return IteratedSmootherResult(x, cov, vals, np.asarray(tr.dampings), tr.num_rejected, bool(converged))
 
 
+def _lm_scan(prob: _Problem, x, num_iters: int, damping: float, parallel: bool):
+    """``num_iters`` Levenberg–Marquardt steps as in :func:`iterated_smoother`, traceable (a
+    ``lax.scan``; a rejected step keeps ``x`` and multiplies ``lambda`` by 10). Returns the path
+    (T, d)."""
+    damped = damping > 0
+
+    def body(carry, _):
+        x, J, lam = carry
+        xn, _ = prob.step(x, lam, parallel, damped)
+        Jn = prob.objective(xn)
+        ok = (Jn <= J) | (not damped)
+        lam = jnp.clip(jnp.where(ok, lam / 10.0, lam * 10.0), 1e-12, 1e12)
+        return (jnp.where(ok, xn, x), jnp.where(ok, Jn, J), lam), None
+
+    lam0 = jnp.asarray(damping if damped else 1.0, x.dtype)
+    return jax.lax.scan(body, (x, prob.objective(x), lam0), None, length=num_iters)[0][0]
+
+
+def linearised_log_likelihood(
+    transition: Callable,
+    Q: ArrayInput,
+    observation: Callable,
+    R: ArrayInput,
+    y: ArrayInput,
+    m0: ArrayInput,
+    P0: ArrayInput,
+    *,
+    num_iters: int = 20,
+    damping: float = 1e-2,
+    parallel: bool | None = None,
+    pointwise: bool = False,
+) -> Float[Array, ""] | Float[Array, " T"]:
+    r"""Approximate ``log p(y)`` of the model of :func:`iterated_smoother`: the exact log marginal
+    likelihood of the model linearised (first-order Taylor) at the MAP path ``x*``, computed by
+    the Kalman engine. At a Gauss–Newton fixed point it equals the Laplace approximation with
+    the Gauss–Newton Hessian ``H_GN``:
+    ``-J(x*) - 1/2 log det H_GN - 1/2 log det P0 - 1/2 sum log det Q_k - 1/2 sum log det 2 pi R``
+    (the last over observed rows). For a linear model it is the exact ``log p(y)``.
+
+    Traceable and differentiable in everything ``transition``, ``observation``, ``Q``, ``R``,
+    ``m0``, ``P0`` (and ``y``) depend on, so they may be numpyro sample sites. ``x*`` comes from
+    ``num_iters`` Levenberg–Marquardt steps (a ``lax.scan``, started at the single-pass EKS)
+    without gradient, then one Newton step with the exact Hessian (it polishes ``x*`` to
+    rounding); its derivative is that of the Newton step: **implicit differentiation** at the fixed
+    point, ``dx*/dθ = -(∇²_xx J)^{-1} ∇²_xθ J``, with the exact block-tridiagonal Hessian
+    (:func:`~probdyn.linalg.block_tridiag_solve`, ``O(T d^3)``). Not through the last iteration:
+    the Gauss–Newton map's own Jacobian is not zero at ``x*`` when residuals are not zero, so
+    one differentiated step misses part of ``dx*/dθ``; unrolling every step costs memory per
+    iteration and is only as exact as the convergence.
+
+    Args: as :func:`iterated_smoother`; ``num_iters`` is fixed (no early stop, so it traces):
+    check convergence once with :func:`iterated_smoother`. Returns a scalar; ``-inf`` (not NaN)
+    when the smoother or the linearised filter gave a non-finite value. ``pointwise=True``
+    returns the linearised model's one-step predictive log densities instead (T,), which sum
+    to it (the linearisation point itself depends on all of ``y``).
+    """
+    if int(num_iters) < 0 or not np.isfinite(damping) or float(damping) < 0:
+        raise ValueError(f"num_iters must be >= 0 and damping >= 0, got {num_iters}, {damping}")
+    prob, x0, _ = _setup(transition, Q, observation, R, y, m0, P0, None)
+    return _linearised_ll(prob, x0, int(num_iters), float(damping), kalman.use_parallel(parallel), bool(pointwise))
+
+
+@eqx.filter_jit
+def _linearised_ll(prob: _Problem, x0, num_iters: int, damping: float, parallel: bool, pointwise: bool):
+    x = jax.lax.stop_gradient(_lm_scan(prob, x0, num_iters, damping, parallel))
+    # One Newton step with the exact Hessian H (held fixed): its value polishes x* (quadratic
+    # convergence), its derivative -H^{-1} d(grad J)/dθ is the implicit-function-theorem
+    # derivative at grad J(x*) = 0 (H's own derivative multiplies grad J = 0 there).
+    D, U = jax.lax.stop_gradient(prob.hessian_blocks(x))
+    step = block_tridiag_solve(D, U, jax.grad(prob.objective)(x))
+    x = jnp.where(jnp.all(jnp.isfinite(step)), x - step, x)  # H not positive definite: no polish
+    k = jnp.arange(x.shape[0])
+    F, c = _taylor(prob.transition, x[:-1], k[:-1])
+    H, dh = _taylor(prob.observation, x, k)
+    ssm, z, _ = _linearised_ssm(prob.m0, prob.P0, F, c, prob.Q, H, dh, prob.R, prob.y, parallel)
+    if pointwise:
+        ll = kalman.pointwise_log_likelihood(ssm, z, parallel=parallel)
+    else:
+        ll = kalman.log_likelihood(ssm, z, parallel=parallel)
+    return jnp.where(jnp.isfinite(ll), ll, -jnp.inf)
+
+
 class PosteriorLinearisationResult(NamedTuple):
     """Smoothed means (T, d) and covariances (T, d, d) at the fixed point, the largest change
     of a mean in each iteration (n,), and whether it fell below ``tol``."""
@@ -302,7 +425,7 @@ def _setup(transition, Q, observation, R, y, m0, P0, init):
     y = y[:, None] if y.ndim == 1 else y
     if y.ndim != 2 or y.shape[0] < 2:
         raise ValueError(f"y must be (T, p) with T >= 2, got shape {y.shape}")
-    if np.any(np.isinf(np.asarray(y))):
+    if is_concrete(y) and np.any(np.isinf(np.asarray(y))):
         raise ValueError("y contains infinite values (use NaN for missing observations)")
     T, p = y.shape
     prob = _Problem(
