@@ -23,7 +23,7 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 
 # Largest first (approximate seconds summed over a file's tests, 2-core VM, 2026-12-02).
 HEAVY_FIRST = (
-    "test_tutorials",  # ~260: the executed docs build runs all six tutorials (2026-12-07)
+    "test_tutorials",  # ~320: the executed docs build runs all seven tutorials (2026-12-07)
     "test_cli",  # 150
     "test_kalman",
     "test_fractional_sde",

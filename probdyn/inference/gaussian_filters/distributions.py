@@ -271,11 +271,12 @@ class IteratedSmootherDistribution(KalmanDistribution):
     Args: ``transition`` ``f(x (d,), k) -> (d,)``, ``Q`` (d, d), (d,) or (T - 1, d, d),
     ``observation`` ``h(x (d,), k) -> (p,)``, ``R`` (p, p) or (p,), ``m0`` (d,), ``P0`` (d, d);
     ``num_timesteps`` (T) fixes ``event_shape = (T, p)`` and is needed by ``sample``;
-    ``num_iters``, ``damping``, ``parallel`` as in :func:`linearised_log_likelihood`.
+    ``num_iters``, ``init`` (a warm-start path (T, d)), ``damping``, ``parallel`` as in
+    :func:`linearised_log_likelihood`.
     """
 
     arg_constraints = {}
-    pytree_data_fields = ("transition", "Q", "observation", "R", "m0", "P0")
+    pytree_data_fields = ("transition", "Q", "observation", "R", "m0", "P0", "init")
     pytree_aux_fields = ("num_iters", "damping", "parallel")
 
     def __init__(
@@ -289,6 +290,7 @@ class IteratedSmootherDistribution(KalmanDistribution):
         *,
         num_timesteps: int | None = None,
         num_iters: int = 20,
+        init=None,
         damping: float = 1e-2,
         parallel: bool | None = None,
         validate_args=None,
@@ -304,6 +306,7 @@ class IteratedSmootherDistribution(KalmanDistribution):
         if self.R.shape not in ((p, p), (p,)):
             raise ValueError(f"R must have shape (p, p) or (p,), got {self.R.shape}")
         self.num_iters, self.damping, self.parallel = int(num_iters), float(damping), parallel
+        self.init = None if init is None else jnp.asarray(init)
         event = () if num_timesteps is None else (int(num_timesteps), p)
         super().__init__(batch_shape=(), event_shape=event, validate_args=validate_args)
 
@@ -324,7 +327,12 @@ class IteratedSmootherDistribution(KalmanDistribution):
     def _ll(self, y, pointwise: bool = False):
         args = (self.transition, self.Q, self.observation, self.R, y, self.m0, self.P0)
         return linearised_log_likelihood(
-            *args, num_iters=self.num_iters, damping=self.damping, parallel=self.parallel, pointwise=pointwise
+            *args,
+            num_iters=self.num_iters,
+            init=self.init,
+            damping=self.damping,
+            parallel=self.parallel,
+            pointwise=pointwise,
         )
 
     def _log_prob(self, value):

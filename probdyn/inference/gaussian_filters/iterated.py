@@ -328,6 +328,7 @@ def linearised_log_likelihood(
     P0: ArrayInput,
     *,
     num_iters: int = 20,
+    init: ArrayInput | None = None,
     damping: float = 1e-2,
     parallel: bool | None = None,
     pointwise: bool = False,
@@ -351,14 +352,18 @@ def linearised_log_likelihood(
     iteration and is only as exact as the convergence.
 
     Args: as :func:`iterated_smoother`; ``num_iters`` is fixed (no early stop, so it traces):
-    check convergence once with :func:`iterated_smoother`. Returns a scalar; ``-inf`` (not NaN)
+    check convergence once with :func:`iterated_smoother`. The value is only as good as the
+    minimum of ``J`` the iterations reach: where the single-pass EKS start lies in another
+    basin of ``J`` (poor prior, parameters far from the data's), the value drops by the
+    difference in ``J``; a warm start ``init`` (T, d), e.g. the MAP path at a good parameter
+    value, removes that (``tutorials/iterated_smoothers.py``). Returns a scalar; ``-inf`` (not NaN)
     when the smoother or the linearised filter gave a non-finite value. ``pointwise=True``
     returns the linearised model's one-step predictive log densities instead (T,), which sum
     to it (the linearisation point itself depends on all of ``y``).
     """
     if int(num_iters) < 0 or not np.isfinite(damping) or float(damping) < 0:
         raise ValueError(f"num_iters must be >= 0 and damping >= 0, got {num_iters}, {damping}")
-    prob, x0, _ = _setup(transition, Q, observation, R, y, m0, P0, None)
+    prob, x0, _ = _setup(transition, Q, observation, R, y, m0, P0, init)
     return _linearised_ll(prob, x0, int(num_iters), float(damping), kalman.use_parallel(parallel), bool(pointwise))
 
 

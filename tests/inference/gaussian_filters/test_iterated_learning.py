@@ -127,6 +127,9 @@ def test_pendulum_equals_the_dense_gauss_newton_laplace_approximation():
         - T * (logdet(LR) + 0.5 * np.log(2 * np.pi))
     )
     assert float(_pendulum_ll(jnp.asarray(THETA), y, parallel=False)) == pytest.approx(ref, abs=1e-9)
+    # a warm start at the MAP path itself (init=) gives the same value
+    warm = _pendulum_ll(jnp.asarray(THETA), y, parallel=False, init=np.asarray(x).reshape(T, 2))
+    assert float(warm) == pytest.approx(ref, abs=1e-9)
 
 
 def test_gradient_matches_finite_differences_of_the_reconverged_likelihood():
