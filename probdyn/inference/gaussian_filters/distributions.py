@@ -41,6 +41,32 @@ def _filter_value(value, event_shape):
     return value
 
 
+def _series_value(value, event_shape, p: int):
+    """``value`` as (..., T, p) for a distribution with ``event_shape`` (T, p), or any T when
+    ``event_shape`` is ``()`` (a (T,) value is one series when p = 1)."""
+    value = jnp.asarray(value)
+    if event_shape:
+        return _filter_value(value, event_shape)
+    if value.ndim == 1 and p == 1:
+        value = value[:, None]
+    return _filter_value(value, (value.shape[-2] if value.ndim >= 2 else -1, p))
+
+
+def _chain_draws(key, sample_shape, m0, P0, transition, SQ, T: int, observe, dtype):
+    """``sample_shape`` draws of ``observe(key, xs (T, d))`` for paths of the chain
+    ``x_0 ~ N(m0, P0)``, ``x_{k+1} = transition(x_k, k) + SQ_k eps_k``."""
+    d = m0.shape[0]
+
+    def one(key):
+        k0, k1, k2 = jax.random.split(key, 3)
+        x0 = m0.astype(dtype) + psd_cholesky(P0.astype(dtype)) @ jax.random.normal(k0, (d,), dtype)
+        eps = jax.vmap(lambda kk: jax.random.normal(kk, (d,), dtype))(jax.random.split(k1, T - 1))
+        return observe(k2, kalman.simulate_chain(x0, transition, SQ, eps))
+
+    out = jax.vmap(one)(jax.random.split(key, math.prod(sample_shape)))
+    return out.reshape(tuple(sample_shape) + out.shape[1:])
+
+
 def _over_leading(fn, value):
     """Apply ``fn`` to every (T, p) slice of ``value`` (extra leading axes by vmap)."""
     lead = value.shape[:-2]
@@ -209,13 +235,7 @@ class DiscreteFilterDistribution(KalmanDistribution):
         return RealOrNaN(2)
 
     def _shape(self, value):
-        value = jnp.asarray(value)
-        if self.event_shape:
-            return _filter_value(value, self.event_shape)
-        p = self.observation.obs_dim_for(self.m0.shape[0])
-        if value.ndim == 1 and p == 1:
-            value = value[:, None]
-        return _filter_value(value, (value.shape[-2] if value.ndim >= 2 else -1, p))
+        return _series_value(value, self.event_shape, self.observation.obs_dim_for(self.m0.shape[0]))
 
     def _filter(self, y):
         return discrete_filter(
@@ -243,18 +263,11 @@ class DiscreteFilterDistribution(KalmanDistribution):
         dtype = jnp.result_type(self.m0, self.P0, self.Q, float)
         Q = jnp.diag(self.Q) if self.Q.ndim == 1 else self.Q
         SQ = psd_cholesky(Q.astype(dtype))
-        d = self.m0.shape[0]
 
-        def one(key):
-            k0, k1, k2 = jax.random.split(key, 3)
-            x0 = self.m0.astype(dtype) + psd_cholesky(self.P0.astype(dtype)) @ jax.random.normal(k0, (d,), dtype)
-            eps = jax.vmap(lambda kk: jax.random.normal(kk, (d,), dtype))(jax.random.split(k1, T - 1))
-            xs = kalman.simulate_chain(x0, self.transition, SQ, eps)
-            return jax.vmap(self.observation.sample)(jax.random.split(k2, T), xs)
+        def observe(key, xs):
+            return jax.vmap(self.observation.sample)(jax.random.split(key, T), xs)
 
-        n = math.prod(sample_shape)
-        out = jax.vmap(one)(jax.random.split(key, n))
-        return out.reshape(tuple(sample_shape) + out.shape[1:])
+        return _chain_draws(key, sample_shape, self.m0, self.P0, self.transition, SQ, T, observe, dtype)
 
 
 class IteratedSmootherDistribution(KalmanDistribution):
@@ -316,13 +329,7 @@ class IteratedSmootherDistribution(KalmanDistribution):
         return RealOrNaN(2)
 
     def _shape(self, value):
-        value = jnp.asarray(value)
-        if self.event_shape:
-            return _filter_value(value, self.event_shape)
-        p = self.R.shape[-1]
-        if value.ndim == 1 and p == 1:
-            value = value[:, None]
-        return _filter_value(value, (value.shape[-2] if value.ndim >= 2 else -1, p))
+        return _series_value(value, self.event_shape, self.R.shape[-1])
 
     def _ll(self, y, pointwise: bool = False):
         args = (self.transition, self.Q, self.observation, self.R, y, self.m0, self.P0)
@@ -346,18 +353,11 @@ class IteratedSmootherDistribution(KalmanDistribution):
             raise ValueError("IteratedSmootherDistribution.sample needs num_timesteps")
         T, p = self.event_shape
         dtype = jnp.result_type(self.m0, self.P0, self.Q, self.R, float)
-        d = self.m0.shape[0]
         cov = lambda A: jnp.diag(A) if A.ndim == 1 else A  # noqa: E731
         SQ, SR = psd_cholesky(cov(self.Q).astype(dtype)), psd_cholesky(cov(self.R).astype(dtype))
 
-        def one(key):
-            k0, k1, k2 = jax.random.split(key, 3)
-            x0 = self.m0.astype(dtype) + psd_cholesky(self.P0.astype(dtype)) @ jax.random.normal(k0, (d,), dtype)
-            eps = jax.random.normal(k1, (T - 1, d), dtype)
-            xs = kalman.simulate_chain(x0, self.transition, SQ, eps)
+        def observe(key, xs):
             hx = jnp.asarray(jax.vmap(self.observation)(xs, jnp.arange(T)), dtype)
-            return hx + jax.random.normal(k2, (T, p), dtype) @ SR.T
+            return hx + jax.random.normal(key, (T, p), dtype) @ SR.T
 
-        n = math.prod(sample_shape)
-        out = jax.vmap(one)(jax.random.split(key, n))
-        return out.reshape(tuple(sample_shape) + out.shape[1:])
+        return _chain_draws(key, sample_shape, self.m0, self.P0, self.transition, SQ, T, observe, dtype)
