@@ -229,8 +229,9 @@ print(f"largest |linearised - particle| over the grid: {metrics['lin_minus_pf_ma
 print(f"started at the one-pass EKS instead: up to {metrics['cold_start_max_drop']:.1f} nats lower")
 print(f"(particle filter: {NUM_PARTICLES} particles, median se {metrics['pf_se_median']:.2f} nats)")
 
+lin_ll_and_grad = jax.jit(jax.value_and_grad(lin_ll))  # compiled once for every L-BFGS step
 opt = scipy.optimize.minimize(
-    lambda g: tuple(-np.asarray(v, float) for v in jax.value_and_grad(lin_ll)(g[0])),
+    lambda g: tuple(-np.asarray(v, float) for v in lin_ll_and_grad(g[0])),
     x0=np.array([10.0]),
     jac=True,
     method="L-BFGS-B",

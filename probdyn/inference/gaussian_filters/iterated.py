@@ -155,11 +155,15 @@ class _Problem(eqx.Module):
         D = D.at[:-1].add(hp[:, :d, :d]).at[1:].add(hp[:, d:, d:]).at[0].add(jax.hessian(self._prior_term)(x[0]))
         return D, hp[:, :d, d:]
 
+    def linearise(self, xbar):
+        """Taylor expansions of ``f`` and ``h`` along the path ``xbar`` (T, d): ``F`` (T-1, d, d),
+        ``c`` (T-1, d), ``H`` (T, p, d), ``dh`` (T, p)."""
+        k = jnp.arange(xbar.shape[0])
+        return (*_taylor(self.transition, xbar[:-1], k[:-1]), *_taylor(self.observation, xbar, k))
+
     def step(self, xbar, lam, parallel: bool, damped: bool):
         """One (damped) Gauss–Newton step from ``xbar``: the linearised smoother's mean and covariances."""
-        k = jnp.arange(xbar.shape[0])
-        F, c = _taylor(self.transition, xbar[:-1], k[:-1])
-        H, dh = _taylor(self.observation, xbar, k)
+        F, c, H, dh = self.linearise(xbar)
         return _linear_smoother(
             self.m0, self.P0, F, c, self.Q, H, dh, self.R, self.y, parallel, xbar if damped else None, lam
         )
@@ -376,9 +380,7 @@ def _linearised_ll(prob: _Problem, x0, num_iters: int, damping: float, parallel:
     D, U = jax.lax.stop_gradient(prob.hessian_blocks(x))
     step = block_tridiag_solve(D, U, jax.grad(prob.objective)(x))
     x = jnp.where(jnp.all(jnp.isfinite(step)), x - step, x)  # H not positive definite: no polish
-    k = jnp.arange(x.shape[0])
-    F, c = _taylor(prob.transition, x[:-1], k[:-1])
-    H, dh = _taylor(prob.observation, x, k)
+    F, c, H, dh = prob.linearise(x)
     ssm, z, _ = _linearised_ssm(prob.m0, prob.P0, F, c, prob.Q, H, dh, prob.R, prob.y, parallel)
     if pointwise:
         ll = kalman.pointwise_log_likelihood(ssm, z, parallel=parallel)
